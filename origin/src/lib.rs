@@ -1,0 +1,1 @@
+//! allot's regional origin.

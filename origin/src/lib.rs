@@ -1,1 +1,29 @@
-//! allot's regional origin.
+//! allot's regional origin: the allocation API, its stores, and the operator commands.
+//!
+//! - [`config`]: settings from the environment, validated at start
+//! - [`db`]: Postgres pools, embedded migrations, the schema check
+//! - [`cache`]: the Valkey sorted-set inventory cache
+//! - [`crypto`]: AES-256-GCM encryption of card codes and stored responses
+//! - [`engine`]: idempotent, all-or-nothing allocations
+//! - [`products`], [`catalogue`]: the product directory and the public catalogue
+//! - [`auth`]: API key verification
+//! - [`http`]: routers, middleware and handlers
+//! - [`server`]: serving and graceful shutdown
+//! - [`ops`], [`demo`]: operator actions and demo data
+//! - [`error`]: the one error type and its HTTP mapping
+//! - [`telemetry`]: structured logging
+
+pub mod auth;
+pub mod cache;
+pub mod catalogue;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod ops;
+pub mod products;
+pub mod server;
+pub mod telemetry;

@@ -1,1 +1,368 @@
-fn main() {}
+//! `allot`: one binary, many subcommands.
+
+use std::process::ExitCode;
+
+use allot_origin::cache::InventoryCache;
+use allot_origin::config::{Config, generate_card_key};
+use allot_origin::{db, demo, ops, server, telemetry};
+use allot_shared::{Currency, Denomination};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// allot's regional origin. Configuration comes from environment variables (see README).
+#[derive(Parser)]
+#[command(name = "allot", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (public listener) and health (operator listener).
+    Server,
+    /// Apply or revert database migrations (never run implicitly).
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Demo data for local use.
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
+    /// Print a fresh card encryption key for ALLOT_CARD_KEYS.
+    Keygen {
+        /// The id to give the key.
+        #[arg(long, default_value = "k1")]
+        key_id: String,
+    },
+    /// Manage clients.
+    Client {
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Manage products.
+    Product {
+        #[command(subcommand)]
+        action: ProductAction,
+    },
+    /// Load cards and rebuild the cache.
+    Inventory {
+        #[command(subcommand)]
+        action: InventoryAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the newest N migrations (default 1).
+    Down {
+        /// How many to revert.
+        #[arg(default_value_t = 1)]
+        steps: usize,
+    },
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Create a demo client, key, catalogue and cards, and fill the cache.
+    Seed {
+        /// Active cards to keep per denomination.
+        #[arg(long, default_value_t = 400)]
+        cards_per_denomination: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientAction {
+    /// Create a client in this origin's region.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Issue a key for a client (shown once).
+    Issue {
+        /// The client's id.
+        #[arg(long)]
+        client: uuid::Uuid,
+        /// A label for operators.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key id (the part after the region).
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProductAction {
+    /// Create a product or add denominations to it.
+    Upsert {
+        /// Product id.
+        #[arg(long)]
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// ISO 4217 currency.
+        #[arg(long)]
+        currency: String,
+        /// Comma-separated denominations, e.g. 10.00,25.00.
+        #[arg(long, value_delimiter = ',')]
+        denominations: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum InventoryAction {
+    /// Load cards from a CSV file of `code[,pin[,expires_at RFC 3339]]` lines.
+    Load {
+        /// Product id.
+        #[arg(long)]
+        product: String,
+        /// Denomination, e.g. 25.00.
+        #[arg(long)]
+        denomination: String,
+        /// The CSV file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Rebuild every product's cache set from Postgres.
+    RebuildCache,
+}
+
+fn main() -> ExitCode {
+    telemetry::init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn database_url() -> anyhow::Result<String> {
+    std::env::var("DATABASE_URL")
+        .context("DATABASE_URL is not set: set it to the Postgres primary's URL")
+}
+
+fn cache_from(cfg: &Config) -> anyhow::Result<Option<InventoryCache>> {
+    cfg.valkey_url
+        .as_deref()
+        .map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
+        .transpose()
+        .map_err(Into::into)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Server => {
+            let cfg = Config::from_env()?;
+            let shutdown_timeout = cfg.shutdown_timeout;
+            let state = server::build_state(cfg)?;
+            let bound = server::bind(state).await?;
+            let token = CancellationToken::new();
+            server::cancel_on_signals(token.clone());
+            let serve = bound.serve(token.clone());
+            tokio::pin!(serve);
+            tokio::select! {
+                r = &mut serve => r,
+                _ = async { token.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
+                    tracing::warn!(timeout = ?shutdown_timeout, "in-flight requests did not finish in time; exiting");
+                    Ok(())
+                }
+            }
+        }
+        Command::Migrate { action } => {
+            let pool = db::connect_admin(&database_url()?).await?;
+            match action {
+                MigrateAction::Up => {
+                    println!("applied {} migration(s)", db::migrate_up(&pool).await?)
+                }
+                MigrateAction::Down { steps } => println!(
+                    "reverted {} migration(s)",
+                    db::migrate_down(&pool, steps).await?
+                ),
+                MigrateAction::Status => {
+                    for m in db::migration_status(&pool).await? {
+                        println!(
+                            "{} {:<10} {}",
+                            m.version,
+                            if m.applied { "applied" } else { "pending" },
+                            m.description
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Demo {
+            action: DemoAction::Seed {
+                cards_per_denomination,
+            },
+        } => {
+            let cfg = Config::from_env()?;
+            let pool = db::connect_admin(&cfg.database_url).await?;
+            db::check_schema(&pool).await?;
+            let cache = cache_from(&cfg)?;
+            let seeded = demo::seed(&pool, cache.as_ref(), &cfg, cards_per_denomination).await?;
+            println!("demo client: {}", demo::DEMO_CLIENT_ID);
+            println!("demo cards added: {}", seeded.cards_added);
+            println!("demo API key (shown once): {}", seeded.key.expose());
+            Ok(())
+        }
+        Command::Keygen { key_id } => {
+            println!("{}", generate_card_key(&key_id));
+            Ok(())
+        }
+        Command::Client {
+            action: ClientAction::Create { name },
+        } => {
+            let cfg = Config::from_env()?;
+            let pool = db::connect_admin(&cfg.database_url).await?;
+            println!(
+                "{}",
+                ops::create_client(&pool, &name, &cfg.region, None).await?
+            );
+            Ok(())
+        }
+        Command::Key { action } => {
+            let pool = db::connect_admin(&database_url()?).await?;
+            match action {
+                KeyAction::Issue { client, label } => {
+                    println!(
+                        "{}",
+                        ops::issue_key(&pool, client, label.as_deref())
+                            .await?
+                            .expose()
+                    );
+                }
+                KeyAction::Revoke { key_id } => {
+                    ops::revoke_key(&pool, &key_id).await?;
+                    println!("revoked {key_id}");
+                }
+            }
+            Ok(())
+        }
+        Command::Product {
+            action:
+                ProductAction::Upsert {
+                    id,
+                    name,
+                    currency,
+                    denominations,
+                },
+        } => {
+            let pool = db::connect_admin(&database_url()?).await?;
+            let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;
+            let denominations = denominations
+                .iter()
+                .map(|d| Denomination::parse(d))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            ops::upsert_product(&pool, &id, &name, currency, &denominations).await?;
+            println!("product {id} ready");
+            Ok(())
+        }
+        Command::Inventory { action } => {
+            let cfg = Config::from_env()?;
+            let pool = db::connect_admin(&cfg.database_url).await?;
+            let cache = cache_from(&cfg)?;
+            match action {
+                InventoryAction::Load {
+                    product,
+                    denomination,
+                    file,
+                } => {
+                    let currency: String =
+                        sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
+                            .bind(&product)
+                            .fetch_optional(&pool)
+                            .await?
+                            .with_context(|| format!("no product {product}"))?;
+                    let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;
+                    let minor = Denomination::parse(&denomination)
+                        .and_then(|d| d.to_minor(currency.exponent()))
+                        .map_err(|e| anyhow::anyhow!("denomination: {e}"))?;
+                    let cards = read_cards(&file)?;
+                    let ids = ops::load_cards(
+                        &pool,
+                        cache.as_ref(),
+                        &cfg.card_keys,
+                        &product,
+                        minor,
+                        &cards,
+                    )
+                    .await?;
+                    println!("loaded {} card(s)", ids.len());
+                }
+                InventoryAction::RebuildCache => {
+                    let cache =
+                        cache.context("VALKEY_URL is `none`: there is no cache to rebuild")?;
+                    let (products, cards) = ops::rebuild_all_caches(&pool, &cache).await?;
+                    println!("rebuilt {products} product set(s) with {cards} card(s)");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_cards(path: &std::path::Path) -> anyhow::Result<Vec<ops::NewCard>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut cards = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split(',').map(str::trim);
+        let code = fields.next().unwrap_or_default().to_owned();
+        let pin = fields.next().filter(|p| !p.is_empty()).map(str::to_owned);
+        let expires_at = fields
+            .next()
+            .filter(|e| !e.is_empty())
+            .map(|e| time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339))
+            .transpose()
+            .with_context(|| {
+                format!("{}:{}: expires_at must be RFC 3339", path.display(), n + 1)
+            })?;
+        cards.push(ops::NewCard {
+            code,
+            pin,
+            expires_at,
+        });
+    }
+    Ok(cards)
+}

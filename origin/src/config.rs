@@ -1,0 +1,386 @@
+//! Configuration from environment variables (and an optional `KEY=value` file), validated once
+//! at start with messages that name the variable to set.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use allot_shared::{Limits, Region};
+use base64::Engine as _;
+
+use crate::crypto::KeyRing;
+
+/// How the public listener treats the edge signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureMode {
+    /// Every API request must carry a valid edge signature.
+    Required,
+    /// Development only: unsigned requests are accepted (logged loudly at start).
+    Off,
+}
+
+/// Everything the origin's processes need, validated.
+#[derive(Clone)]
+pub struct Config {
+    /// The region this origin serves; API keys of other regions are refused.
+    pub region: Region,
+    /// Postgres primary.
+    pub database_url: String,
+    /// Optional Postgres replica for reads that may lag.
+    pub database_read_url: Option<String>,
+    /// Valkey (or Redis ≥ 7) URL; `None` runs without the cache (Postgres only).
+    pub valkey_url: Option<String>,
+    /// Prefix of every Valkey key this origin writes.
+    pub valkey_prefix: String,
+    /// Card and stored-response encryption keys.
+    pub card_keys: KeyRing,
+    /// Shared secrets for edge signatures; the first is current, the rest are accepted.
+    pub edge_secrets: Vec<Vec<u8>>,
+    /// Whether the edge signature is required.
+    pub signature_mode: SignatureMode,
+    /// Largest accepted clock skew of a signature.
+    pub signature_max_skew_secs: i64,
+    /// Public API listener.
+    pub listen: SocketAddr,
+    /// Operator listener (health, and later metrics); keep it private.
+    pub operator_listen: SocketAddr,
+    /// Primary pool size.
+    pub db_pool_size: u32,
+    /// Replica pool size.
+    pub db_read_pool_size: u32,
+    /// How long a request waits for a database connection before `503`.
+    pub db_acquire_timeout: Duration,
+    /// How long a concurrent duplicate waits for the first request with its key.
+    pub idempotency_wait: Duration,
+    /// Per-statement limit in Postgres.
+    pub db_statement_timeout: Duration,
+    /// Per-command limit in Valkey before falling back to Postgres.
+    pub valkey_timeout: Duration,
+    /// Whole-request limit.
+    pub request_timeout: Duration,
+    /// How long verified API keys are cached (revocation takes effect within this).
+    pub key_cache_ttl: Duration,
+    /// Request limits shared with the edge.
+    pub limits: Limits,
+    /// How long to wait for in-flight work on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets and URLs with passwords stay out of logs.
+        f.debug_struct("Config")
+            .field("region", &self.region)
+            .field("database_read_url", &self.database_read_url.is_some())
+            .field("valkey", &self.valkey_url.is_some())
+            .field("valkey_prefix", &self.valkey_prefix)
+            .field("card_key_ids", &self.card_keys.key_ids())
+            .field("edge_secrets", &self.edge_secrets.len())
+            .field("signature_mode", &self.signature_mode)
+            .field("listen", &self.listen)
+            .field("operator_listen", &self.operator_listen)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration problem, phrased as what to set.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// A source of settings: the process environment, optionally over a file.
+pub struct Settings {
+    values: HashMap<String, String>,
+}
+
+impl Settings {
+    /// The process environment, with `ALLOT_CONFIG_FILE` (if set) filling unset variables.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut values: HashMap<String, String> = std::env::vars().collect();
+        if let Some(path) = values.get("ALLOT_CONFIG_FILE").cloned() {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError(format!("ALLOT_CONFIG_FILE={path} cannot be read: {e}"))
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let line = line.strip_prefix("export ").unwrap_or(line);
+                let (k, v) = line
+                    .split_once('=')
+                    .ok_or_else(|| ConfigError(format!("{path}:{}: expected KEY=value", n + 1)))?;
+                let v = v.trim().trim_matches('"');
+                values
+                    .entry(k.trim().to_owned())
+                    .or_insert_with(|| v.to_owned());
+            }
+        }
+        Ok(Self { values })
+    }
+
+    /// Settings from explicit pairs (tests, tools).
+    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        Self {
+            values: pairs.into_iter().collect(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, key: &str, what: &str) -> Result<&str, ConfigError> {
+        self.get(key)
+            .ok_or_else(|| ConfigError(format!("{key} is not set: set it to {what}")))
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| ConfigError(format!("{key}={v} is invalid: expected {what}"))),
+        }
+    }
+
+    fn millis(&self, key: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parse(key, default_ms, "a whole number of milliseconds")?;
+        if ms == 0 {
+            return Err(ConfigError(format!("{key} must be greater than 0")));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+impl Config {
+    /// Read and validate the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env()?)
+    }
+
+    /// Read and validate the configuration from `settings`.
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let database_url = s
+            .require(
+                "DATABASE_URL",
+                "the Postgres primary, e.g. postgres://allot@127.0.0.1:55432/allot",
+            )?
+            .to_owned();
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(ConfigError(
+                "DATABASE_URL must start with postgres://".into(),
+            ));
+        }
+        let database_read_url = s.get("DATABASE_READ_URL").map(str::to_owned);
+        let valkey_url = match s.get("VALKEY_URL") {
+            None => {
+                return Err(ConfigError(
+                    "VALKEY_URL is not set: set it to the Valkey server, e.g. redis://127.0.0.1:56379, \
+                     or to `none` to run on Postgres alone"
+                        .into(),
+                ));
+            }
+            Some("none") => None,
+            Some(u)
+                if u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("valkey://") =>
+            {
+                Some(u.replacen("valkey://", "redis://", 1))
+            }
+            Some(u) => {
+                return Err(ConfigError(format!(
+                    "VALKEY_URL={u} must start with redis:// or valkey://"
+                )));
+            }
+        };
+        let region =
+            Region::parse(s.require("ALLOT_REGION", "this origin's region code, e.g. eu")?)
+                .map_err(|e| ConfigError(format!("ALLOT_REGION: {e}")))?;
+        let valkey_prefix = s.get("ALLOT_VALKEY_PREFIX").unwrap_or("allot").to_owned();
+        if valkey_prefix.is_empty()
+            || !valkey_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError(
+                "ALLOT_VALKEY_PREFIX may contain only letters, digits, '_' and '-'".into(),
+            ));
+        }
+
+        let card_keys = KeyRing::parse(s.require(
+            "ALLOT_CARD_KEYS",
+            "the card encryption keys as `<key id>=<base64 of 32 bytes>[,<older id>=<key>...]` \
+             (the first seals; generate one with `allot keygen`)",
+        )?)
+        .map_err(|e| ConfigError(format!("ALLOT_CARD_KEYS: {e}")))?;
+
+        let signature_mode = match s.get("ALLOT_EDGE_SIGNATURE").unwrap_or("required") {
+            "required" => SignatureMode::Required,
+            "off" => SignatureMode::Off,
+            other => {
+                return Err(ConfigError(format!(
+                    "ALLOT_EDGE_SIGNATURE={other} is invalid: use `required` (production) or `off` (development only)"
+                )));
+            }
+        };
+        let edge_secrets: Vec<Vec<u8>> = s
+            .get("ALLOT_EDGE_SECRETS")
+            .map(|v| {
+                v.split(',')
+                    .map(|x| x.trim().as_bytes().to_vec())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if signature_mode == SignatureMode::Required && edge_secrets.is_empty() {
+            return Err(ConfigError(
+                "ALLOT_EDGE_SECRETS is not set: set it to the secret shared with the edge \
+                 (comma-separated during a rotation, current first), or set ALLOT_EDGE_SIGNATURE=off for development"
+                    .into(),
+            ));
+        }
+        if edge_secrets.iter().any(|x| x.len() < 16) {
+            return Err(ConfigError(
+                "ALLOT_EDGE_SECRETS: each secret must be at least 16 characters".into(),
+            ));
+        }
+
+        let limits = Limits {
+            max_quantity: s.parse(
+                "ALLOT_MAX_QUANTITY",
+                Limits::default().max_quantity,
+                "a number from 1 to 1000",
+            )?,
+            max_body_bytes: s.parse(
+                "ALLOT_MAX_BODY_BYTES",
+                Limits::default().max_body_bytes,
+                "a number of bytes",
+            )?,
+        };
+        if !(1..=1000).contains(&limits.max_quantity) {
+            return Err(ConfigError(
+                "ALLOT_MAX_QUANTITY must be from 1 to 1000".into(),
+            ));
+        }
+        if !(256..=1 << 20).contains(&limits.max_body_bytes) {
+            return Err(ConfigError(
+                "ALLOT_MAX_BODY_BYTES must be from 256 to 1048576".into(),
+            ));
+        }
+
+        let db_pool_size: u32 = s.parse("ALLOT_DB_POOL_SIZE", 32, "a pool size")?;
+        if db_pool_size == 0 {
+            return Err(ConfigError(
+                "ALLOT_DB_POOL_SIZE must be greater than 0".into(),
+            ));
+        }
+        Ok(Self {
+            region,
+            database_url,
+            database_read_url,
+            valkey_url,
+            valkey_prefix,
+            card_keys,
+            edge_secrets,
+            signature_mode,
+            signature_max_skew_secs: s.parse("ALLOT_SIGNATURE_MAX_SKEW_SECS", 60, "seconds")?,
+            listen: s.parse(
+                "ALLOT_LISTEN",
+                "127.0.0.1:8080".parse().expect("valid"),
+                "host:port",
+            )?,
+            operator_listen: s.parse(
+                "ALLOT_OPERATOR_LISTEN",
+                "127.0.0.1:9090".parse().expect("valid"),
+                "host:port",
+            )?,
+            db_pool_size,
+            db_read_pool_size: s.parse("ALLOT_DB_READ_POOL_SIZE", 8, "a pool size")?,
+            db_acquire_timeout: s.millis("ALLOT_DB_ACQUIRE_TIMEOUT_MS", 3_000)?,
+            idempotency_wait: s.millis("ALLOT_IDEMPOTENCY_WAIT_MS", 5_000)?,
+            db_statement_timeout: s.millis("ALLOT_DB_STATEMENT_TIMEOUT_MS", 5_000)?,
+            valkey_timeout: s.millis("ALLOT_VALKEY_TIMEOUT_MS", 250)?,
+            request_timeout: s.millis("ALLOT_REQUEST_TIMEOUT_MS", 15_000)?,
+            key_cache_ttl: s.millis("ALLOT_KEY_CACHE_TTL_MS", 5_000)?,
+            limits,
+            shutdown_timeout: s.millis("ALLOT_SHUTDOWN_TIMEOUT_MS", 25_000)?,
+        })
+    }
+}
+
+/// A fresh random card key in the `ALLOT_CARD_KEYS` format.
+pub fn generate_card_key(key_id: &str) -> String {
+    use rand::RngCore;
+    let mut k = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut k);
+    format!(
+        "{key_id}={}",
+        base64::engine::general_purpose::STANDARD.encode(k)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(String, String)> {
+        [
+            ("DATABASE_URL", "postgres://a@localhost/b"),
+            ("VALKEY_URL", "redis://127.0.0.1:6379"),
+            ("ALLOT_REGION", "eu"),
+            ("ALLOT_EDGE_SECRETS", "0123456789abcdef0123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain([("ALLOT_CARD_KEYS".to_owned(), generate_card_key("k1"))])
+        .collect()
+    }
+
+    fn with(mut pairs: Vec<(String, String)>, k: &str, v: &str) -> Settings {
+        pairs.retain(|(key, _)| key != k);
+        pairs.push((k.to_owned(), v.to_owned()));
+        Settings::from_pairs(pairs)
+    }
+
+    #[test]
+    fn accepts_a_complete_configuration() {
+        let c = Config::from_settings(&Settings::from_pairs(base())).unwrap();
+        assert_eq!(c.signature_mode, SignatureMode::Required);
+        assert_eq!(c.limits.max_quantity, 20);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn errors_name_what_to_set() {
+        let err = |s: Settings| Config::from_settings(&s).unwrap_err().to_string();
+        let mut missing = base();
+        missing.retain(|(k, _)| k != "DATABASE_URL");
+        assert!(err(Settings::from_pairs(missing)).contains("DATABASE_URL is not set"));
+        assert!(err(with(base(), "ALLOT_EDGE_SECRETS", "")).contains("ALLOT_EDGE_SIGNATURE=off"));
+        assert!(err(with(base(), "ALLOT_CARD_KEYS", "k1=short")).contains("ALLOT_CARD_KEYS"));
+        assert!(err(with(base(), "ALLOT_MAX_QUANTITY", "0")).contains("ALLOT_MAX_QUANTITY"));
+        assert!(err(with(base(), "ALLOT_DB_ACQUIRE_TIMEOUT_MS", "soon")).contains("milliseconds"));
+        assert!(err(with(base(), "ALLOT_EDGE_SIGNATURE", "maybe")).contains("required"));
+    }
+
+    #[test]
+    fn signature_can_be_turned_off_explicitly() {
+        let mut pairs = base();
+        pairs.retain(|(k, _)| k != "ALLOT_EDGE_SECRETS");
+        pairs.push(("ALLOT_EDGE_SIGNATURE".into(), "off".into()));
+        let c = Config::from_settings(&Settings::from_pairs(pairs)).unwrap();
+        assert_eq!(c.signature_mode, SignatureMode::Off);
+    }
+}

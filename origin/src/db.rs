@@ -1,0 +1,155 @@
+//! Postgres pools and the schema version check. Migrations never run implicitly.
+
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::Config;
+
+/// The migrations this build was compiled with.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The primary pool and, when configured, a replica pool for reads that may lag.
+#[derive(Clone)]
+pub struct Db {
+    /// Writes and reads that must see the latest commit.
+    pub primary: PgPool,
+    /// Reads that tolerate lag; the primary when no replica is configured.
+    pub replica: PgPool,
+    /// Whether `replica` is a separate server.
+    pub has_replica: bool,
+}
+
+fn connect_options(url: &str, cfg: &Config) -> anyhow::Result<PgConnectOptions> {
+    let opts = PgConnectOptions::from_str(url).context("parsing the database URL")?;
+    // lock_timeout bounds how long a duplicate request waits on the first one's key row.
+    Ok(opts.application_name("allot").options([
+        ("lock_timeout", cfg.idempotency_wait.as_millis().to_string()),
+        (
+            "statement_timeout",
+            cfg.db_statement_timeout.as_millis().to_string(),
+        ),
+        ("idle_in_transaction_session_timeout", "60000".to_owned()),
+    ]))
+}
+
+fn pool_options(size: u32, cfg: &Config) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(1.min(size))
+        .acquire_timeout(cfg.db_acquire_timeout)
+        // A connection broken by a Postgres restart is noticed on checkout, not by a request.
+        .test_before_acquire(true)
+}
+
+impl Db {
+    /// Open the pools lazily: the process starts even when Postgres is briefly down.
+    pub fn connect_lazy(cfg: &Config) -> anyhow::Result<Self> {
+        let primary = pool_options(cfg.db_pool_size, cfg)
+            .connect_lazy_with(connect_options(&cfg.database_url, cfg)?);
+        let (replica, has_replica) = match &cfg.database_read_url {
+            Some(url) => (
+                pool_options(cfg.db_read_pool_size, cfg)
+                    .connect_lazy_with(connect_options(url, cfg)?),
+                true,
+            ),
+            None => (primary.clone(), false),
+        };
+        Ok(Self {
+            primary,
+            replica,
+            has_replica,
+        })
+    }
+}
+
+/// Open a small pool for one-off commands (migrate, operator tools).
+pub async fn connect_admin(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url)
+        .await
+        .with_context(|| "connecting to Postgres (is DATABASE_URL right and the server up?)")
+}
+
+/// One migration's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationState {
+    /// Version number.
+    pub version: i64,
+    /// Description from the file name.
+    pub description: String,
+    /// Whether it is applied.
+    pub applied: bool,
+}
+
+/// Versions applied in the database (none when the bookkeeping table does not exist yet).
+pub async fn applied_versions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Every known migration with whether it is applied.
+pub async fn migration_status(pool: &PgPool) -> anyhow::Result<Vec<MigrationState>> {
+    let applied = applied_versions(pool).await?;
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| MigrationState {
+            version: m.version,
+            description: m.description.to_string(),
+            applied: applied.contains(&m.version),
+        })
+        .collect())
+}
+
+/// Refuse to serve against a schema older than this build's migrations.
+pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let status = migration_status(pool).await?;
+    let missing: Vec<String> = status
+        .iter()
+        .filter(|m| !m.applied)
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the database schema is older than this build: {} migration(s) not applied ({}). Run `allot migrate up` first",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Apply every pending migration.
+pub async fn migrate_up(pool: &PgPool) -> anyhow::Result<usize> {
+    let before = applied_versions(pool).await?.len();
+    MIGRATOR.run(pool).await.context("applying migrations")?;
+    Ok(applied_versions(pool).await?.len() - before)
+}
+
+/// Revert the newest `steps` applied migrations.
+pub async fn migrate_down(pool: &PgPool, steps: usize) -> anyhow::Result<usize> {
+    let applied = applied_versions(pool).await?;
+    if steps == 0 || applied.is_empty() {
+        return Ok(0);
+    }
+    let keep = applied.len().saturating_sub(steps);
+    let target = if keep == 0 { 0 } else { applied[keep - 1] };
+    MIGRATOR
+        .undo(pool, target)
+        .await
+        .context("reverting migrations")?;
+    Ok(applied.len() - applied_versions(pool).await?.len())
+}

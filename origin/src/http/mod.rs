@@ -1,0 +1,79 @@
+//! The HTTP surface: the public API router and the operator router.
+
+pub mod allocations;
+pub mod health;
+pub mod middleware;
+pub mod products;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+use crate::catalogue::CatalogueService;
+use crate::config::Config;
+use crate::db::Db;
+use crate::engine::Engine;
+
+/// Everything a handler may need.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Postgres pools.
+    pub db: Db,
+    /// The allocation engine.
+    pub engine: Engine,
+    /// API key verification.
+    pub auth: Authenticator,
+    /// The catalogue.
+    pub catalogue: CatalogueService,
+}
+
+fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
+    router
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::not_found)
+        .with_state(state.clone())
+        .layer(CompressionLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.request_timeout,
+            middleware::deadline,
+        ))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(middleware::make_span)
+                .on_response(middleware::on_response),
+        )
+        .layer(axum::middleware::from_fn(middleware::request_id))
+}
+
+/// The public API: what the edge forwards to.
+pub fn public_router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/allocations", post(allocations::create))
+        .route("/v1/allocations/{id}", get(allocations::get_one))
+        .route("/v1/products", get(products::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::edge_and_key,
+        ));
+    let router = Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .merge(api);
+    common_layers(router, &state)
+}
+
+/// The operator listener: health and (later) metrics; never exposed through the edge.
+pub fn operator_router(state: AppState) -> Router {
+    let router = Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz));
+    common_layers(router, &state)
+}

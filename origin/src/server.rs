@@ -1,0 +1,116 @@
+//! `allot server`: build the state, check the schema, serve both listeners, shut down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::cache::InventoryCache;
+use crate::catalogue::CatalogueService;
+use crate::config::{Config, SignatureMode};
+use crate::db::{self, Db};
+use crate::engine::Engine;
+use crate::http::{AppState, operator_router, public_router};
+use crate::products::ProductDirectory;
+
+/// Build the shared state from configuration (no network calls are required to succeed).
+pub fn build_state(cfg: Config) -> anyhow::Result<AppState> {
+    let db = Db::connect_lazy(&cfg)?;
+    let cache = match &cfg.valkey_url {
+        Some(url) => Some(
+            InventoryCache::new(url, &cfg.valkey_prefix, cfg.valkey_timeout)
+                .context("VALKEY_URL")?,
+        ),
+        None => None,
+    };
+    let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
+    let engine = Engine::new(db.clone(), cache.clone(), cfg.card_keys.clone(), products);
+    let auth = Authenticator::new(db.primary.clone(), cfg.region.clone(), cfg.key_cache_ttl);
+    let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
+    Ok(AppState {
+        config: Arc::new(cfg),
+        db,
+        engine,
+        auth,
+        catalogue,
+    })
+}
+
+/// Listeners bound and ready to serve.
+pub struct BoundServer {
+    /// The public API's address.
+    pub public_addr: std::net::SocketAddr,
+    /// The operator listener's address.
+    pub operator_addr: std::net::SocketAddr,
+    public: TcpListener,
+    operator: TcpListener,
+    state: AppState,
+}
+
+/// Check the schema and bind both listeners.
+pub async fn bind(state: AppState) -> anyhow::Result<BoundServer> {
+    db::check_schema(&state.db.primary).await?;
+    if state.config.signature_mode == SignatureMode::Off {
+        tracing::warn!(
+            "EDGE SIGNATURE CHECK IS OFF (ALLOT_EDGE_SIGNATURE=off): anyone who can reach this listener can call the API \
+             without going through the edge. Never run like this in production."
+        );
+    }
+    let public = TcpListener::bind(state.config.listen)
+        .await
+        .with_context(|| format!("binding {}", state.config.listen))?;
+    let operator = TcpListener::bind(state.config.operator_listen)
+        .await
+        .with_context(|| format!("binding {}", state.config.operator_listen))?;
+    Ok(BoundServer {
+        public_addr: public.local_addr()?,
+        operator_addr: operator.local_addr()?,
+        public,
+        operator,
+        state,
+    })
+}
+
+impl BoundServer {
+    /// Serve until `shutdown` is cancelled, then finish in-flight requests.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(public = %self.public_addr, operator = %self.operator_addr, region = %self.state.config.region, "serving");
+        let public = axum::serve(self.public, public_router(self.state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let operator = axum::serve(self.operator, operator_router(self.state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let (a, b) = tokio::join!(public.into_future(), operator.into_future());
+        a.context("public listener")?;
+        b.context("operator listener")?;
+        self.state.db.primary.close().await;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Cancel `token` on the first SIGTERM or SIGINT; exit at once on the second.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "shutdown signal received; finishing in-flight work (a second signal exits at once)"
+        );
+        token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -89,16 +89,21 @@ UPDATE inventories
  WHERE id = ANY($1) AND status = 'active' AND product_id = $3 AND denomination_minor = $4
 RETURNING id, code_ciphertext, code_nonce, code_key_id, expires_at";
 
+// A CTE with a locking clause runs exactly once. (As `WHERE id IN (subquery)` the planner may
+// rescan the LIMIT … SKIP LOCKED subquery per outer row and find nothing under concurrency.)
 const CLAIM_FROM_POSTGRES: &str = "
-UPDATE inventories
+WITH picked AS (
+    SELECT id FROM inventories
+     WHERE product_id = $3 AND denomination_minor = $4 AND status = 'active'
+     ORDER BY id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE inventories i
    SET status = 'allocated', allocation_id = $2, allocated_at = now(), updated_at = now()
- WHERE id IN (SELECT id FROM inventories
-               WHERE product_id = $3 AND denomination_minor = $4 AND status = 'active'
-               ORDER BY id
-               LIMIT $1
-               FOR UPDATE SKIP LOCKED)
-   AND status = 'active'
-RETURNING id, code_ciphertext, code_nonce, code_key_id, expires_at";
+  FROM picked
+ WHERE i.id = picked.id
+RETURNING i.id, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
 
 const BEGIN_ALLOCATION: &str = "
 WITH k AS (

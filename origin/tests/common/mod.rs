@@ -1,0 +1,555 @@
+//! Test harness: every test gets its own database (cloned from a migrated template), its own
+//! Valkey key prefix, and a real `allot server` on random loopback ports.
+//!
+//! Needs the local stack: `scripts/stack up && eval "$(scripts/stack env)"`.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use allot_origin::cache::InventoryCache;
+use allot_origin::config::{Config, Settings, generate_card_key};
+use allot_origin::ops::{self, NewCard};
+use allot_origin::server;
+use allot_shared::{ApiKey, Currency, Denomination, Region, signature};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The secret the test "edge" signs with.
+pub const EDGE_SECRET: &str = "test-edge-secret-0123456789abcdef";
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+static CARD_KEYS: OnceLock<String> = OnceLock::new();
+
+/// The admin URL of the local stack's Postgres.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run `scripts/stack up` and `eval \"$(scripts/stack env)\"`",
+    )
+}
+
+/// The local stack's Valkey URL.
+pub fn valkey_url() -> String {
+    std::env::var("VALKEY_URL")
+        .expect("VALKEY_URL is not set: run `scripts/stack up` and `eval \"$(scripts/stack env)\"`")
+}
+
+/// The same URL pointing at another database.
+pub fn url_for(db: &str) -> String {
+    let base = admin_url();
+    let (head, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
+    format!("{head}/{db}")
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A fresh, empty database with no migrations applied.
+pub async fn empty_database() -> String {
+    let name = format!("test_{}_{}", now_secs(), Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url())
+        .await
+        .expect("connect to the stack's Postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    name
+}
+
+async fn template() -> String {
+    TEMPLATE
+        .get_or_init(|| async {
+            let checksum: Vec<u8> = allot_origin::db::MIGRATOR
+                .iter()
+                .flat_map(|m| m.checksum.to_vec())
+                .collect();
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&checksum));
+            let name = format!("allot_template_{}", &digest[..16]);
+            let mut admin = PgConnection::connect(&admin_url())
+                .await
+                .expect("connect to the stack's Postgres");
+            // Serialise template creation across test processes.
+            sqlx::query("SELECT pg_advisory_lock(727274)")
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            if !exists {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url_for(&name))
+                    .await
+                    .unwrap();
+                allot_origin::db::migrate_up(&pool)
+                    .await
+                    .expect("migrations apply");
+                pool.close().await;
+            }
+            // Drop databases left behind by tests that failed more than an hour ago.
+            let stale: Vec<String> =
+                sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'")
+                    .fetch_all(&mut admin)
+                    .await
+                    .unwrap();
+            for db in stale {
+                let ts = db
+                    .split('_')
+                    .nth(1)
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX);
+                if ts + 3600 < now_secs() {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            }
+            sqlx::query("SELECT pg_advisory_unlock(727274)")
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            name
+        })
+        .await
+        .clone()
+}
+
+/// A fresh database with every migration applied.
+pub async fn migrated_database() -> String {
+    let tpl = template().await;
+    let name = format!("test_{}_{}", now_secs(), Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    for attempt in 0.. {
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {tpl}"
+        )))
+        .execute(&mut admin)
+        .await;
+        match r {
+            Ok(_) => break,
+            // "source database is being accessed by other users": another clone is in progress.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("55006") && attempt < 50 =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("creating {name}: {e}"),
+        }
+    }
+    name
+}
+
+/// Drop a test database.
+pub async fn drop_database(name: &str) {
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}
+
+/// How to start a test app.
+#[derive(Clone)]
+pub struct Options {
+    /// Valkey URL; `None` uses the stack's.
+    pub valkey_url: Option<String>,
+    /// Extra settings.
+    pub extra: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            valkey_url: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A running origin over its own database and cache prefix.
+pub struct TestApp {
+    /// Base URL of the public listener.
+    pub base: String,
+    /// Base URL of the operator listener.
+    pub operator: String,
+    /// The test database.
+    pub db_name: String,
+    /// A pool on the test database (for setup and audits).
+    pub pool: PgPool,
+    /// The cache under this test's prefix (on the stack's Valkey, even if the app's is down).
+    pub cache: InventoryCache,
+    /// This test's Valkey key prefix.
+    pub prefix: String,
+    /// The configuration the server runs with.
+    pub config: Config,
+    /// The demo-style client's id.
+    pub client_id: Uuid,
+    /// Its API key.
+    pub key: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A response read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body bytes.
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The error code of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {:?}", self.json()))
+            .to_owned()
+    }
+
+    /// A header as a string.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+/// Settings for a test server on `db` with `prefix`.
+pub fn settings_for(db: &str, prefix: &str, opts: &Options) -> Settings {
+    let card_keys = CARD_KEYS.get_or_init(|| generate_card_key("test1")).clone();
+    let mut pairs: Vec<(String, String)> = [
+        ("DATABASE_URL", url_for(db)),
+        (
+            "VALKEY_URL",
+            opts.valkey_url.clone().unwrap_or_else(valkey_url),
+        ),
+        ("ALLOT_REGION", "eu".to_owned()),
+        ("ALLOT_VALKEY_PREFIX", prefix.to_owned()),
+        ("ALLOT_CARD_KEYS", card_keys),
+        ("ALLOT_EDGE_SECRETS", EDGE_SECRET.to_owned()),
+        ("ALLOT_LISTEN", "127.0.0.1:0".to_owned()),
+        ("ALLOT_OPERATOR_LISTEN", "127.0.0.1:0".to_owned()),
+        ("ALLOT_DB_POOL_SIZE", "16".to_owned()),
+        // Tests run on a loaded 2-core machine: waits are generous, behaviour is asserted.
+        ("ALLOT_DB_ACQUIRE_TIMEOUT_MS", "60000".to_owned()),
+        ("ALLOT_REQUEST_TIMEOUT_MS", "120000".to_owned()),
+        ("ALLOT_IDEMPOTENCY_WAIT_MS", "60000".to_owned()),
+        ("ALLOT_DB_STATEMENT_TIMEOUT_MS", "60000".to_owned()),
+        ("ALLOT_VALKEY_TIMEOUT_MS", "2000".to_owned()),
+        ("ALLOT_KEY_CACHE_TTL_MS", "300".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in &opts.extra {
+        pairs.retain(|(key, _)| key != k);
+        pairs.push((k.clone(), v.clone()));
+    }
+    Settings::from_pairs(pairs)
+}
+
+impl TestApp {
+    /// Start an app with default options.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    /// Start an app.
+    pub async fn spawn_with(opts: Options) -> Self {
+        let db_name = migrated_database().await;
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let config = Config::from_settings(&settings_for(&db_name, &prefix, &opts))
+            .expect("test config is valid");
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url_for(&db_name))
+            .await
+            .unwrap();
+        let cache =
+            InventoryCache::new(&valkey_url(), &prefix, std::time::Duration::from_secs(5)).unwrap();
+        let client_id =
+            ops::create_client(&pool, "Test client", &Region::parse("eu").unwrap(), None)
+                .await
+                .unwrap();
+        let key = ops::issue_key(&pool, client_id, Some("test"))
+            .await
+            .unwrap()
+            .expose();
+
+        let state = server::build_state(config.clone()).unwrap();
+        let bound = server::bind(state).await.expect("server binds");
+        let base = format!("http://{}", bound.public_addr);
+        let operator = format!("http://{}", bound.operator_addr);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(bound.serve(shutdown.clone()));
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        Self {
+            base,
+            operator,
+            db_name,
+            pool,
+            cache,
+            prefix,
+            config,
+            client_id,
+            key,
+            http,
+            shutdown,
+            server,
+        }
+    }
+
+    /// Stop the server and drop the database and cache keys.
+    pub async fn finish(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        self.pool.close().await;
+        drop_database(&self.db_name).await;
+        let client = redis::Client::open(valkey_url()).unwrap();
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        }
+    }
+
+    /// Create a product offered in `denominations` (strings like "25.00").
+    pub async fn product(&self, id: &str, currency: &str, denominations: &[&str]) -> Vec<i64> {
+        let ds: Vec<Denomination> = denominations
+            .iter()
+            .map(|d| Denomination::parse(d).unwrap())
+            .collect();
+        ops::upsert_product(
+            &self.pool,
+            id,
+            &format!("Product {id}"),
+            Currency::parse(currency).unwrap(),
+            &ds,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Load `n` cards into Postgres only (the cache does not know them yet).
+    pub async fn load_cards_db_only(
+        &self,
+        product: &str,
+        denomination_minor: i64,
+        n: usize,
+    ) -> Vec<i64> {
+        let cards: Vec<NewCard> = (0..n)
+            .map(|_| NewCard {
+                code: format!("CODE-{}", Uuid::new_v4().simple()),
+                pin: Some("1234".into()),
+                expires_at: None,
+            })
+            .collect();
+        ops::load_cards(
+            &self.pool,
+            None,
+            &self.config.card_keys,
+            product,
+            denomination_minor,
+            &cards,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Load `n` cards and rebuild the product's cache set.
+    pub async fn load_cards(&self, product: &str, denomination_minor: i64, n: usize) -> Vec<i64> {
+        let ids = self
+            .load_cards_db_only(product, denomination_minor, n)
+            .await;
+        self.rebuild_cache(product).await;
+        ids
+    }
+
+    /// Rebuild a product's cache set from Postgres.
+    pub async fn rebuild_cache(&self, product: &str) {
+        ops::rebuild_product_cache(&self.pool, &self.cache, product)
+            .await
+            .unwrap();
+    }
+
+    /// Headers signed as the edge would sign them.
+    pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        signature::sign(EDGE_SECRET.as_bytes(), now, method, path, body)
+    }
+
+    /// Send a request as the edge would forward it: signed, with `key` as the API key.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        idem: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{}", self.base, path),
+            )
+            .header(
+                allot_shared::headers::SIGNATURE,
+                self.sign(method, path, body),
+            );
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(i) = idem {
+            req = req.header("idempotency-key", i);
+        }
+        if !body.is_empty() {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_vec());
+        }
+        read(req.send().await.expect("request sent")).await
+    }
+
+    /// `POST /v1/allocations` with this app's key.
+    pub async fn allocate(&self, idem: impl AsRef<str>, body: impl AsRef<str>) -> Reply {
+        self.send(
+            "POST",
+            "/v1/allocations",
+            Some(&self.key),
+            Some(idem.as_ref()),
+            body.as_ref().as_bytes(),
+        )
+        .await
+    }
+
+    /// Count rows of `table` matching an optional SQL condition.
+    pub async fn count(&self, table: &str, condition: &str) -> i64 {
+        let sql = if condition.is_empty() {
+            format!("SELECT count(*) FROM {table}")
+        } else {
+            format!("SELECT count(*) FROM {table} WHERE {condition}")
+        };
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Members of a product's cache set (sentinel excluded).
+    pub async fn cached_ids(&self, product: &str) -> Vec<i64> {
+        let client = redis::Client::open(valkey_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.cache.key(product))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        members.into_iter().filter_map(|m| m.parse().ok()).collect()
+    }
+
+    /// Delete every key under this test's prefix (a "flush" that spares other tests).
+    pub async fn flush_cache(&self) {
+        let client = redis::Client::open(valkey_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Read a whole response.
+pub async fn read(resp: reqwest::Response) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.expect("body read");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// An API key string for `client` issued directly (another client, for ownership tests).
+pub async fn other_client_key(app: &TestApp) -> String {
+    let other = ops::create_client(
+        &app.pool,
+        "Other client",
+        &Region::parse("eu").unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    ops::issue_key(&app.pool, other, None)
+        .await
+        .unwrap()
+        .expose()
+}
+
+/// A well-formed key (valid checksum) that no database knows.
+pub fn unknown_key() -> String {
+    ApiKey::new(
+        Region::parse("eu").unwrap(),
+        "ZZZZZZZZZZZZZZZZ",
+        "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+    )
+    .unwrap()
+    .expose()
+}

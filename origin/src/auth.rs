@@ -44,19 +44,13 @@ fn unauthorized(message: &str) -> AppError {
 impl Authenticator {
     /// An authenticator for keys of `region`, caching lookups for `ttl`.
     pub fn new(pool: PgPool, region: Region, ttl: Duration) -> Self {
-        Self {
-            pool,
-            region,
-            ttl,
-            cache: Arc::new(Mutex::new(HashMap::new())),
-        }
+        Self { pool, region, ttl, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// Authenticate an `Authorization: Bearer <key>` header value.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AppError> {
-        let value = authorization.ok_or_else(|| {
-            unauthorized("an API key is required: send Authorization: Bearer <key>")
-        })?;
+        let value =
+            authorization.ok_or_else(|| unauthorized("an API key is required: send Authorization: Bearer <key>"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
@@ -64,11 +58,7 @@ impl Authenticator {
             .trim();
         let key = ApiKey::parse(token).map_err(|e| unauthorized(&e.to_string()))?;
         if key.region() != &self.region {
-            return Err(unauthorized(&format!(
-                "this API key belongs to region {}, not {}",
-                key.region(),
-                self.region
-            )));
+            return Err(unauthorized(&format!("this API key belongs to region {}, not {}", key.region(), self.region)));
         }
         let record = self.lookup(key.key_id()).await?;
         let Some(record) = record else {
@@ -82,15 +72,9 @@ impl Authenticator {
             return Err(unauthorized("the API key has been revoked"));
         }
         if !record.client_active {
-            return Err(AppError::api(
-                ErrorCode::Forbidden,
-                "this client is suspended",
-            ));
+            return Err(AppError::api(ErrorCode::Forbidden, "this client is suspended"));
         }
-        Ok(Caller {
-            client_id: record.client_id,
-            key_id: key.key_id().to_owned(),
-        })
+        Ok(Caller { client_id: record.client_id, key_id: key.key_id().to_owned() })
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, AppError> {

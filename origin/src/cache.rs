@@ -85,10 +85,7 @@ impl InventoryCache {
         format!("{}:inv:{{p{}}}:active", self.prefix, product_id)
     }
 
-    async fn bounded<T>(
-        &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, CacheError> {
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(CacheError(format!("no answer within {:?}", self.timeout))),
@@ -96,12 +93,7 @@ impl InventoryCache {
     }
 
     /// Atomically take up to `n` ids of one denomination out of a product's set.
-    pub async fn pop(
-        &self,
-        product_id: &str,
-        denomination_minor: i64,
-        n: usize,
-    ) -> Result<Popped, CacheError> {
+    pub async fn pop(&self, product_id: &str, denomination_minor: i64, n: usize) -> Result<Popped, CacheError> {
         let mut conn = self.conn.clone();
         let mut inv = self.pop.key(self.key(product_id));
         inv.arg(denomination_minor).arg(n);
@@ -110,10 +102,7 @@ impl InventoryCache {
             None => Ok(Popped::Cold),
             Some(members) => members
                 .iter()
-                .map(|m| {
-                    m.parse::<i64>()
-                        .map_err(|_| CacheError(format!("unexpected member {m:?}")))
-                })
+                .map(|m| m.parse::<i64>().map_err(|_| CacheError(format!("unexpected member {m:?}"))))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Popped::Ids),
         }
@@ -121,12 +110,7 @@ impl InventoryCache {
 
     /// Put ids back into a built set (compensation, newly loaded cards). Returns how many were
     /// added; a cold set is left alone (its next build will include them).
-    pub async fn put_back(
-        &self,
-        product_id: &str,
-        denomination_minor: i64,
-        ids: &[i64],
-    ) -> Result<usize, CacheError> {
+    pub async fn put_back(&self, product_id: &str, denomination_minor: i64, ids: &[i64]) -> Result<usize, CacheError> {
         let mut added = 0;
         for chunk in ids.chunks(CHUNK) {
             let mut conn = self.conn.clone();
@@ -144,11 +128,7 @@ impl InventoryCache {
     }
 
     /// Cards of each denomination in a product's set, or `None` when the set is cold.
-    pub async fn counts(
-        &self,
-        product_id: &str,
-        denominations: &[i64],
-    ) -> Result<Option<Vec<u64>>, CacheError> {
+    pub async fn counts(&self, product_id: &str, denominations: &[i64]) -> Result<Option<Vec<u64>>, CacheError> {
         let key = self.key(product_id);
         let mut pipe = redis::pipe();
         pipe.exists(&key);
@@ -165,18 +145,9 @@ impl InventoryCache {
 
     /// Replace a product's set with exactly `members` (denomination, id), atomically for
     /// readers: build a temporary key, then `RENAME` it over the live one.
-    pub async fn replace(
-        &self,
-        product_id: &str,
-        members: &[(i64, i64)],
-    ) -> Result<(), CacheError> {
+    pub async fn replace(&self, product_id: &str, members: &[(i64, i64)]) -> Result<(), CacheError> {
         let live = self.key(product_id);
-        let tmp = format!(
-            "{}:inv:{{p{}}}:build:{}",
-            self.prefix,
-            product_id,
-            uuid::Uuid::new_v4().simple()
-        );
+        let tmp = format!("{}:inv:{{p{}}}:build:{}", self.prefix, product_id, uuid::Uuid::new_v4().simple());
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.zadd(&tmp, SENTINEL, 0).ignore();
@@ -184,15 +155,10 @@ impl InventoryCache {
         self.bounded(pipe.query_async::<()>(&mut conn)).await?;
         for chunk in members.chunks(CHUNK * 10) {
             let items: Vec<(i64, i64)> = chunk.to_vec();
-            self.bounded(conn.zadd_multiple::<_, _, _, ()>(&tmp, &items))
-                .await?;
+            self.bounded(conn.zadd_multiple::<_, _, _, ()>(&tmp, &items)).await?;
         }
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .persist(&tmp)
-            .ignore()
-            .rename(&tmp, &live)
-            .ignore();
+        pipe.atomic().persist(&tmp).ignore().rename(&tmp, &live).ignore();
         self.bounded(pipe.query_async::<()>(&mut conn)).await?;
         Ok(())
     }
@@ -200,9 +166,7 @@ impl InventoryCache {
     /// Whether Valkey answers `PING` within the timeout.
     pub async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        let _: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let _: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(())
     }
 }

@@ -35,12 +35,7 @@ pub struct CatalogueService {
 impl CatalogueService {
     /// A catalogue service.
     pub fn new(db: Db, cache: Option<InventoryCache>, ttl: Duration) -> Self {
-        Self {
-            db,
-            cache,
-            ttl,
-            last: Arc::new(Mutex::new(None)),
-        }
+        Self { db, cache, ttl, last: Arc::new(Mutex::new(None)) }
     }
 
     /// The current catalogue (at most `ttl` old).
@@ -53,8 +48,7 @@ impl CatalogueService {
             return Ok(r.clone());
         }
         let catalogue = self.build().await?;
-        let body =
-            Bytes::from(serde_json::to_vec(&catalogue).map_err(|e| AppError::Internal(e.into()))?);
+        let body = Bytes::from(serde_json::to_vec(&catalogue).map_err(|e| AppError::Internal(e.into()))?);
         let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
         let rendered = RenderedCatalogue { body, etag };
         *last = Some((Instant::now(), rendered.clone()));
@@ -85,10 +79,7 @@ impl CatalogueService {
                 denominations: denominations
                     .iter()
                     .zip(counts)
-                    .map(|(d, available)| DenominationStock {
-                        denomination: currency.format_minor(*d),
-                        available,
-                    })
+                    .map(|(d, available)| DenominationStock { denomination: currency.format_minor(*d), available })
                     .collect(),
             });
         }
@@ -108,13 +99,6 @@ impl CatalogueService {
         .bind(product_id)
         .fetch_all(&self.db.replica)
         .await?;
-        Ok(denominations
-            .iter()
-            .map(|d| {
-                rows.iter()
-                    .find(|(x, _)| x == d)
-                    .map_or(0, |(_, n)| *n as u64)
-            })
-            .collect())
+        Ok(denominations.iter().map(|d| rows.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n as u64)).collect())
     }
 }

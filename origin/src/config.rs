@@ -100,22 +100,18 @@ impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut values: HashMap<String, String> = std::env::vars().collect();
         if let Some(path) = values.get("ALLOT_CONFIG_FILE").cloned() {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError(format!("ALLOT_CONFIG_FILE={path} cannot be read: {e}"))
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("ALLOT_CONFIG_FILE={path} cannot be read: {e}")))?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
                 let line = line.strip_prefix("export ").unwrap_or(line);
-                let (k, v) = line
-                    .split_once('=')
-                    .ok_or_else(|| ConfigError(format!("{path}:{}: expected KEY=value", n + 1)))?;
+                let (k, v) =
+                    line.split_once('=').ok_or_else(|| ConfigError(format!("{path}:{}: expected KEY=value", n + 1)))?;
                 let v = v.trim().trim_matches('"');
-                values
-                    .entry(k.trim().to_owned())
-                    .or_insert_with(|| v.to_owned());
+                values.entry(k.trim().to_owned()).or_insert_with(|| v.to_owned());
             }
         }
         Ok(Self { values })
@@ -123,34 +119,21 @@ impl Settings {
 
     /// Settings from explicit pairs (tests, tools).
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
-        Self {
-            values: pairs.into_iter().collect(),
-        }
+        Self { values: pairs.into_iter().collect() }
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.values
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.values.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     fn require(&self, key: &str, what: &str) -> Result<&str, ConfigError> {
-        self.get(key)
-            .ok_or_else(|| ConfigError(format!("{key} is not set: set it to {what}")))
+        self.get(key).ok_or_else(|| ConfigError(format!("{key} is not set: set it to {what}")))
     }
 
-    fn parse<T: std::str::FromStr>(
-        &self,
-        key: &str,
-        default: T,
-        what: &str,
-    ) -> Result<T, ConfigError> {
+    fn parse<T: std::str::FromStr>(&self, key: &str, default: T, what: &str) -> Result<T, ConfigError> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| ConfigError(format!("{key}={v} is invalid: expected {what}"))),
+            Some(v) => v.parse().map_err(|_| ConfigError(format!("{key}={v} is invalid: expected {what}"))),
         }
     }
 
@@ -171,16 +154,10 @@ impl Config {
 
     /// Read and validate the configuration from `settings`.
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        let database_url = s
-            .require(
-                "DATABASE_URL",
-                "the Postgres primary, e.g. postgres://allot@127.0.0.1:55432/allot",
-            )?
-            .to_owned();
+        let database_url =
+            s.require("DATABASE_URL", "the Postgres primary, e.g. postgres://allot@127.0.0.1:55432/allot")?.to_owned();
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return Err(ConfigError(
-                "DATABASE_URL must start with postgres://".into(),
-            ));
+            return Err(ConfigError("DATABASE_URL must start with postgres://".into()));
         }
         let database_read_url = s.get("DATABASE_READ_URL").map(str::to_owned);
         let valkey_url = match s.get("VALKEY_URL") {
@@ -192,31 +169,20 @@ impl Config {
                 ));
             }
             Some("none") => None,
-            Some(u)
-                if u.starts_with("redis://")
-                    || u.starts_with("rediss://")
-                    || u.starts_with("valkey://") =>
-            {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("valkey://") => {
                 Some(u.replacen("valkey://", "redis://", 1))
             }
             Some(u) => {
-                return Err(ConfigError(format!(
-                    "VALKEY_URL={u} must start with redis:// or valkey://"
-                )));
+                return Err(ConfigError(format!("VALKEY_URL={u} must start with redis:// or valkey://")));
             }
         };
-        let region =
-            Region::parse(s.require("ALLOT_REGION", "this origin's region code, e.g. eu")?)
-                .map_err(|e| ConfigError(format!("ALLOT_REGION: {e}")))?;
+        let region = Region::parse(s.require("ALLOT_REGION", "this origin's region code, e.g. eu")?)
+            .map_err(|e| ConfigError(format!("ALLOT_REGION: {e}")))?;
         let valkey_prefix = s.get("ALLOT_VALKEY_PREFIX").unwrap_or("allot").to_owned();
         if valkey_prefix.is_empty()
-            || !valkey_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !valkey_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(ConfigError(
-                "ALLOT_VALKEY_PREFIX may contain only letters, digits, '_' and '-'".into(),
-            ));
+            return Err(ConfigError("ALLOT_VALKEY_PREFIX may contain only letters, digits, '_' and '-'".into()));
         }
 
         let card_keys = KeyRing::parse(s.require(
@@ -237,12 +203,7 @@ impl Config {
         };
         let edge_secrets: Vec<Vec<u8>> = s
             .get("ALLOT_EDGE_SECRETS")
-            .map(|v| {
-                v.split(',')
-                    .map(|x| x.trim().as_bytes().to_vec())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            })
+            .map(|v| v.split(',').map(|x| x.trim().as_bytes().to_vec()).filter(|x| !x.is_empty()).collect())
             .unwrap_or_default();
         if signature_mode == SignatureMode::Required && edge_secrets.is_empty() {
             return Err(ConfigError(
@@ -252,39 +213,23 @@ impl Config {
             ));
         }
         if edge_secrets.iter().any(|x| x.len() < 16) {
-            return Err(ConfigError(
-                "ALLOT_EDGE_SECRETS: each secret must be at least 16 characters".into(),
-            ));
+            return Err(ConfigError("ALLOT_EDGE_SECRETS: each secret must be at least 16 characters".into()));
         }
 
         let limits = Limits {
-            max_quantity: s.parse(
-                "ALLOT_MAX_QUANTITY",
-                Limits::default().max_quantity,
-                "a number from 1 to 1000",
-            )?,
-            max_body_bytes: s.parse(
-                "ALLOT_MAX_BODY_BYTES",
-                Limits::default().max_body_bytes,
-                "a number of bytes",
-            )?,
+            max_quantity: s.parse("ALLOT_MAX_QUANTITY", Limits::default().max_quantity, "a number from 1 to 1000")?,
+            max_body_bytes: s.parse("ALLOT_MAX_BODY_BYTES", Limits::default().max_body_bytes, "a number of bytes")?,
         };
         if !(1..=1000).contains(&limits.max_quantity) {
-            return Err(ConfigError(
-                "ALLOT_MAX_QUANTITY must be from 1 to 1000".into(),
-            ));
+            return Err(ConfigError("ALLOT_MAX_QUANTITY must be from 1 to 1000".into()));
         }
         if !(256..=1 << 20).contains(&limits.max_body_bytes) {
-            return Err(ConfigError(
-                "ALLOT_MAX_BODY_BYTES must be from 256 to 1048576".into(),
-            ));
+            return Err(ConfigError("ALLOT_MAX_BODY_BYTES must be from 256 to 1048576".into()));
         }
 
         let db_pool_size: u32 = s.parse("ALLOT_DB_POOL_SIZE", 32, "a pool size")?;
         if db_pool_size == 0 {
-            return Err(ConfigError(
-                "ALLOT_DB_POOL_SIZE must be greater than 0".into(),
-            ));
+            return Err(ConfigError("ALLOT_DB_POOL_SIZE must be greater than 0".into()));
         }
         Ok(Self {
             region,
@@ -296,16 +241,8 @@ impl Config {
             edge_secrets,
             signature_mode,
             signature_max_skew_secs: s.parse("ALLOT_SIGNATURE_MAX_SKEW_SECS", 60, "seconds")?,
-            listen: s.parse(
-                "ALLOT_LISTEN",
-                "127.0.0.1:8080".parse().expect("valid"),
-                "host:port",
-            )?,
-            operator_listen: s.parse(
-                "ALLOT_OPERATOR_LISTEN",
-                "127.0.0.1:9090".parse().expect("valid"),
-                "host:port",
-            )?,
+            listen: s.parse("ALLOT_LISTEN", "127.0.0.1:8080".parse().expect("valid"), "host:port")?,
+            operator_listen: s.parse("ALLOT_OPERATOR_LISTEN", "127.0.0.1:9090".parse().expect("valid"), "host:port")?,
             db_pool_size,
             db_read_pool_size: s.parse("ALLOT_DB_READ_POOL_SIZE", 8, "a pool size")?,
             db_acquire_timeout: s.millis("ALLOT_DB_ACQUIRE_TIMEOUT_MS", 3_000)?,
@@ -325,10 +262,7 @@ pub fn generate_card_key(key_id: &str) -> String {
     use rand::RngCore;
     let mut k = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut k);
-    format!(
-        "{key_id}={}",
-        base64::engine::general_purpose::STANDARD.encode(k)
-    )
+    format!("{key_id}={}", base64::engine::general_purpose::STANDARD.encode(k))
 }
 
 #[cfg(test)]

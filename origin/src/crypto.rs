@@ -47,30 +47,23 @@ impl KeyRing {
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut keys = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (id, b64) = part
-                .split_once('=')
-                .ok_or_else(|| "each key must be written <key id>=<base64 key>".to_owned())?;
+            let (id, b64) =
+                part.split_once('=').ok_or_else(|| "each key must be written <key id>=<base64 key>".to_owned())?;
             if id.is_empty()
                 || id.len() > 64
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(format!(
-                    "key id {id:?} must be 1-64 letters, digits, '-' or '_'"
-                ));
+                return Err(format!("key id {id:?} must be 1-64 letters, digits, '-' or '_'"));
             }
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|_| format!("key {id} is not valid base64"))?;
-            let key: [u8; 32] = raw
-                .try_into()
-                .map_err(|_| format!("key {id} must be exactly 32 bytes (44 base64 characters)"))?;
+            let key: [u8; 32] =
+                raw.try_into().map_err(|_| format!("key {id} must be exactly 32 bytes (44 base64 characters)"))?;
             if keys.iter().any(|e: &Entry| e.id == id) {
                 return Err(format!("key id {id} appears twice"));
             }
-            let mut mac =
-                <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key).expect("any key length");
+            let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key).expect("any key length");
             mac.update(b"allot-code-digest-v1");
             keys.push(Entry {
                 id: id.to_owned(),
@@ -81,9 +74,7 @@ impl KeyRing {
         if keys.is_empty() {
             return Err("no keys given".into());
         }
-        Ok(Self {
-            keys: std::sync::Arc::new(keys),
-        })
+        Ok(Self { keys: std::sync::Arc::new(keys) })
     }
 
     /// The configured key ids, sealing key first.
@@ -98,45 +89,20 @@ impl KeyRing {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ciphertext = key
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        Sealed {
-            ciphertext,
-            nonce: nonce.to_vec(),
-            key_id: key.id.clone(),
-        }
+        Sealed { ciphertext, nonce: nonce.to_vec(), key_id: key.id.clone() }
     }
 
     /// Open a sealed value with the key it names.
-    pub fn open(
-        &self,
-        ciphertext: &[u8],
-        nonce: &[u8],
-        key_id: &str,
-        aad: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        let key = self
-            .keys
-            .iter()
-            .find(|e| e.id == key_id)
-            .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
+    pub fn open(&self, ciphertext: &[u8], nonce: &[u8], key_id: &str, aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let key =
+            self.keys.iter().find(|e| e.id == key_id).ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
         if nonce.len() != 12 {
             return Err(CryptoError::Tampered);
         }
         key.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
             .map_err(|_| CryptoError::Tampered)
     }
 
@@ -145,8 +111,8 @@ impl KeyRing {
     /// It uses the sealing key's derived digest key, so after a key rotation duplicates are
     /// detected among cards loaded under the same key.
     pub fn code_digest(&self, code: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.keys[0].digest_key)
-            .expect("any key length");
+        let mut mac =
+            <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.keys[0].digest_key).expect("any key length");
         mac.update(code.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -189,17 +155,9 @@ mod tests {
         let sealed = before.seal(b"CODE-1", b"aad");
         assert_eq!(sealed.key_id, "old");
         let after = ring(&format!("{new},{old}"));
-        assert_eq!(
-            after
-                .open(&sealed.ciphertext, &sealed.nonce, "old", b"aad")
-                .unwrap(),
-            b"CODE-1"
-        );
+        assert_eq!(after.open(&sealed.ciphertext, &sealed.nonce, "old", b"aad").unwrap(), b"CODE-1");
         assert_eq!(after.seal(b"x", b"").key_id, "new");
-        assert!(matches!(
-            after.open(&sealed.ciphertext, &sealed.nonce, "old", b"other"),
-            Err(CryptoError::Tampered)
-        ));
+        assert!(matches!(after.open(&sealed.ciphertext, &sealed.nonce, "old", b"other"), Err(CryptoError::Tampered)));
         assert!(matches!(
             ring(&new).open(&sealed.ciphertext, &sealed.nonce, "old", b"aad"),
             Err(CryptoError::UnknownKey(_))

@@ -27,10 +27,7 @@ fn connect_options(url: &str, cfg: &Config) -> anyhow::Result<PgConnectOptions> 
     // lock_timeout bounds how long a duplicate request waits on the first one's key row.
     Ok(opts.application_name("allot").options([
         ("lock_timeout", cfg.idempotency_wait.as_millis().to_string()),
-        (
-            "statement_timeout",
-            cfg.db_statement_timeout.as_millis().to_string(),
-        ),
+        ("statement_timeout", cfg.db_statement_timeout.as_millis().to_string()),
         ("idle_in_transaction_session_timeout", "60000".to_owned()),
     ]))
 }
@@ -47,21 +44,12 @@ fn pool_options(size: u32, cfg: &Config) -> PgPoolOptions {
 impl Db {
     /// Open the pools lazily: the process starts even when Postgres is briefly down.
     pub fn connect_lazy(cfg: &Config) -> anyhow::Result<Self> {
-        let primary = pool_options(cfg.db_pool_size, cfg)
-            .connect_lazy_with(connect_options(&cfg.database_url, cfg)?);
+        let primary = pool_options(cfg.db_pool_size, cfg).connect_lazy_with(connect_options(&cfg.database_url, cfg)?);
         let (replica, has_replica) = match &cfg.database_read_url {
-            Some(url) => (
-                pool_options(cfg.db_read_pool_size, cfg)
-                    .connect_lazy_with(connect_options(url, cfg)?),
-                true,
-            ),
+            Some(url) => (pool_options(cfg.db_read_pool_size, cfg).connect_lazy_with(connect_options(url, cfg)?), true),
             None => (primary.clone(), false),
         };
-        Ok(Self {
-            primary,
-            replica,
-            has_replica,
-        })
+        Ok(Self { primary, replica, has_replica })
     }
 }
 
@@ -87,17 +75,13 @@ pub struct MigrationState {
 
 /// Versions applied in the database (none when the bookkeeping table does not exist yet).
 pub async fn applied_versions(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
     if !exists {
         return Ok(Vec::new());
     }
-    Ok(
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Every known migration with whether it is applied.
@@ -117,11 +101,8 @@ pub async fn migration_status(pool: &PgPool) -> anyhow::Result<Vec<MigrationStat
 /// Refuse to serve against a schema older than this build's migrations.
 pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
     let status = migration_status(pool).await?;
-    let missing: Vec<String> = status
-        .iter()
-        .filter(|m| !m.applied)
-        .map(|m| format!("{} {}", m.version, m.description))
-        .collect();
+    let missing: Vec<String> =
+        status.iter().filter(|m| !m.applied).map(|m| format!("{} {}", m.version, m.description)).collect();
     if !missing.is_empty() {
         bail!(
             "the database schema is older than this build: {} migration(s) not applied ({}). Run `allot migrate up` first",
@@ -147,9 +128,6 @@ pub async fn migrate_down(pool: &PgPool, steps: usize) -> anyhow::Result<usize> 
     }
     let keep = applied.len().saturating_sub(steps);
     let target = if keep == 0 { 0 } else { applied[keep - 1] };
-    MIGRATOR
-        .undo(pool, target)
-        .await
-        .context("reverting migrations")?;
+    MIGRATOR.undo(pool, target).await.context("reverting migrations")?;
     Ok(applied.len() - applied_versions(pool).await?.len())
 }

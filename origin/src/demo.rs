@@ -16,24 +16,9 @@ pub const DEMO_CLIENT_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_7000_8000_0000
 
 /// The demo catalogue: product id, name, currency, denominations.
 const CATALOGUE: &[(&str, &str, &str, &[&str])] = &[
-    (
-        "gift-usd",
-        "Demo gift card (USD)",
-        "USD",
-        &["10.00", "25.00", "50.00", "100.00"],
-    ),
-    (
-        "games-eur",
-        "Demo games wallet (EUR)",
-        "EUR",
-        &["20.00", "50.00"],
-    ),
-    (
-        "mobile-jpy",
-        "Demo mobile top-up (JPY)",
-        "JPY",
-        &["1000", "3000"],
-    ),
+    ("gift-usd", "Demo gift card (USD)", "USD", &["10.00", "25.00", "50.00", "100.00"]),
+    ("games-eur", "Demo games wallet (EUR)", "EUR", &["20.00", "50.00"]),
+    ("mobile-jpy", "Demo mobile top-up (JPY)", "JPY", &["1000", "3000"]),
 ];
 
 /// What the seed did.
@@ -53,9 +38,7 @@ fn demo_code() -> String {
 
 fn data_encoding_upper(b: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    b.iter()
-        .map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char)
-        .collect()
+    b.iter().map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char).collect()
 }
 
 /// Seed the demo data, topping each denomination up to `per_denomination` active cards.
@@ -96,16 +79,9 @@ pub async fn seed_with(
             .fetch_one(pool)
             .await?;
             let missing = per_denomination.saturating_sub(active as usize);
-            let cards: Vec<NewCard> = (0..missing)
-                .map(|_| NewCard {
-                    code: demo_code(),
-                    pin: None,
-                    expires_at: None,
-                })
-                .collect();
-            cards_added += ops::load_cards(pool, None, keys, id, minor, &cards)
-                .await?
-                .len();
+            let cards: Vec<NewCard> =
+                (0..missing).map(|_| NewCard { code: demo_code(), pin: None, expires_at: None }).collect();
+            cards_added += ops::load_cards(pool, None, keys, id, minor, &cards).await?.len();
         }
         if let Some(cache) = cache {
             ops::rebuild_product_cache(pool, cache, id).await?;

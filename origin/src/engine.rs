@@ -131,26 +131,13 @@ UPDATE idempotency_keys
 
 /// Format a timestamp the one way the API does (RFC 3339, UTC, microseconds at most).
 pub fn format_time(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 impl Engine {
     /// An engine over the given stores.
-    pub fn new(
-        db: Db,
-        cache: Option<InventoryCache>,
-        keys: KeyRing,
-        products: ProductDirectory,
-    ) -> Self {
-        Self {
-            db,
-            cache,
-            keys,
-            products,
-            last_cache_warning: Arc::new(AtomicU64::new(0)),
-        }
+    pub fn new(db: Db, cache: Option<InventoryCache>, keys: KeyRing, products: ProductDirectory) -> Self {
+        Self { db, cache, keys, products, last_cache_warning: Arc::new(AtomicU64::new(0)) }
     }
 
     /// The product directory.
@@ -173,13 +160,9 @@ impl Engine {
         trace_context: Option<String>,
     ) -> Result<Outcome, AppError> {
         let engine = self.clone();
-        tokio::spawn(async move {
-            engine
-                .allocate_inner(&caller, &idempotency_key, &request, trace_context)
-                .await
-        })
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("allocation task failed: {e}")))?
+        tokio::spawn(async move { engine.allocate_inner(&caller, &idempotency_key, &request, trace_context).await })
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("allocation task failed: {e}")))?
     }
 
     async fn allocate_inner(
@@ -197,6 +180,16 @@ impl Engine {
             .denomination
             .to_minor(product.currency.exponent())
             .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
+        let product = match self.products.get_offering(&product.id, Some(denomination_minor)).await? {
+            Some(p) if p.denominations.contains(&denomination_minor) => p,
+            _ => {
+                return Err(ApiError::validation(
+                    "denomination",
+                    format!("{} is not offered for this product", product.currency.format_minor(denomination_minor)),
+                )
+                .into());
+            }
+        };
         let fingerprint = req.fingerprint();
         let allocation_id = Uuid::now_v7();
 
@@ -236,8 +229,7 @@ impl Engine {
             )
             .await;
         if result.is_err() && !pending.is_empty() {
-            self.put_back(&product.id, denomination_minor, &pending)
-                .await;
+            self.put_back(&product.id, denomination_minor, &pending).await;
         }
         result
     }
@@ -249,13 +241,7 @@ impl Engine {
         key: &str,
         fingerprint: &[u8; 32],
     ) -> Result<Outcome, AppError> {
-        type Stored = (
-            Vec<u8>,
-            Option<i16>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Option<String>,
-        );
+        type Stored = (Vec<u8>, Option<i16>, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
         let row: Option<Stored> = sqlx::query_as(
             "SELECT request_fingerprint, response_status, response_ciphertext, response_nonce, response_key_id
                FROM idempotency_keys WHERE client_id = $1 AND key = $2",
@@ -298,16 +284,8 @@ impl Engine {
         pending: &mut Vec<i64>,
     ) -> Result<Outcome, AppError> {
         let wanted = req.quantity as usize;
-        let (claimed, stats) = self
-            .claim(
-                &mut tx,
-                &product.id,
-                denomination_minor,
-                wanted,
-                allocation_id,
-                pending,
-            )
-            .await?;
+        let (claimed, stats) =
+            self.claim(&mut tx, &product.id, denomination_minor, wanted, allocation_id, pending).await?;
         tracing::debug!(
             product_id = %product.id, denomination_minor, quantity = wanted,
             hits = stats.hits, stale = stats.stale, fallback = stats.fallback,
@@ -317,10 +295,7 @@ impl Engine {
             tx.rollback().await?;
             return Err(ApiError::new(
                 ErrorCode::OutOfStock,
-                format!(
-                    "only {} of the {wanted} cards asked for are available; nothing was allocated",
-                    claimed.len()
-                ),
+                format!("only {} of the {wanted} cards asked for are available; nothing was allocated", claimed.len()),
             )
             .with_details(serde_json::json!({
                 "product_id": product.id,
@@ -461,27 +436,17 @@ impl Engine {
     }
 
     fn warn_cache(&self, e: &crate::cache::CacheError) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let last = self.last_cache_warning.load(Ordering::Relaxed);
         if now >= last + 10
-            && self
-                .last_cache_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.last_cache_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             tracing::warn!(error = %e, "inventory cache unavailable; allocating from Postgres");
         }
     }
 
     /// An allocation as its owner sees it; `None` when it does not exist or is not theirs.
-    pub async fn get_allocation(
-        &self,
-        caller: &Caller,
-        id: Uuid,
-    ) -> Result<Option<Bytes>, AppError> {
+    pub async fn get_allocation(&self, caller: &Caller, id: Uuid) -> Result<Option<Bytes>, AppError> {
         // The replica may lag behind a just-made allocation: fall back to the primary.
         if let Some(body) = self.read_allocation(&self.db.replica, caller, id).await? {
             return Ok(Some(body));
@@ -492,12 +457,7 @@ impl Engine {
         Ok(None)
     }
 
-    async fn read_allocation(
-        &self,
-        pool: &sqlx::PgPool,
-        caller: &Caller,
-        id: Uuid,
-    ) -> Result<Option<Bytes>, AppError> {
+    async fn read_allocation(&self, pool: &sqlx::PgPool, caller: &Caller, id: Uuid) -> Result<Option<Bytes>, AppError> {
         type Head = (String, i64, i32, Option<String>, OffsetDateTime, String);
         let head: Option<Head> = sqlx::query_as(
             "SELECT a.product_id, a.denomination_minor, a.quantity, a.client_reference, a.created_at, p.currency
@@ -508,19 +468,10 @@ impl Engine {
         .bind(caller.client_id)
         .fetch_optional(pool)
         .await?;
-        let Some((
-            product_id,
-            denomination_minor,
-            quantity,
-            client_reference,
-            created_at,
-            currency,
-        )) = head
-        else {
+        let Some((product_id, denomination_minor, quantity, client_reference, created_at, currency)) = head else {
             return Ok(None);
         };
-        let currency =
-            allot_shared::Currency::parse(&currency).map_err(|e| AppError::Internal(e.into()))?;
+        let currency = allot_shared::Currency::parse(&currency).map_err(|e| AppError::Internal(e.into()))?;
         let rows: Vec<ClaimedCard> = sqlx::query_as(
             "SELECT inv.id, inv.code_ciphertext, inv.code_nonce, inv.code_key_id, inv.expires_at
                FROM allocation_items i JOIN inventories inv ON inv.id = i.card_id
@@ -536,8 +487,7 @@ impl Engine {
                 .keys
                 .open(&c.code_ciphertext, &c.code_nonce, &c.code_key_id, &aad)
                 .map_err(|e| AppError::Internal(anyhow::anyhow!("card {}: {e}", c.id)))?;
-            let secret: CardSecret =
-                serde_json::from_slice(&plain).map_err(|e| AppError::Internal(e.into()))?;
+            let secret: CardSecret = serde_json::from_slice(&plain).map_err(|e| AppError::Internal(e.into()))?;
             cards.push(AllocatedCard {
                 card_id: c.id,
                 code: secret.code,
@@ -555,8 +505,6 @@ impl Engine {
             cards,
             created_at: format_time(created_at),
         };
-        Ok(Some(Bytes::from(
-            serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?,
-        )))
+        Ok(Some(Bytes::from(serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?)))
     }
 }

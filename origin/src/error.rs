@@ -43,10 +43,7 @@ impl AppError {
 /// Whether a database error means "Postgres is unreachable or overloaded" (retryable).
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
@@ -72,10 +69,7 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 
 fn database_error(e: &sqlx::Error) -> ApiError {
     if is_unavailable(e) {
-        return ApiError::new(
-            ErrorCode::OriginUnavailable,
-            "the database is unavailable; retry shortly",
-        );
+        return ApiError::new(ErrorCode::OriginUnavailable, "the database is unavailable; retry shortly");
     }
     if let sqlx::Error::Database(db) = e {
         // Constraint names are the contract between the schema and the API.
@@ -87,10 +81,7 @@ fn database_error(e: &sqlx::Error) -> ApiError {
                 );
             }
             (Some("40001" | "40P01"), _) => {
-                return ApiError::new(
-                    ErrorCode::OriginUnavailable,
-                    "the request conflicted with another; retry",
-                );
+                return ApiError::new(ErrorCode::OriginUnavailable, "the request conflicted with another; retry");
             }
             (_, Some("inventories_denomination_offered")) => {
                 return ApiError::validation("denomination", "is not offered for this product");
@@ -114,20 +105,9 @@ pub struct ErrorMarker(pub ApiError);
 /// The response for an API error (without request id; the request-id layer adds it).
 pub fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        e.to_json(None),
-    )
-        .into_response();
-    if matches!(
-        e.code,
-        ErrorCode::OriginUnavailable | ErrorCode::RateLimited | ErrorCode::IdempotencyInProgress
-    ) {
-        resp.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            HeaderValue::from_static("1"),
-        );
+    let mut resp = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], e.to_json(None)).into_response();
+    if matches!(e.code, ErrorCode::OriginUnavailable | ErrorCode::RateLimited | ErrorCode::IdempotencyInProgress) {
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp.extensions_mut().insert(ErrorMarker(e.clone()));
     resp

@@ -152,10 +152,7 @@ enum InventoryAction {
 fn main() -> ExitCode {
     telemetry::init_logging();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -172,8 +169,7 @@ fn main() -> ExitCode {
 }
 
 fn database_url() -> anyhow::Result<String> {
-    std::env::var("DATABASE_URL")
-        .context("DATABASE_URL is not set: set it to the Postgres primary's URL")
+    std::env::var("DATABASE_URL").context("DATABASE_URL is not set: set it to the Postgres primary's URL")
 }
 
 fn cache_from(cfg: &Config) -> anyhow::Result<Option<InventoryCache>> {
@@ -209,10 +205,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 MigrateAction::Up => {
                     println!("applied {} migration(s)", db::migrate_up(&pool).await?)
                 }
-                MigrateAction::Down { steps } => println!(
-                    "reverted {} migration(s)",
-                    db::migrate_down(&pool, steps).await?
-                ),
+                MigrateAction::Down { steps } => {
+                    println!("reverted {} migration(s)", db::migrate_down(&pool, steps).await?)
+                }
                 MigrateAction::Status => {
                     for m in db::migration_status(&pool).await? {
                         println!(
@@ -226,11 +221,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo {
-            action: DemoAction::Seed {
-                cards_per_denomination,
-            },
-        } => {
+        Command::Demo { action: DemoAction::Seed { cards_per_denomination } } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
             db::check_schema(&pool).await?;
@@ -245,27 +236,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", generate_card_key(&key_id));
             Ok(())
         }
-        Command::Client {
-            action: ClientAction::Create { name },
-        } => {
+        Command::Client { action: ClientAction::Create { name } } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
-            println!(
-                "{}",
-                ops::create_client(&pool, &name, &cfg.region, None).await?
-            );
+            println!("{}", ops::create_client(&pool, &name, &cfg.region, None).await?);
             Ok(())
         }
         Command::Key { action } => {
             let pool = db::connect_admin(&database_url()?).await?;
             match action {
                 KeyAction::Issue { client, label } => {
-                    println!(
-                        "{}",
-                        ops::issue_key(&pool, client, label.as_deref())
-                            .await?
-                            .expose()
-                    );
+                    println!("{}", ops::issue_key(&pool, client, label.as_deref()).await?.expose());
                 }
                 KeyAction::Revoke { key_id } => {
                     ops::revoke_key(&pool, &key_id).await?;
@@ -274,15 +255,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Product {
-            action:
-                ProductAction::Upsert {
-                    id,
-                    name,
-                    currency,
-                    denominations,
-                },
-        } => {
+        Command::Product { action: ProductAction::Upsert { id, name, currency, denominations } } => {
             let pool = db::connect_admin(&database_url()?).await?;
             let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;
             let denominations = denominations
@@ -299,36 +272,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let pool = db::connect_admin(&cfg.database_url).await?;
             let cache = cache_from(&cfg)?;
             match action {
-                InventoryAction::Load {
-                    product,
-                    denomination,
-                    file,
-                } => {
-                    let currency: String =
-                        sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
-                            .bind(&product)
-                            .fetch_optional(&pool)
-                            .await?
-                            .with_context(|| format!("no product {product}"))?;
+                InventoryAction::Load { product, denomination, file } => {
+                    let currency: String = sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
+                        .bind(&product)
+                        .fetch_optional(&pool)
+                        .await?
+                        .with_context(|| format!("no product {product}"))?;
                     let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;
                     let minor = Denomination::parse(&denomination)
                         .and_then(|d| d.to_minor(currency.exponent()))
                         .map_err(|e| anyhow::anyhow!("denomination: {e}"))?;
                     let cards = read_cards(&file)?;
-                    let ids = ops::load_cards(
-                        &pool,
-                        cache.as_ref(),
-                        &cfg.card_keys,
-                        &product,
-                        minor,
-                        &cards,
-                    )
-                    .await?;
+                    let ids = ops::load_cards(&pool, cache.as_ref(), &cfg.card_keys, &product, minor, &cards).await?;
                     println!("loaded {} card(s)", ids.len());
                 }
                 InventoryAction::RebuildCache => {
-                    let cache =
-                        cache.context("VALKEY_URL is `none`: there is no cache to rebuild")?;
+                    let cache = cache.context("VALKEY_URL is `none`: there is no cache to rebuild")?;
                     let (products, cards) = ops::rebuild_all_caches(&pool, &cache).await?;
                     println!("rebuilt {products} product set(s) with {cards} card(s)");
                 }
@@ -339,8 +298,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn read_cards(path: &std::path::Path) -> anyhow::Result<Vec<ops::NewCard>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut cards = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -355,14 +313,8 @@ fn read_cards(path: &std::path::Path) -> anyhow::Result<Vec<ops::NewCard>> {
             .filter(|e| !e.is_empty())
             .map(|e| time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339))
             .transpose()
-            .with_context(|| {
-                format!("{}:{}: expires_at must be RFC 3339", path.display(), n + 1)
-            })?;
-        cards.push(ops::NewCard {
-            code,
-            pin,
-            expires_at,
-        });
+            .with_context(|| format!("{}:{}: expires_at must be RFC 3339", path.display(), n + 1))?;
+        cards.push(ops::NewCard { code, pin, expires_at });
     }
     Ok(cards)
 }

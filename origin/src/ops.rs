@@ -32,93 +32,53 @@ async fn audit(
 }
 
 /// Create a client in a region; returns its id.
-pub async fn create_client(
-    pool: &PgPool,
-    name: &str,
-    region: &Region,
-    id: Option<Uuid>,
-) -> anyhow::Result<Uuid> {
+pub async fn create_client(pool: &PgPool, name: &str, region: &Region, id: Option<Uuid>) -> anyhow::Result<Uuid> {
     let id = id.unwrap_or_else(Uuid::now_v7);
-    sqlx::query(
-        "INSERT INTO clients (id, name, region) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(region.as_str())
-    .execute(pool)
-    .await?;
-    audit(
-        pool,
-        "operator",
-        "client.create",
-        &id.to_string(),
-        serde_json::json!({ "name": name }),
-    )
-    .await?;
+    sqlx::query("INSERT INTO clients (id, name, region) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+        .bind(id)
+        .bind(name)
+        .bind(region.as_str())
+        .execute(pool)
+        .await?;
+    audit(pool, "operator", "client.create", &id.to_string(), serde_json::json!({ "name": name })).await?;
     Ok(id)
 }
 
 /// Issue a new API key for a client; the returned key is shown once and never stored.
-pub async fn issue_key(
-    pool: &PgPool,
-    client_id: Uuid,
-    label: Option<&str>,
-) -> anyhow::Result<ApiKey> {
-    let region: Option<String> = sqlx::query_scalar("SELECT region FROM clients WHERE id = $1")
-        .bind(client_id)
-        .fetch_optional(pool)
-        .await?;
-    let Some(region) = region else {
-        bail!("no client with id {client_id}")
-    };
+pub async fn issue_key(pool: &PgPool, client_id: Uuid, label: Option<&str>) -> anyhow::Result<ApiKey> {
+    let region: Option<String> =
+        sqlx::query_scalar("SELECT region FROM clients WHERE id = $1").bind(client_id).fetch_optional(pool).await?;
+    let Some(region) = region else { bail!("no client with id {client_id}") };
     let region = Region::parse(&region).map_err(anyhow::Error::msg)?;
     let mut random = [0u8; 128];
     rand::rngs::OsRng.fill_bytes(&mut random);
-    let key_id = base62_from_random(&random[..40], allot_shared::api_key::KEY_ID_LEN)
-        .context("not enough randomness")?;
-    let secret = base62_from_random(&random[40..], allot_shared::api_key::SECRET_LEN)
-        .context("not enough randomness")?;
+    let key_id =
+        base62_from_random(&random[..40], allot_shared::api_key::KEY_ID_LEN).context("not enough randomness")?;
+    let secret =
+        base62_from_random(&random[40..], allot_shared::api_key::SECRET_LEN).context("not enough randomness")?;
     let key = ApiKey::new(region, &key_id, &secret).map_err(anyhow::Error::msg)?;
-    sqlx::query(
-        "INSERT INTO api_keys (key_id, client_id, secret_digest, label) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(key.key_id())
-    .bind(client_id)
-    .bind(&key.secret_digest()[..])
-    .bind(label)
-    .execute(pool)
-    .await?;
-    audit(
-        pool,
-        "operator",
-        "key.issue",
-        key.key_id(),
-        serde_json::json!({ "client_id": client_id }),
-    )
-    .await?;
+    sqlx::query("INSERT INTO api_keys (key_id, client_id, secret_digest, label) VALUES ($1, $2, $3, $4)")
+        .bind(key.key_id())
+        .bind(client_id)
+        .bind(&key.secret_digest()[..])
+        .bind(label)
+        .execute(pool)
+        .await?;
+    audit(pool, "operator", "key.issue", key.key_id(), serde_json::json!({ "client_id": client_id })).await?;
     Ok(key)
 }
 
 /// Revoke a key; effective everywhere within the key cache's TTL.
 pub async fn revoke_key(pool: &PgPool, key_id: &str) -> anyhow::Result<()> {
-    let n = sqlx::query(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(key_id)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let n = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL")
+        .bind(key_id)
+        .execute(pool)
+        .await?
+        .rows_affected();
     if n == 0 {
         bail!("no active key with id {key_id}");
     }
-    audit(
-        pool,
-        "operator",
-        "key.revoke",
-        key_id,
-        serde_json::json!({}),
-    )
-    .await
+    audit(pool, "operator", "key.revoke", key_id, serde_json::json!({})).await
 }
 
 /// Create (or update) a product and the denominations it is offered in.
@@ -132,10 +92,7 @@ pub async fn upsert_product(
     allot_shared::ident::validate_product_id(id).map_err(|e| anyhow::anyhow!("product id: {e}"))?;
     let minors = denominations
         .iter()
-        .map(|d| {
-            d.to_minor(currency.exponent())
-                .map_err(|e| anyhow::anyhow!("denomination {d}: {e}"))
-        })
+        .map(|d| d.to_minor(currency.exponent()).map_err(|e| anyhow::anyhow!("denomination {d}: {e}")))
         .collect::<anyhow::Result<Vec<i64>>>()?;
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -148,10 +105,8 @@ pub async fn upsert_product(
     .bind(currency.code())
     .execute(&mut *tx)
     .await?;
-    let stored: String = sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let stored: String =
+        sqlx::query_scalar("SELECT currency FROM products WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
     if stored != currency.code() {
         bail!("product {id} exists in {stored}; its currency cannot change");
     }
@@ -164,14 +119,7 @@ pub async fn upsert_product(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    audit(
-        pool,
-        "operator",
-        "product.upsert",
-        id,
-        serde_json::json!({ "denominations": minors }),
-    )
-    .await?;
+    audit(pool, "operator", "product.upsert", id, serde_json::json!({ "denominations": minors })).await?;
     Ok(minors)
 }
 
@@ -209,10 +157,7 @@ pub async fn load_cards(
             if c.code.is_empty() || c.code.len() > 512 || c.code.chars().any(char::is_control) {
                 bail!("card codes must be 1-512 characters without control characters");
             }
-            let secret = serde_json::to_vec(&CardSecret {
-                code: c.code.clone(),
-                pin: c.pin.clone(),
-            })?;
+            let secret = serde_json::to_vec(&CardSecret { code: c.code.clone(), pin: c.pin.clone() })?;
             let sealed = keys.seal(&secret, &aad);
             ct.push(sealed.ciphertext);
             nonces.push(sealed.nonce);
@@ -265,29 +210,19 @@ pub async fn load_cards(
 }
 
 /// Rebuild one product's cache set from Postgres's active cards; returns how many.
-pub async fn rebuild_product_cache(
-    pool: &PgPool,
-    cache: &InventoryCache,
-    product_id: &str,
-) -> anyhow::Result<usize> {
-    let members: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT denomination_minor, id FROM inventories WHERE product_id = $1 AND status = 'active'",
-    )
-    .bind(product_id)
-    .fetch_all(pool)
-    .await?;
+pub async fn rebuild_product_cache(pool: &PgPool, cache: &InventoryCache, product_id: &str) -> anyhow::Result<usize> {
+    let members: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT denomination_minor, id FROM inventories WHERE product_id = $1 AND status = 'active'")
+            .bind(product_id)
+            .fetch_all(pool)
+            .await?;
     cache.replace(product_id, &members).await?;
     Ok(members.len())
 }
 
 /// Rebuild every product's cache set; returns (products, cards).
-pub async fn rebuild_all_caches(
-    pool: &PgPool,
-    cache: &InventoryCache,
-) -> anyhow::Result<(usize, usize)> {
-    let products: Vec<String> = sqlx::query_scalar("SELECT id FROM products ORDER BY id")
-        .fetch_all(pool)
-        .await?;
+pub async fn rebuild_all_caches(pool: &PgPool, cache: &InventoryCache) -> anyhow::Result<(usize, usize)> {
+    let products: Vec<String> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(pool).await?;
     let mut cards = 0;
     for p in &products {
         cards += rebuild_product_cache(pool, cache, p).await?;

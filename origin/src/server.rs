@@ -20,23 +20,14 @@ use crate::products::ProductDirectory;
 pub fn build_state(cfg: Config) -> anyhow::Result<AppState> {
     let db = Db::connect_lazy(&cfg)?;
     let cache = match &cfg.valkey_url {
-        Some(url) => Some(
-            InventoryCache::new(url, &cfg.valkey_prefix, cfg.valkey_timeout)
-                .context("VALKEY_URL")?,
-        ),
+        Some(url) => Some(InventoryCache::new(url, &cfg.valkey_prefix, cfg.valkey_timeout).context("VALKEY_URL")?),
         None => None,
     };
     let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
     let engine = Engine::new(db.clone(), cache.clone(), cfg.card_keys.clone(), products);
     let auth = Authenticator::new(db.primary.clone(), cfg.region.clone(), cfg.key_cache_ttl);
     let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
-    Ok(AppState {
-        config: Arc::new(cfg),
-        db,
-        engine,
-        auth,
-        catalogue,
-    })
+    Ok(AppState { config: Arc::new(cfg), db, engine, auth, catalogue })
 }
 
 /// Listeners bound and ready to serve.
@@ -59,9 +50,8 @@ pub async fn bind(state: AppState) -> anyhow::Result<BoundServer> {
              without going through the edge. Never run like this in production."
         );
     }
-    let public = TcpListener::bind(state.config.listen)
-        .await
-        .with_context(|| format!("binding {}", state.config.listen))?;
+    let public =
+        TcpListener::bind(state.config.listen).await.with_context(|| format!("binding {}", state.config.listen))?;
     let operator = TcpListener::bind(state.config.operator_listen)
         .await
         .with_context(|| format!("binding {}", state.config.operator_listen))?;
@@ -95,9 +85,7 @@ impl BoundServer {
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!(
-            "shutdown signal received; finishing in-flight work (a second signal exits at once)"
-        );
+        tracing::info!("shutdown signal received; finishing in-flight work (a second signal exits at once)");
         token.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");

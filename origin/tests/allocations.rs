@@ -12,21 +12,11 @@ fn body(product: &str, denomination: &str, quantity: u32) -> String {
 }
 
 fn card_ids(r: &Reply) -> Vec<i64> {
-    r.json()["cards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["card_id"].as_i64().unwrap())
-        .collect()
+    r.json()["cards"].as_array().unwrap().iter().map(|c| c["card_id"].as_i64().unwrap()).collect()
 }
 
 fn codes(r: &Reply) -> Vec<String> {
-    r.json()["cards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["code"].as_str().unwrap().to_owned())
-        .collect()
+    r.json()["cards"].as_array().unwrap().iter().map(|c| c["code"].as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -37,28 +27,18 @@ async fn flash_sale_allocates_each_card_exactly_once() {
 
     let requests = (0..2000).map(|i| {
         let app = &app;
-        async move {
-            app.allocate(&format!("flash-{i}"), &body("flash", "25.00", 1))
-                .await
-        }
+        async move { app.allocate(&format!("flash-{i}"), &body("flash", "25.00", 1)).await }
     });
     let replies = join_all(requests).await;
 
     let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
-    let out_of_stock = replies
-        .iter()
-        .filter(|r| r.status == 409 && r.error_code() == "OUT_OF_STOCK")
-        .count();
+    let out_of_stock = replies.iter().filter(|r| r.status == 409 && r.error_code() == "OUT_OF_STOCK").count();
     let other: Vec<(u16, String)> = replies
         .iter()
         .filter(|r| r.status != 201 && r.status != 409)
         .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
         .collect();
-    assert!(
-        other.is_empty(),
-        "unexpected replies: {:?}",
-        &other[..other.len().min(5)]
-    );
+    assert!(other.is_empty(), "unexpected replies: {:?}", &other[..other.len().min(5)]);
     assert_eq!(ok.len(), 500, "exactly the stock is allocated");
     assert_eq!(out_of_stock, 1500);
 
@@ -70,17 +50,11 @@ async fn flash_sale_allocates_each_card_exactly_once() {
     assert_eq!(app.count("inventories", "status = 'active'").await, 0);
     assert_eq!(app.count("allocations", "").await, 500);
     assert_eq!(app.count("allocation_items", "").await, 500);
-    assert_eq!(
-        app.count("outbox", "topic = 'allocation.created'").await,
-        500
-    );
+    assert_eq!(app.count("outbox", "topic = 'allocation.created'").await, 500);
     // Every allocated card is the one its allocation's items name.
     assert_eq!(
-        app.count(
-            "allocation_items i JOIN inventories v ON v.id = i.card_id",
-            "v.allocation_id = i.allocation_id"
-        )
-        .await,
+        app.count("allocation_items i JOIN inventories v ON v.id = i.card_id", "v.allocation_id = i.allocation_id")
+            .await,
         500
     );
     app.finish().await;
@@ -99,11 +73,7 @@ async fn all_or_nothing() {
     assert_eq!(details["requested"], 5);
     assert_eq!(details["available"], 3);
     assert!(r.json()["error"]["request_id"].is_string());
-    assert_eq!(
-        app.count("inventories", "status = 'active'").await,
-        3,
-        "nothing allocated"
-    );
+    assert_eq!(app.count("inventories", "status = 'active'").await, 3, "nothing allocated");
     assert_eq!(app.count("allocations", "").await, 0);
     assert_eq!(app.count("idempotency_keys", "").await, 0);
     // The popped ids went back to the cache.
@@ -126,12 +96,7 @@ async fn replays_sequentially_byte_for_byte() {
     assert_eq!(first.status, 201);
     assert_eq!(first.header("idempotent-replayed"), None);
     // Same meaning in another form ("20" and reordered keys) is the same request.
-    let again = app
-        .allocate(
-            "rep-key",
-            r#"{"quantity":2,"denomination":"20","product_id":"rep"}"#,
-        )
-        .await;
+    let again = app.allocate("rep-key", r#"{"quantity":2,"denomination":"20","product_id":"rep"}"#).await;
     assert_eq!(again.status, 201);
     assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
     assert_eq!(again.body, first.body, "byte for byte");
@@ -140,52 +105,21 @@ async fn replays_sequentially_byte_for_byte() {
 
     // The allocation reads back, identically, to its owner.
     let id = first.json()["allocation_id"].as_str().unwrap().to_owned();
-    let got = app
-        .send(
-            "GET",
-            &format!("/v1/allocations/{id}"),
-            Some(&app.key),
-            None,
-            b"",
-        )
-        .await;
+    let got = app.send("GET", &format!("/v1/allocations/{id}"), Some(&app.key), None, b"").await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, first.body);
 
     // Another client sees 404, not 403, and its own key space is separate.
     let other = common::other_client_key(&app).await;
-    let hidden = app
-        .send(
-            "GET",
-            &format!("/v1/allocations/{id}"),
-            Some(&other),
-            None,
-            b"",
-        )
-        .await;
+    let hidden = app.send("GET", &format!("/v1/allocations/{id}"), Some(&other), None, b"").await;
     assert_eq!(hidden.status, 404);
     assert_eq!(hidden.error_code(), "NOT_FOUND");
-    let theirs = app
-        .send(
-            "POST",
-            "/v1/allocations",
-            Some(&other),
-            Some("rep-key"),
-            body("rep", "20.00", 2).as_bytes(),
-        )
-        .await;
+    let theirs =
+        app.send("POST", "/v1/allocations", Some(&other), Some("rep-key"), body("rep", "20.00", 2).as_bytes()).await;
     assert_eq!(theirs.status, 201);
     assert_eq!(theirs.header("idempotent-replayed"), None);
     assert_ne!(card_ids(&theirs), card_ids(&first));
-    let garbage = app
-        .send(
-            "GET",
-            "/v1/allocations/not-a-uuid",
-            Some(&app.key),
-            None,
-            b"",
-        )
-        .await;
+    let garbage = app.send("GET", "/v1/allocations/not-a-uuid", Some(&app.key), None, b"").await;
     assert_eq!(garbage.status, 404);
     app.finish().await;
 }
@@ -196,19 +130,12 @@ async fn concurrent_duplicates_make_one_allocation() {
     app.product("dup", "USD", &["50.00"]).await;
     app.load_cards("dup", 5000, 20).await;
 
-    let replies =
-        join_all((0..50).map(|_| app.allocate("same-key", body("dup", "50.00", 3)))).await;
+    let replies = join_all((0..50).map(|_| app.allocate("same-key", body("dup", "50.00", 3)))).await;
     for r in &replies {
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.body, replies[0].body, "identical bodies");
     }
-    assert_eq!(
-        replies
-            .iter()
-            .filter(|r| r.header("idempotent-replayed").is_none())
-            .count(),
-        1
-    );
+    assert_eq!(replies.iter().filter(|r| r.header("idempotent-replayed").is_none()).count(), 1);
     assert_eq!(app.count("allocations", "").await, 1);
     assert_eq!(app.count("inventories", "status = 'allocated'").await, 3);
     assert_eq!(app.count("inventories", "status = 'active'").await, 17);
@@ -222,15 +149,11 @@ async fn a_reused_key_with_another_body_is_a_mismatch() {
     app.load_cards("mm", 1000, 5).await;
     app.load_cards("mm", 2500, 5).await;
 
-    assert_eq!(
-        app.allocate("mm-key", &body("mm", "10.00", 1)).await.status,
-        201
-    );
+    assert_eq!(app.allocate("mm-key", &body("mm", "10.00", 1)).await.status, 201);
     for other in [
         body("mm", "25.00", 1),
         body("mm", "10.00", 2),
-        r#"{"product_id":"mm","denomination":"10.00","quantity":1,"client_reference":"x"}"#
-            .to_owned(),
+        r#"{"product_id":"mm","denomination":"10.00","quantity":1,"client_reference":"x"}"#.to_owned(),
     ] {
         let r = app.allocate("mm-key", &other).await;
         assert_eq!(r.status, 422, "{other}");
@@ -268,17 +191,13 @@ async fn allocates_correctly_with_valkey_down() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let app = TestApp::spawn_with(Options {
-        valkey_url: Some(format!("redis://127.0.0.1:{port}")),
-        ..Options::default()
-    })
-    .await;
+    let app =
+        TestApp::spawn_with(Options { valkey_url: Some(format!("redis://127.0.0.1:{port}")), ..Options::default() })
+            .await;
     app.product("down", "USD", &["10.00"]).await;
     app.load_cards_db_only("down", 1000, 60).await;
 
-    let replies =
-        join_all((0..80).map(|i| app.allocate(format!("down-{i}"), body("down", "10.00", 1))))
-            .await;
+    let replies = join_all((0..80).map(|i| app.allocate(format!("down-{i}"), body("down", "10.00", 1)))).await;
     let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
     let bad: Vec<String> = replies
         .iter()
@@ -287,30 +206,15 @@ async fn allocates_correctly_with_valkey_down() {
         .take(3)
         .collect();
     assert_eq!(ok.len(), 60, "{bad:?}");
-    assert!(
-        replies
-            .iter()
-            .filter(|r| r.status != 201)
-            .all(|r| r.error_code() == "OUT_OF_STOCK")
-    );
+    assert!(replies.iter().filter(|r| r.status != 201).all(|r| r.error_code() == "OUT_OF_STOCK"));
     let ids: HashSet<i64> = ok.iter().flat_map(|r| card_ids(r)).collect();
     assert_eq!(ids.len(), 60);
     assert_eq!(app.count("inventories", "status = 'active'").await, 0);
 
-    let ready = common::read(
-        app.http
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = common::read(app.http.get(format!("{}/readyz", app.base)).send().await.unwrap()).await;
     assert_eq!(ready.status, 200, "Valkey down is degraded, not unready");
     assert_eq!(ready.json()["status"], "warn");
-    assert_eq!(
-        ready.header("content-type").as_deref(),
-        Some("application/health+json")
-    );
+    assert_eq!(ready.header("content-type").as_deref(), Some("application/health+json"));
     app.finish().await;
 }
 
@@ -329,27 +233,13 @@ async fn allocates_correctly_from_a_cache_full_of_stale_ids() {
     let fresh = app.load_cards_db_only("stale", 1000, 12).await;
     assert_eq!(app.cached_ids("stale").await.len(), 30);
 
-    let replies =
-        join_all((0..8).map(|i| app.allocate(format!("st-{i}"), body("stale", "10.00", 2)))).await;
+    let replies = join_all((0..8).map(|i| app.allocate(format!("st-{i}"), body("stale", "10.00", 2)))).await;
     let ok: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
     assert_eq!(ok.len(), 6, "12 fresh cards make 6 allocations of 2");
     let got: HashSet<i64> = ok.iter().flat_map(|r| card_ids(r)).collect();
-    assert_eq!(
-        got,
-        fresh.iter().copied().collect::<HashSet<_>>(),
-        "only live cards, each once"
-    );
-    assert!(
-        replies
-            .iter()
-            .filter(|r| r.status != 201)
-            .all(|r| r.error_code() == "OUT_OF_STOCK")
-    );
-    assert_eq!(
-        app.count("inventories", "status = 'void'").await,
-        30,
-        "voided cards untouched"
-    );
+    assert_eq!(got, fresh.iter().copied().collect::<HashSet<_>>(), "only live cards, each once");
+    assert!(replies.iter().filter(|r| r.status != 201).all(|r| r.error_code() == "OUT_OF_STOCK"));
+    assert_eq!(app.count("inventories", "status = 'void'").await, 30, "voided cards untouched");
     app.finish().await;
 }
 
@@ -361,25 +251,14 @@ async fn catalogue_lists_denominations_with_availability_and_etag() {
     app.load_cards("cat-a", 1000, 4).await;
     app.load_cards_db_only("cat-b", 1000, 2).await;
 
-    let r = app
-        .send("GET", "/v1/products", Some(&app.key), None, b"")
-        .await;
+    let r = app.send("GET", "/v1/products", Some(&app.key), None, b"").await;
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["products"][0]["product_id"], "cat-a");
-    assert_eq!(
-        v["products"][0]["denominations"][0],
-        serde_json::json!({"denomination": "10.00", "available": 4})
-    );
-    assert_eq!(
-        v["products"][0]["denominations"][1],
-        serde_json::json!({"denomination": "25.00", "available": 0})
-    );
+    assert_eq!(v["products"][0]["denominations"][0], serde_json::json!({"denomination": "10.00", "available": 4}));
+    assert_eq!(v["products"][0]["denominations"][1], serde_json::json!({"denomination": "25.00", "available": 0}));
     // cat-b's set was never built: counted in Postgres.
-    assert_eq!(
-        v["products"][1]["denominations"][0],
-        serde_json::json!({"denomination": "1000", "available": 2})
-    );
+    assert_eq!(v["products"][1]["denominations"][0], serde_json::json!({"denomination": "1000", "available": 2}));
     assert_eq!(r.header("cache-control").as_deref(), Some("max-age=5"));
     let etag = r.header("etag").unwrap();
     let cached = common::read(
@@ -387,10 +266,7 @@ async fn catalogue_lists_denominations_with_availability_and_etag() {
             .get(format!("{}/v1/products", app.base))
             .header("authorization", format!("Bearer {}", app.key))
             .header("if-none-match", &etag)
-            .header(
-                allot_shared::headers::SIGNATURE,
-                app.sign("GET", "/v1/products", b""),
-            )
+            .header(allot_shared::headers::SIGNATURE, app.sign("GET", "/v1/products", b""))
             .send()
             .await
             .unwrap(),
@@ -405,14 +281,9 @@ async fn revoked_keys_stop_working_within_the_cache_ttl() {
     let app = TestApp::spawn().await;
     app.product("rv", "USD", &["10.00"]).await;
     app.load_cards("rv", 1000, 5).await;
-    assert_eq!(
-        app.allocate("rv-1", &body("rv", "10.00", 1)).await.status,
-        201
-    );
+    assert_eq!(app.allocate("rv-1", &body("rv", "10.00", 1)).await.status, 201);
     let key_id = app.key.split('_').nth(2).unwrap().to_owned();
-    allot_origin::ops::revoke_key(&app.pool, &key_id)
-        .await
-        .unwrap();
+    allot_origin::ops::revoke_key(&app.pool, &key_id).await.unwrap();
     // The test TTL is 300 ms.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let r = app.allocate("rv-2", &body("rv", "10.00", 1)).await;

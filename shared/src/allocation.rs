@@ -72,8 +72,8 @@ impl AllocationRequest {
         validate_product_id(&product_id).map_err(|r| ApiError::validation("product_id", r))?;
 
         let denomination = required_string("denomination", raw.denomination)?;
-        let denomination = Denomination::parse(&denomination)
-            .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
+        let denomination =
+            Denomination::parse(&denomination).map_err(|e| ApiError::validation("denomination", e.to_string()))?;
 
         let max = limits.max_quantity;
         let quantity = match raw.quantity {
@@ -81,10 +81,7 @@ impl AllocationRequest {
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(q) if (1..=u64::from(max)).contains(&q) => q as u32,
                 _ => {
-                    return Err(ApiError::validation(
-                        "quantity",
-                        format!("must be a whole number from 1 to {max}"),
-                    ));
+                    return Err(ApiError::validation("quantity", format!("must be a whole number from 1 to {max}")));
                 }
             },
             Some(_) => return Err(ApiError::validation("quantity", "must be a number")),
@@ -93,19 +90,13 @@ impl AllocationRequest {
         let client_reference = match raw.client_reference {
             None => None,
             Some(Value::String(s)) => {
-                validate_client_reference(&s)
-                    .map_err(|r| ApiError::validation("client_reference", r))?;
+                validate_client_reference(&s).map_err(|r| ApiError::validation("client_reference", r))?;
                 Some(s)
             }
             Some(_) => return Err(ApiError::validation("client_reference", "must be a string")),
         };
 
-        Ok(Self {
-            product_id,
-            denomination,
-            quantity,
-            client_reference,
-        })
+        Ok(Self { product_id, denomination, quantity, client_reference })
     }
 
     /// A digest of the request's meaning, for idempotency: equal for bodies that ask for the
@@ -193,15 +184,13 @@ mod tests {
     }
 
     fn field_of(e: &ApiError) -> String {
-        e.details.as_ref().unwrap()["field"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        e.details.as_ref().unwrap()["field"].as_str().unwrap().to_owned()
     }
 
     #[test]
     fn parses_a_good_request() {
-        let r = parse(r#"{"product_id":"amazon-us","denomination":"25.00","quantity":3,"client_reference":"o-1"}"#).unwrap();
+        let r = parse(r#"{"product_id":"amazon-us","denomination":"25.00","quantity":3,"client_reference":"o-1"}"#)
+            .unwrap();
         assert_eq!(r.product_id, "amazon-us");
         assert_eq!(r.denomination.to_minor(2).unwrap(), 2500);
         assert_eq!(r.quantity, 3);
@@ -212,72 +201,24 @@ mod tests {
     #[test]
     fn rejects_bad_input_naming_the_field() {
         let cases = [
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":0}"#,
-                "quantity",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":-1}"#,
-                "quantity",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":21}"#,
-                "quantity",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":1.5}"#,
-                "quantity",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":1e3}"#,
-                "quantity",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":99999999999999999999999}"#,
-                "quantity",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"25","quantity":"2"}"#,
-                "quantity",
-            ),
+            (r#"{"product_id":"p","denomination":"25","quantity":0}"#, "quantity"),
+            (r#"{"product_id":"p","denomination":"25","quantity":-1}"#, "quantity"),
+            (r#"{"product_id":"p","denomination":"25","quantity":21}"#, "quantity"),
+            (r#"{"product_id":"p","denomination":"25","quantity":1.5}"#, "quantity"),
+            (r#"{"product_id":"p","denomination":"25","quantity":1e3}"#, "quantity"),
+            (r#"{"product_id":"p","denomination":"25","quantity":99999999999999999999999}"#, "quantity"),
+            (r#"{"product_id":"p","denomination":"25","quantity":"2"}"#, "quantity"),
             (r#"{"product_id":"p","denomination":"25"}"#, "quantity"),
-            (
-                r#"{"product_id":"p","denomination":25,"quantity":1}"#,
-                "denomination",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"-5","quantity":1}"#,
-                "denomination",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"1e3","quantity":1}"#,
-                "denomination",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"","quantity":1}"#,
-                "denomination",
-            ),
-            (
-                r#"{"product_id":"","denomination":"5","quantity":1}"#,
-                "product_id",
-            ),
-            (
-                r#"{"product_id":7,"denomination":"5","quantity":1}"#,
-                "product_id",
-            ),
+            (r#"{"product_id":"p","denomination":25,"quantity":1}"#, "denomination"),
+            (r#"{"product_id":"p","denomination":"-5","quantity":1}"#, "denomination"),
+            (r#"{"product_id":"p","denomination":"1e3","quantity":1}"#, "denomination"),
+            (r#"{"product_id":"p","denomination":"","quantity":1}"#, "denomination"),
+            (r#"{"product_id":"","denomination":"5","quantity":1}"#, "product_id"),
+            (r#"{"product_id":7,"denomination":"5","quantity":1}"#, "product_id"),
             (r#"{"denomination":"5","quantity":1}"#, "product_id"),
-            (
-                r#"{"product_id":"p","denomination":"5","quantity":1,"client_reference":5}"#,
-                "client_reference",
-            ),
-            (
-                r#"{"product_id":"p","denomination":"5","quantity":1,"extra":true}"#,
-                "body",
-            ),
-            (
-                r#"{"product_id":"p","product_id":"q","denomination":"5","quantity":1}"#,
-                "body",
-            ),
+            (r#"{"product_id":"p","denomination":"5","quantity":1,"client_reference":5}"#, "client_reference"),
+            (r#"{"product_id":"p","denomination":"5","quantity":1,"extra":true}"#, "body"),
+            (r#"{"product_id":"p","product_id":"q","denomination":"5","quantity":1}"#, "body"),
             (r#"[1,2]"#, "body"),
             (r#"{"product_id":"p""#, "body"),
             ("", "body"),
@@ -295,12 +236,9 @@ mod tests {
     #[test]
     fn fingerprint_ignores_form_but_not_meaning() {
         let a = parse(r#"{"product_id":"p","denomination":"25","quantity":2}"#).unwrap();
-        let b =
-            parse(r#" { "quantity": 2, "denomination": "25.00", "product_id": "p" } "#).unwrap();
+        let b = parse(r#" { "quantity": 2, "denomination": "25.00", "product_id": "p" } "#).unwrap();
         let c = parse(r#"{"product_id":"p","denomination":"25","quantity":3}"#).unwrap();
-        let d =
-            parse(r#"{"product_id":"p","denomination":"25","quantity":2,"client_reference":"x"}"#)
-                .unwrap();
+        let d = parse(r#"{"product_id":"p","denomination":"25","quantity":2,"client_reference":"x"}"#).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
         assert_ne!(a.fingerprint(), d.fingerprint());
@@ -315,20 +253,12 @@ mod tests {
             currency: Currency::parse("USD").unwrap(),
             quantity: 1,
             client_reference: None,
-            cards: vec![AllocatedCard {
-                card_id: 7,
-                code: "ABCD".into(),
-                pin: None,
-                expires_at: None,
-            }],
+            cards: vec![AllocatedCard { card_id: 7, code: "ABCD".into(), pin: None, expires_at: None }],
             created_at: "2026-11-21T00:00:00Z".into(),
         };
         let json = serde_json::to_string(&resp).unwrap();
         assert!(!json.contains("pin"));
-        assert_eq!(
-            serde_json::from_str::<AllocationResponse>(&json).unwrap(),
-            resp
-        );
+        assert_eq!(serde_json::from_str::<AllocationResponse>(&json).unwrap(), resp);
     }
 
     proptest! {

@@ -79,22 +79,14 @@ impl ApiKey {
         if !is_base62(key_id, KEY_ID_LEN) || !is_base62(secret, SECRET_LEN) {
             return Err(ApiKeyError::Malformed);
         }
-        Ok(Self {
-            region,
-            key_id: key_id.to_owned(),
-            secret: secret.to_owned(),
-        })
+        Ok(Self { region, key_id: key_id.to_owned(), secret: secret.to_owned() })
     }
 
     /// Parse a key and check its format and checksum.
     pub fn parse(s: &str) -> Result<Self, ApiKeyError> {
-        let rest = s
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_prefix('_'))
-            .ok_or(ApiKeyError::Malformed)?;
+        let rest = s.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('_')).ok_or(ApiKeyError::Malformed)?;
         let mut parts = rest.splitn(3, '_');
-        let (Some(region), Some(key_id), Some(tail)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(region), Some(key_id), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(ApiKeyError::Malformed);
         };
         let region = Region::parse(region).map_err(|_| ApiKeyError::Malformed)?;
@@ -172,12 +164,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> ApiKey {
-        ApiKey::new(
-            Region::parse("eu").unwrap(),
-            "AbCdEfGh12345678",
-            "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t00",
-        )
-        .unwrap()
+        ApiKey::new(Region::parse("eu").unwrap(), "AbCdEfGh12345678", "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t00").unwrap()
     }
 
     #[test]
@@ -185,10 +172,7 @@ mod tests {
         let key = sample();
         let text = key.expose();
         assert!(text.starts_with("allot_eu_AbCdEfGh12345678_"));
-        assert_eq!(
-            text.len(),
-            5 + 1 + 2 + 1 + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
-        );
+        assert_eq!(text.len(), 5 + 1 + 2 + 1 + KEY_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN);
         let parsed = ApiKey::parse(&text).unwrap();
         assert_eq!(parsed, key);
         assert_eq!(parsed.secret_digest(), key.secret_digest());
@@ -200,18 +184,8 @@ mod tests {
         let mut typo = text.clone().into_bytes();
         let i = typo.len() - 10;
         typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
-        assert_eq!(
-            ApiKey::parse(std::str::from_utf8(&typo).unwrap()),
-            Err(ApiKeyError::BadChecksum)
-        );
-        for bad in [
-            "",
-            "allot_",
-            "allot_eu_x_y",
-            "ghp_abc",
-            &text[1..],
-            &format!("{text}x"),
-        ] {
+        assert_eq!(ApiKey::parse(std::str::from_utf8(&typo).unwrap()), Err(ApiKeyError::BadChecksum));
+        for bad in ["", "allot_", "allot_eu_x_y", "ghp_abc", &text[1..], &format!("{text}x")] {
             assert!(ApiKey::parse(bad).is_err(), "{bad}");
         }
     }

@@ -47,10 +47,7 @@ mod tests {
                 product_id: "p".into(),
                 name: "Gift card".into(),
                 currency: Currency::parse("EUR").unwrap(),
-                denominations: vec![DenominationStock {
-                    denomination: "10.00".into(),
-                    available: 3,
-                }],
+                denominations: vec![DenominationStock { denomination: "10.00".into(), available: 3 }],
             }],
         };
         let json = serde_json::to_string(&c).unwrap();

@@ -105,11 +105,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a code and message and no details.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-        }
+        Self { code, message: message.into(), details: None }
     }
 
     /// A `VALIDATION_FAILED` error naming the offending field.
@@ -147,9 +143,8 @@ impl ApiError {
 
     /// The serialised wire body for this error.
     pub fn to_json(&self, request_id: Option<&str>) -> String {
-        serde_json::to_string(&self.to_body(request_id)).unwrap_or_else(|_| {
-            r#"{"error":{"code":"INTERNAL","message":"internal error"}}"#.into()
-        })
+        serde_json::to_string(&self.to_body(request_id))
+            .unwrap_or_else(|_| r#"{"error":{"code":"INTERNAL","message":"internal error"}}"#.into())
     }
 }
 
@@ -222,9 +217,6 @@ mod tests {
         assert_eq!(body.error.request_id.as_deref(), Some("req-1"));
         assert_eq!(body.error.details.unwrap()["field"], "quantity");
         let bare = ApiError::new(ErrorCode::NotFound, "no such allocation").to_json(None);
-        assert_eq!(
-            bare,
-            r#"{"error":{"code":"NOT_FOUND","message":"no such allocation"}}"#
-        );
+        assert_eq!(bare, r#"{"error":{"code":"NOT_FOUND","message":"no such allocation"}}"#);
     }
 }

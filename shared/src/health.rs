@@ -79,20 +79,8 @@ pub struct HealthCheck {
 impl Health {
     /// A document whose status is the worst of its checks (pass when there are none).
     pub fn from_checks(checks: BTreeMap<String, Vec<HealthCheck>>) -> Self {
-        let status = checks
-            .values()
-            .flatten()
-            .map(|c| c.status)
-            .max()
-            .unwrap_or(HealthStatus::Pass);
-        Self {
-            status,
-            version: None,
-            service_id: None,
-            description: None,
-            output: None,
-            checks,
-        }
+        let status = checks.values().flatten().map(|c| c.status).max().unwrap_or(HealthStatus::Pass);
+        Self { status, version: None, service_id: None, description: None, output: None, checks }
     }
 }
 
@@ -112,10 +100,7 @@ mod tests {
             time: None,
             output: None,
         };
-        checks.insert(
-            "postgres:primary".to_owned(),
-            vec![check(HealthStatus::Pass)],
-        );
+        checks.insert("postgres:primary".to_owned(), vec![check(HealthStatus::Pass)]);
         checks.insert("valkey".to_owned(), vec![check(HealthStatus::Warn)]);
         let h = Health::from_checks(checks);
         assert_eq!(h.status, HealthStatus::Warn);

@@ -20,10 +20,7 @@ pub fn validate_product_id(s: &str) -> Result<(), String> {
     if !s.as_bytes()[0].is_ascii_alphanumeric() {
         return Err("must start with a letter or digit".into());
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    {
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
         return Err("may contain only letters, digits, '.', '_', ':' and '-'".into());
     }
     Ok(())
@@ -35,9 +32,7 @@ pub fn validate_idempotency_key(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(format!(
-            "must be at most {MAX_IDEMPOTENCY_KEY_LEN} characters"
-        ));
+        return Err(format!("must be at most {MAX_IDEMPOTENCY_KEY_LEN} characters"));
     }
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("must be visible ASCII characters only".into());
@@ -51,9 +46,7 @@ pub fn validate_client_reference(s: &str) -> Result<(), String> {
         return Err("must not be empty when present".into());
     }
     if s.chars().count() > MAX_CLIENT_REFERENCE_LEN {
-        return Err(format!(
-            "must be at most {MAX_CLIENT_REFERENCE_LEN} characters"
-        ));
+        return Err(format!("must be at most {MAX_CLIENT_REFERENCE_LEN} characters"));
     }
     if s.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
@@ -65,8 +58,7 @@ pub fn validate_client_reference(s: &str) -> Result<(), String> {
 pub fn is_valid_request_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_REQUEST_ID_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

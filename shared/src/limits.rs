@@ -16,9 +16,6 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_quantity: DEFAULT_MAX_QUANTITY,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-        }
+        Self { max_quantity: DEFAULT_MAX_QUANTITY, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
     }
 }

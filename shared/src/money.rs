@@ -39,17 +39,15 @@ const EXPONENT_EXCEPTIONS: &[(&str, u8)] = &[
 
 /// Active ISO 4217 codes with a 2-decimal minor unit, sorted by code.
 const TWO_DECIMAL_CODES: &[&str] = &[
-    "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN",
-    "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHE",
-    "CHF", "CHW", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DKK", "DOP", "DZD", "EGP",
-    "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GTQ", "GYD", "HKD",
-    "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IRR", "JMD", "KES", "KGS", "KHR", "KPW", "KYD",
-    "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP",
-    "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR",
-    "NZD", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "QAR", "RON", "RSD", "RUB", "SAR", "SBD",
-    "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL",
-    "THB", "TJS", "TMT", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "USD", "USN", "UYU", "UZS",
-    "VED", "VES", "WST", "XCD", "XCG", "YER", "ZAR", "ZMW", "ZWG",
+    "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BMD", "BND", "BOB",
+    "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHE", "CHF", "CHW", "CNY", "COP", "COU", "CRC",
+    "CUP", "CVE", "CZK", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP",
+    "GMD", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IRR", "JMD", "KES", "KGS", "KHR", "KPW",
+    "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR",
+    "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "PAB", "PEN", "PGK", "PHP",
+    "PKR", "PLN", "QAR", "RON", "RSD", "RUB", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD",
+    "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "USD", "USN",
+    "UYU", "UZS", "VED", "VES", "WST", "XCD", "XCG", "YER", "ZAR", "ZMW", "ZWG",
 ];
 
 /// An ISO 4217 currency with its minor-unit exponent.
@@ -76,23 +74,16 @@ impl Currency {
     pub fn parse(code: &str) -> Result<Self, CurrencyError> {
         let bytes = code.as_bytes();
         if bytes.len() != 3 || !bytes.iter().all(u8::is_ascii_uppercase) {
-            return Err(CurrencyError(
-                "must be a three-letter upper-case ISO 4217 code".into(),
-            ));
+            return Err(CurrencyError("must be a three-letter upper-case ISO 4217 code".into()));
         }
         let exponent = if let Ok(i) = EXPONENT_EXCEPTIONS.binary_search_by(|(c, _)| c.cmp(&code)) {
             EXPONENT_EXCEPTIONS[i].1
         } else if TWO_DECIMAL_CODES.binary_search(&code).is_ok() {
             2
         } else {
-            return Err(CurrencyError(format!(
-                "{code} is not an active ISO 4217 currency"
-            )));
+            return Err(CurrencyError(format!("{code} is not an active ISO 4217 currency")));
         };
-        Ok(Self {
-            code: [bytes[0], bytes[1], bytes[2]],
-            exponent,
-        })
+        Ok(Self { code: [bytes[0], bytes[1], bytes[2]], exponent })
     }
 
     /// The three-letter code.
@@ -139,12 +130,7 @@ pub fn format_minor(minor: i64, exponent: u8) -> String {
         return format!("{sign}{abs}");
     }
     let div = 10u64.pow(u32::from(exponent));
-    format!(
-        "{sign}{}.{:0width$}",
-        abs / div,
-        abs % div,
-        width = usize::from(exponent)
-    )
+    format!("{sign}{}.{:0width$}", abs / div, abs % div, width = usize::from(exponent))
 }
 
 /// A positive denomination exactly as written on the wire (`"25"`, `"25.00"`, `"0.500"`).
@@ -207,18 +193,12 @@ impl Denomination {
         if mantissa == 0 {
             return bad("must be greater than zero");
         }
-        Ok(Self {
-            mantissa,
-            scale: frac.len() as u8,
-        })
+        Ok(Self { mantissa, scale: frac.len() as u8 })
     }
 
     /// A denomination from minor units of a currency.
     pub fn from_minor(minor: u64, currency: Currency) -> Self {
-        Self {
-            mantissa: minor,
-            scale: currency.exponent(),
-        }
+        Self { mantissa: minor, scale: currency.exponent() }
     }
 
     /// The amount in minor units of a currency with `exponent` decimal places.
@@ -234,9 +214,7 @@ impl Denomination {
             self.mantissa / div
         } else {
             let mul = 10u64.pow(u32::from(exponent - self.scale));
-            self.mantissa
-                .checked_mul(mul)
-                .ok_or_else(|| DenominationError("is too large".into()))?
+            self.mantissa.checked_mul(mul).ok_or_else(|| DenominationError("is too large".into()))?
         };
         i64::try_from(minor).map_err(|_| DenominationError("is too large".into()))
     }
@@ -287,55 +265,19 @@ mod tests {
     #[test]
     fn denominations_parse_exactly() {
         let usd = Currency::parse("USD").unwrap();
-        for (s, minor) in [
-            ("25", 2500),
-            ("25.00", 2500),
-            ("25.5", 2550),
-            ("0.01", 1),
-            ("10.000", 1000),
-        ] {
-            assert_eq!(
-                Denomination::parse(s)
-                    .unwrap()
-                    .to_minor(usd.exponent())
-                    .unwrap(),
-                minor,
-                "{s}"
-            );
+        for (s, minor) in [("25", 2500), ("25.00", 2500), ("25.5", 2550), ("0.01", 1), ("10.000", 1000)] {
+            assert_eq!(Denomination::parse(s).unwrap().to_minor(usd.exponent()).unwrap(), minor, "{s}");
         }
-        for bad in [
-            "",
-            "-5",
-            "+5",
-            "1e3",
-            "10.",
-            ".5",
-            "0",
-            "0.00",
-            "007",
-            " 5",
-            "5 ",
-            "1,5",
-            "NaN",
-            "12345678901",
-            "1.23456",
-        ] {
-            assert!(
-                Denomination::parse(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+        for bad in
+            ["", "-5", "+5", "1e3", "10.", ".5", "0", "0.00", "007", " 5", "5 ", "1,5", "NaN", "12345678901", "1.23456"]
+        {
+            assert!(Denomination::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let d = Denomination::parse("10.001").unwrap();
         assert!(d.to_minor(2).is_err());
         assert_eq!(d.to_minor(3).unwrap(), 10001);
-        assert_eq!(
-            Denomination::parse("25").unwrap().canonical(2).unwrap(),
-            "25.00"
-        );
-        assert_eq!(
-            Denomination::parse("500").unwrap().canonical(0).unwrap(),
-            "500"
-        );
+        assert_eq!(Denomination::parse("25").unwrap().canonical(2).unwrap(), "25.00");
+        assert_eq!(Denomination::parse("500").unwrap().canonical(0).unwrap(), "500");
     }
 
     #[test]

@@ -39,11 +39,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy() -> RateLimitPolicy {
-        RateLimitPolicy {
-            name: "default".into(),
-            limit: 100,
-            window_secs: 60,
-        }
+        RateLimitPolicy { name: "default".into(), limit: 100, window_secs: 60 }
     }
 
     #[test]

@@ -16,10 +16,7 @@ impl Region {
         if !b[0].is_ascii_lowercase() {
             return Err("region must start with a lower-case letter".into());
         }
-        if !b
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        {
+        if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             return Err("region may contain only lower-case letters and digits".into());
         }
         Ok(Self(s.to_owned()))

@@ -51,11 +51,7 @@ pub fn body_digest_hex(body: &[u8]) -> String {
 
 /// The exact string that is MACed.
 pub fn canonical_string(timestamp: i64, method: &str, path_and_query: &str, body: &[u8]) -> String {
-    format!(
-        "allot-v1\n{timestamp}\n{}\n{path_and_query}\n{}",
-        method.to_ascii_uppercase(),
-        body_digest_hex(body)
-    )
+    format!("allot-v1\n{timestamp}\n{}\n{path_and_query}\n{}", method.to_ascii_uppercase(), body_digest_hex(body))
 }
 
 fn mac(secret: &[u8], canonical: &str) -> HmacSha256 {
@@ -66,32 +62,16 @@ fn mac(secret: &[u8], canonical: &str) -> HmacSha256 {
 }
 
 /// The `allot-signature` header value for a request.
-pub fn sign(
-    secret: &[u8],
-    timestamp: i64,
-    method: &str,
-    path_and_query: &str,
-    body: &[u8],
-) -> String {
-    let tag = mac(
-        secret,
-        &canonical_string(timestamp, method, path_and_query, body),
-    )
-    .finalize();
+pub fn sign(secret: &[u8], timestamp: i64, method: &str, path_and_query: &str, body: &[u8]) -> String {
+    let tag = mac(secret, &canonical_string(timestamp, method, path_and_query, body)).finalize();
     format!("t={timestamp},v1={}", hex::encode(tag.into_bytes()))
 }
 
 /// Split a header value into its timestamp and MAC bytes.
 pub fn parse_header(value: &str) -> Result<(i64, [u8; 32]), SignatureError> {
     let (t, v1) = value.split_once(',').ok_or(SignatureError::Malformed)?;
-    let t = t
-        .trim()
-        .strip_prefix("t=")
-        .ok_or(SignatureError::Malformed)?;
-    let v1 = v1
-        .trim()
-        .strip_prefix("v1=")
-        .ok_or(SignatureError::Malformed)?;
+    let t = t.trim().strip_prefix("t=").ok_or(SignatureError::Malformed)?;
+    let v1 = v1.trim().strip_prefix("v1=").ok_or(SignatureError::Malformed)?;
     if t.is_empty() || t.len() > 12 || !t.bytes().all(|b| b.is_ascii_digit()) {
         return Err(SignatureError::Malformed);
     }
@@ -119,14 +99,8 @@ pub fn verify(
     }
     let canonical = canonical_string(ts, method, path_and_query, body);
     // verify_slice compares in constant time.
-    let ok = secrets.iter().fold(false, |ok, s| {
-        mac(s, &canonical).verify_slice(&tag).is_ok() | ok
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    let ok = secrets.iter().fold(false, |ok, s| mac(s, &canonical).verify_slice(&tag).is_ok() | ok);
+    if ok { Ok(()) } else { Err(SignatureError::Mismatch) }
 }
 
 #[cfg(test)]
@@ -140,29 +114,10 @@ mod tests {
     fn signs_and_verifies() {
         let h = sign(SECRET, 1_700_000_000, "post", "/v1/allocations?x=1", b"{}");
         assert!(h.starts_with("t=1700000000,v1="));
-        assert_eq!(
-            verify(
-                &[SECRET],
-                Some(&h),
-                1_700_000_030,
-                60,
-                "POST",
-                "/v1/allocations?x=1",
-                b"{}"
-            ),
-            Ok(())
-        );
+        assert_eq!(verify(&[SECRET], Some(&h), 1_700_000_030, 60, "POST", "/v1/allocations?x=1", b"{}"), Ok(()));
         // Rotation: an old and a new secret both configured.
         assert_eq!(
-            verify(
-                &[b"new", SECRET],
-                Some(&h),
-                1_700_000_000,
-                60,
-                "POST",
-                "/v1/allocations?x=1",
-                b"{}"
-            ),
+            verify(&[b"new", SECRET], Some(&h), 1_700_000_000, 60, "POST", "/v1/allocations?x=1", b"{}"),
             Ok(())
         );
     }
@@ -171,18 +126,9 @@ mod tests {
     fn refuses_tampering_staleness_and_junk() {
         let h = sign(SECRET, 1_000, "POST", "/v1/allocations", b"{\"a\":1}");
         let v = |hdr: Option<&str>, now, m, p, b: &[u8]| verify(&[SECRET], hdr, now, 60, m, p, b);
-        assert_eq!(
-            v(Some(&h), 1_000, "POST", "/v1/allocations", b"{\"a\":2}"),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            v(Some(&h), 1_000, "GET", "/v1/allocations", b"{\"a\":1}"),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            v(Some(&h), 1_000, "POST", "/v1/allocations?q", b"{\"a\":1}"),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(v(Some(&h), 1_000, "POST", "/v1/allocations", b"{\"a\":2}"), Err(SignatureError::Mismatch));
+        assert_eq!(v(Some(&h), 1_000, "GET", "/v1/allocations", b"{\"a\":1}"), Err(SignatureError::Mismatch));
+        assert_eq!(v(Some(&h), 1_000, "POST", "/v1/allocations?q", b"{\"a\":1}"), Err(SignatureError::Mismatch));
         assert_eq!(
             v(Some(&h), 1_061, "POST", "/v1/allocations", b"{\"a\":1}"),
             Err(SignatureError::Stale { skew_secs: 61 })
@@ -191,29 +137,12 @@ mod tests {
             v(Some(&h), 939, "POST", "/v1/allocations", b"{\"a\":1}"),
             Err(SignatureError::Stale { skew_secs: -61 })
         );
-        assert_eq!(
-            v(None, 1_000, "POST", "/", b""),
-            Err(SignatureError::Missing)
-        );
-        for junk in [
-            "",
-            "t=1",
-            "t=x,v1=00",
-            "v1=00,t=1",
-            "t=1,v1=zz",
-            "t=-1,v1=00",
-        ] {
-            assert_eq!(
-                v(Some(junk), 1_000, "POST", "/", b""),
-                Err(SignatureError::Malformed),
-                "{junk}"
-            );
+        assert_eq!(v(None, 1_000, "POST", "/", b""), Err(SignatureError::Missing));
+        for junk in ["", "t=1", "t=x,v1=00", "v1=00,t=1", "t=1,v1=zz", "t=-1,v1=00"] {
+            assert_eq!(v(Some(junk), 1_000, "POST", "/", b""), Err(SignatureError::Malformed), "{junk}");
         }
         let other = sign(b"other", 1_000, "POST", "/v1/allocations", b"{\"a\":1}");
-        assert_eq!(
-            v(Some(&other), 1_000, "POST", "/v1/allocations", b"{\"a\":1}"),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(v(Some(&other), 1_000, "POST", "/v1/allocations", b"{\"a\":1}"), Err(SignatureError::Mismatch));
     }
 
     proptest! {

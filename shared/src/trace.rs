@@ -24,10 +24,7 @@ impl TraceParent {
         if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
             return None;
         }
-        let lower_hex = |x: &str| {
-            x.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
+        let lower_hex = |x: &str| x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ![version, trace, parent, flags].iter().all(|p| lower_hex(p)) {
             return None;
         }
@@ -40,11 +37,7 @@ impl TraceParent {
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
-        Some(Self {
-            trace_id,
-            parent_id,
-            flags: fl[0],
-        })
+        Some(Self { trace_id, parent_id, flags: fl[0] })
     }
 
     /// A new sampled trace from 24 random bytes (16 for the trace id, 8 for the span id).
@@ -60,20 +53,12 @@ impl TraceParent {
         if parent_id == [0; 8] {
             parent_id[7] = 1;
         }
-        Self {
-            trace_id,
-            parent_id,
-            flags: 1,
-        }
+        Self { trace_id, parent_id, flags: 1 }
     }
 
     /// The same trace with a new parent span id (the span this hop creates).
     pub fn child(&self, span_id: [u8; 8]) -> Self {
-        let parent_id = if span_id == [0; 8] {
-            [0, 0, 0, 0, 0, 0, 0, 1]
-        } else {
-            span_id
-        };
+        let parent_id = if span_id == [0; 8] { [0, 0, 0, 0, 0, 0, 0, 1] } else { span_id };
         Self { parent_id, ..*self }
     }
 
@@ -85,13 +70,7 @@ impl TraceParent {
 
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.parent_id),
-            self.flags
-        )
+        write!(f, "00-{}-{}-{:02x}", hex::encode(self.trace_id), hex::encode(self.parent_id), self.flags)
     }
 }
 
@@ -108,10 +87,7 @@ mod tests {
         assert_eq!(tp.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let child = tp.child([1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(child.trace_id, tp.trace_id);
-        assert_eq!(
-            child.to_string(),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01"
-        );
+        assert_eq!(child.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01");
     }
 
     #[test]

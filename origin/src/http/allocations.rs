@@ -1,8 +1,7 @@
 //! `POST /v1/allocations` and `GET /v1/allocations/{id}`.
 
 use allot_shared::{
-    AllocationRequest, ApiError, ErrorCode, headers, ident::validate_idempotency_key,
-    trace::TraceParent,
+    AllocationRequest, ApiError, ErrorCode, headers, ident::validate_idempotency_key, trace::TraceParent,
 };
 use axum::Extension;
 use axum::body::Bytes;
@@ -15,15 +14,7 @@ use crate::engine::{Caller, Outcome};
 use crate::error::AppError;
 
 fn json(status: StatusCode, body: Bytes) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// Allocate cards (or replay the allocation made earlier with the same key).
@@ -33,15 +24,11 @@ pub async fn create(
     headers_in: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let key = headers_in.get(headers::IDEMPOTENCY_KEY).ok_or_else(|| {
-        AppError::api(
-            ErrorCode::IdempotencyKeyRequired,
-            "an Idempotency-Key header is required",
-        )
-    })?;
-    let key = key.to_str().map_err(|_| {
-        ApiError::validation("Idempotency-Key", "must be visible ASCII characters only")
-    })?;
+    let key = headers_in
+        .get(headers::IDEMPOTENCY_KEY)
+        .ok_or_else(|| AppError::api(ErrorCode::IdempotencyKeyRequired, "an Idempotency-Key header is required"))?;
+    let key =
+        key.to_str().map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII characters only"))?;
     validate_idempotency_key(key).map_err(|r| ApiError::validation("Idempotency-Key", r))?;
     let request = AllocationRequest::parse(&body, &st.config.limits)?;
     let trace = headers_in
@@ -50,18 +37,11 @@ pub async fn create(
         .and_then(TraceParent::parse)
         .map(|t| t.to_string());
 
-    match st
-        .engine
-        .allocate(caller, key.to_owned(), request, trace)
-        .await?
-    {
+    match st.engine.allocate(caller, key.to_owned(), request, trace).await? {
         Outcome::Created(body) => Ok(json(StatusCode::CREATED, body)),
         Outcome::Replayed(body) => {
             let mut resp = json(StatusCode::CREATED, body);
-            resp.headers_mut().insert(
-                headers::IDEMPOTENT_REPLAYED,
-                HeaderValue::from_static("true"),
-            );
+            resp.headers_mut().insert(headers::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             Ok(resp)
         }
     }

@@ -16,16 +16,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn render(mut h: Health) -> Response {
     h.version = Some(env!("CARGO_PKG_VERSION").to_owned());
-    let status =
-        StatusCode::from_u16(h.status.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let status = StatusCode::from_u16(h.status.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = serde_json::to_vec(&h).unwrap_or_default();
     (
         status,
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(HEALTH_CONTENT_TYPE),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_CONTENT_TYPE)),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         body,
@@ -38,18 +34,11 @@ pub async fn livez() -> Response {
     render(Health::from_checks(BTreeMap::new()))
 }
 
-fn check(
-    component_type: &str,
-    status: HealthStatus,
-    started: Instant,
-    output: Option<String>,
-) -> Vec<HealthCheck> {
+fn check(component_type: &str, status: HealthStatus, started: Instant, output: Option<String>) -> Vec<HealthCheck> {
     vec![HealthCheck {
         component_id: None,
         component_type: Some(component_type.to_owned()),
-        observed_value: Some(serde_json::json!(
-            (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0
-        )),
+        observed_value: Some(serde_json::json!((started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0)),
         observed_unit: Some("ms".to_owned()),
         status,
         time: Some(crate::engine::format_time(time::OffsetDateTime::now_utc())),
@@ -61,25 +50,11 @@ fn check(
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let pg = async {
         let started = Instant::now();
-        let r = tokio::time::timeout(
-            CHECK_TIMEOUT,
-            sqlx::query("SELECT 1").execute(&st.db.primary),
-        )
-        .await;
+        let r = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&st.db.primary)).await;
         match r {
             Ok(Ok(_)) => check("datastore", HealthStatus::Pass, started, None),
-            Ok(Err(e)) => check(
-                "datastore",
-                HealthStatus::Fail,
-                started,
-                Some(format!("{e}")),
-            ),
-            Err(_) => check(
-                "datastore",
-                HealthStatus::Fail,
-                started,
-                Some("no answer within 1 s".into()),
-            ),
+            Ok(Err(e)) => check("datastore", HealthStatus::Fail, started, Some(format!("{e}"))),
+            Err(_) => check("datastore", HealthStatus::Fail, started, Some("no answer within 1 s".into())),
         }
     };
     let valkey = async {

@@ -45,10 +45,7 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => error_response(&ApiError::new(
-            ErrorCode::OriginUnavailable,
-            "the request took too long; retry",
-        )),
+        Err(_) => error_response(&ApiError::new(ErrorCode::OriginUnavailable, "the request took too long; retry")),
     }
 }
 
@@ -60,28 +57,18 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Unknown routes and methods.
 pub async fn not_found(req: Request) -> Response {
-    error_response(&ApiError::new(
-        ErrorCode::NotFound,
-        format!("no route for {} {}", req.method(), req.uri().path()),
-    ))
+    error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path())))
 }
 
 /// The span every request runs in.
 pub fn make_span(req: &Request) -> Span {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.as_str())
-        .unwrap_or("");
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.as_str()).unwrap_or("");
     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
 }
 
 /// One structured access-log line per request.
 pub fn on_response(resp: &Response, latency: Duration, _span: &Span) {
-    let code = resp
-        .extensions()
-        .get::<ErrorMarker>()
-        .map(|m| m.0.code.as_str());
+    let code = resp.extensions().get::<ErrorMarker>().map(|m| m.0.code.as_str());
     tracing::info!(
         status = resp.status().as_u16(),
         latency_ms = latency.as_secs_f64() * 1000.0,
@@ -96,46 +83,22 @@ fn unauthorized(message: String) -> AppError {
 
 /// Gate for the API: body limit, edge signature (unless explicitly off), then the API key.
 /// The caller is attached to the request for handlers.
-pub async fn edge_and_key(
-    State(st): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+pub async fn edge_and_key(State(st): State<AppState>, req: Request, next: Next) -> Result<Response, AppError> {
     let limit = st.config.limits.max_body_bytes;
-    let too_large = || {
-        AppError::api(
-            ErrorCode::PayloadTooLarge,
-            format!("the body must be at most {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes"));
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
 
     if st.config.signature_mode == SignatureMode::Required {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let secrets: Vec<&[u8]> = st.config.edge_secrets.iter().map(Vec::as_slice).collect();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let sig = parts
-            .headers
-            .get(headers::SIGNATURE)
-            .and_then(|v| v.to_str().ok());
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let sig = parts.headers.get(headers::SIGNATURE).and_then(|v| v.to_str().ok());
         signature::verify(
             &secrets,
             sig,
@@ -148,10 +111,7 @@ pub async fn edge_and_key(
         .map_err(|e| unauthorized(e.to_string()))?;
     }
 
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let caller = st.auth.authenticate(authorization).await?;
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(caller);

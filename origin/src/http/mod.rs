@@ -40,16 +40,9 @@ fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
         .method_not_allowed_fallback(middleware::not_found)
         .with_state(state.clone())
         .layer(CompressionLayer::new())
-        .layer(axum::middleware::from_fn_with_state(
-            state.config.request_timeout,
-            middleware::deadline,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(middleware::make_span)
-                .on_response(middleware::on_response),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(middleware::make_span).on_response(middleware::on_response))
         .layer(axum::middleware::from_fn(middleware::request_id))
 }
 
@@ -59,21 +52,13 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/allocations", post(allocations::create))
         .route("/v1/allocations/{id}", get(allocations::get_one))
         .route("/v1/products", get(products::list))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::edge_and_key,
-        ));
-    let router = Router::new()
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
-        .merge(api);
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::edge_and_key));
+    let router = Router::new().route("/livez", get(health::livez)).route("/readyz", get(health::readyz)).merge(api);
     common_layers(router, &state)
 }
 
 /// The operator listener: health and (later) metrics; never exposed through the edge.
 pub fn operator_router(state: AppState) -> Router {
-    let router = Router::new()
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz));
+    let router = Router::new().route("/livez", get(health::livez)).route("/readyz", get(health::readyz));
     common_layers(router, &state)
 }

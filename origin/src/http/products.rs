@@ -17,25 +17,11 @@ pub async fn list(State(st): State<AppState>, headers_in: HeaderMap) -> Result<R
     let matches = headers_in
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == rendered.etag || t.trim() == "*")
-        });
-    let cache = [
-        (header::CACHE_CONTROL, HeaderValue::from_static(MAX_AGE)),
-        (header::ETAG, etag),
-    ];
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == rendered.etag || t.trim() == "*"));
+    let cache = [(header::CACHE_CONTROL, HeaderValue::from_static(MAX_AGE)), (header::ETAG, etag)];
     if matches {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
-    Ok((
-        StatusCode::OK,
-        cache,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        rendered.body,
-    )
+    Ok((StatusCode::OK, cache, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], rendered.body)
         .into_response())
 }

@@ -26,9 +26,8 @@ static CARD_KEYS: OnceLock<String> = OnceLock::new();
 
 /// The admin URL of the local stack's Postgres.
 pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL").expect(
-        "DATABASE_URL is not set: run `scripts/stack up` and `eval \"$(scripts/stack env)\"`",
-    )
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run `scripts/stack up` and `eval \"$(scripts/stack env)\"`")
 }
 
 /// The local stack's Valkey URL.
@@ -40,68 +39,40 @@ pub fn valkey_url() -> String {
 /// The same URL pointing at another database.
 pub fn url_for(db: &str) -> String {
     let base = admin_url();
-    let (head, _) = base
-        .rsplit_once('/')
-        .expect("DATABASE_URL has a database name");
+    let (head, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
     format!("{head}/{db}")
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// A fresh, empty database with no migrations applied.
 pub async fn empty_database() -> String {
     let name = format!("test_{}_{}", now_secs(), Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url())
-        .await
-        .expect("connect to the stack's Postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to the stack's Postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
     name
 }
 
 async fn template() -> String {
     TEMPLATE
         .get_or_init(|| async {
-            let checksum: Vec<u8> = allot_origin::db::MIGRATOR
-                .iter()
-                .flat_map(|m| m.checksum.to_vec())
-                .collect();
+            let checksum: Vec<u8> = allot_origin::db::MIGRATOR.iter().flat_map(|m| m.checksum.to_vec()).collect();
             let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&checksum));
             let name = format!("allot_template_{}", &digest[..16]);
-            let mut admin = PgConnection::connect(&admin_url())
-                .await
-                .expect("connect to the stack's Postgres");
+            let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to the stack's Postgres");
             // Serialise template creation across test processes.
-            sqlx::query("SELECT pg_advisory_lock(727274)")
-                .execute(&mut admin)
+            sqlx::query("SELECT pg_advisory_lock(727274)").execute(&mut admin).await.unwrap();
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut admin)
                 .await
                 .unwrap();
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                    .bind(&name)
-                    .fetch_one(&mut admin)
-                    .await
-                    .unwrap();
             if !exists {
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&url_for(&name))
-                    .await
-                    .unwrap();
-                allot_origin::db::migrate_up(&pool)
-                    .await
-                    .expect("migrations apply");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+                let pool = PgPoolOptions::new().max_connections(1).connect(&url_for(&name)).await.unwrap();
+                allot_origin::db::migrate_up(&pool).await.expect("migrations apply");
                 pool.close().await;
             }
             // Drop databases left behind by tests that failed more than an hour ago.
@@ -111,23 +82,14 @@ async fn template() -> String {
                     .await
                     .unwrap();
             for db in stale {
-                let ts = db
-                    .split('_')
-                    .nth(1)
-                    .and_then(|t| t.parse::<u64>().ok())
-                    .unwrap_or(u64::MAX);
+                let ts = db.split('_').nth(1).and_then(|t| t.parse::<u64>().ok()).unwrap_or(u64::MAX);
                 if ts + 3600 < now_secs() {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+                        .execute(&mut admin)
+                        .await;
                 }
             }
-            sqlx::query("SELECT pg_advisory_unlock(727274)")
-                .execute(&mut admin)
-                .await
-                .unwrap();
+            sqlx::query("SELECT pg_advisory_unlock(727274)").execute(&mut admin).await.unwrap();
             name
         })
         .await
@@ -140,17 +102,13 @@ pub async fn migrated_database() -> String {
     let name = format!("test_{}_{}", now_secs(), Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
     for attempt in 0.. {
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {name} TEMPLATE {tpl}"
-        )))
-        .execute(&mut admin)
-        .await;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {tpl}")))
+            .execute(&mut admin)
+            .await;
         match r {
             Ok(_) => break,
             // "source database is being accessed by other users": another clone is in progress.
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("55006") && attempt < 50 =>
-            {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") && attempt < 50 => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(e) => panic!("creating {name}: {e}"),
@@ -162,11 +120,9 @@ pub async fn migrated_database() -> String {
 /// Drop a test database.
 pub async fn drop_database(name: &str) {
     let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await;
 }
 
 /// How to start a test app.
@@ -180,10 +136,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            valkey_url: None,
-            extra: Vec::new(),
-        }
+        Self { valkey_url: None, extra: Vec::new() }
     }
 }
 
@@ -233,18 +186,12 @@ impl Reply {
 
     /// The error code of an error body.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error code in {:?}", self.json()))
-            .to_owned()
+        self.json()["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {:?}", self.json())).to_owned()
     }
 
     /// A header as a string.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
 }
 
@@ -253,10 +200,7 @@ pub fn settings_for(db: &str, prefix: &str, opts: &Options) -> Settings {
     let card_keys = CARD_KEYS.get_or_init(|| generate_card_key("test1")).clone();
     let mut pairs: Vec<(String, String)> = [
         ("DATABASE_URL", url_for(db)),
-        (
-            "VALKEY_URL",
-            opts.valkey_url.clone().unwrap_or_else(valkey_url),
-        ),
+        ("VALKEY_URL", opts.valkey_url.clone().unwrap_or_else(valkey_url)),
         ("ALLOT_REGION", "eu".to_owned()),
         ("ALLOT_VALKEY_PREFIX", prefix.to_owned()),
         ("ALLOT_CARD_KEYS", card_keys),
@@ -292,23 +236,11 @@ impl TestApp {
     pub async fn spawn_with(opts: Options) -> Self {
         let db_name = migrated_database().await;
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let config = Config::from_settings(&settings_for(&db_name, &prefix, &opts))
-            .expect("test config is valid");
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url_for(&db_name))
-            .await
-            .unwrap();
-        let cache =
-            InventoryCache::new(&valkey_url(), &prefix, std::time::Duration::from_secs(5)).unwrap();
-        let client_id =
-            ops::create_client(&pool, "Test client", &Region::parse("eu").unwrap(), None)
-                .await
-                .unwrap();
-        let key = ops::issue_key(&pool, client_id, Some("test"))
-            .await
-            .unwrap()
-            .expose();
+        let config = Config::from_settings(&settings_for(&db_name, &prefix, &opts)).expect("test config is valid");
+        let pool = PgPoolOptions::new().max_connections(8).connect(&url_for(&db_name)).await.unwrap();
+        let cache = InventoryCache::new(&valkey_url(), &prefix, std::time::Duration::from_secs(5)).unwrap();
+        let client_id = ops::create_client(&pool, "Test client", &Region::parse("eu").unwrap(), None).await.unwrap();
+        let key = ops::issue_key(&pool, client_id, Some("test")).await.unwrap().expose();
 
         let state = server::build_state(config.clone()).unwrap();
         let bound = server::bind(state).await.expect("server binds");
@@ -316,24 +248,8 @@ impl TestApp {
         let operator = format!("http://{}", bound.operator_addr);
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(bound.serve(shutdown.clone()));
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap();
-        Self {
-            base,
-            operator,
-            db_name,
-            pool,
-            cache,
-            prefix,
-            config,
-            client_id,
-            key,
-            http,
-            shutdown,
-            server,
-        }
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+        Self { base, operator, db_name, pool, cache, prefix, config, client_id, key, http, shutdown, server }
     }
 
     /// Stop the server and drop the database and cache keys.
@@ -344,42 +260,24 @@ impl TestApp {
         drop_database(&self.db_name).await;
         let client = redis::Client::open(valkey_url()).unwrap();
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:*", self.prefix))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap_or_default();
             if !keys.is_empty() {
-                let _: redis::RedisResult<()> =
-                    redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
             }
         }
     }
 
     /// Create a product offered in `denominations` (strings like "25.00").
     pub async fn product(&self, id: &str, currency: &str, denominations: &[&str]) -> Vec<i64> {
-        let ds: Vec<Denomination> = denominations
-            .iter()
-            .map(|d| Denomination::parse(d).unwrap())
-            .collect();
-        ops::upsert_product(
-            &self.pool,
-            id,
-            &format!("Product {id}"),
-            Currency::parse(currency).unwrap(),
-            &ds,
-        )
-        .await
-        .unwrap()
+        let ds: Vec<Denomination> = denominations.iter().map(|d| Denomination::parse(d).unwrap()).collect();
+        ops::upsert_product(&self.pool, id, &format!("Product {id}"), Currency::parse(currency).unwrap(), &ds)
+            .await
+            .unwrap()
     }
 
     /// Load `n` cards into Postgres only (the cache does not know them yet).
-    pub async fn load_cards_db_only(
-        &self,
-        product: &str,
-        denomination_minor: i64,
-        n: usize,
-    ) -> Vec<i64> {
+    pub async fn load_cards_db_only(&self, product: &str, denomination_minor: i64, n: usize) -> Vec<i64> {
         let cards: Vec<NewCard> = (0..n)
             .map(|_| NewCard {
                 code: format!("CODE-{}", Uuid::new_v4().simple()),
@@ -387,62 +285,33 @@ impl TestApp {
                 expires_at: None,
             })
             .collect();
-        ops::load_cards(
-            &self.pool,
-            None,
-            &self.config.card_keys,
-            product,
-            denomination_minor,
-            &cards,
-        )
-        .await
-        .unwrap()
+        ops::load_cards(&self.pool, None, &self.config.card_keys, product, denomination_minor, &cards).await.unwrap()
     }
 
     /// Load `n` cards and rebuild the product's cache set.
     pub async fn load_cards(&self, product: &str, denomination_minor: i64, n: usize) -> Vec<i64> {
-        let ids = self
-            .load_cards_db_only(product, denomination_minor, n)
-            .await;
+        let ids = self.load_cards_db_only(product, denomination_minor, n).await;
         self.rebuild_cache(product).await;
         ids
     }
 
     /// Rebuild a product's cache set from Postgres.
     pub async fn rebuild_cache(&self, product: &str) {
-        ops::rebuild_product_cache(&self.pool, &self.cache, product)
-            .await
-            .unwrap();
+        ops::rebuild_product_cache(&self.pool, &self.cache, product).await.unwrap();
     }
 
     /// Headers signed as the edge would sign them.
     pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
         signature::sign(EDGE_SECRET.as_bytes(), now, method, path, body)
     }
 
     /// Send a request as the edge would forward it: signed, with `key` as the API key.
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        idem: Option<&str>,
-        body: &[u8],
-    ) -> Reply {
+    pub async fn send(&self, method: &str, path: &str, key: Option<&str>, idem: Option<&str>, body: &[u8]) -> Reply {
         let mut req = self
             .http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}{}", self.base, path),
-            )
-            .header(
-                allot_shared::headers::SIGNATURE,
-                self.sign(method, path, body),
-            );
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{}", self.base, path))
+            .header(allot_shared::headers::SIGNATURE, self.sign(method, path, body));
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
@@ -450,23 +319,14 @@ impl TestApp {
             req = req.header("idempotency-key", i);
         }
         if !body.is_empty() {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_vec());
+            req = req.header("content-type", "application/json").body(body.to_vec());
         }
         read(req.send().await.expect("request sent")).await
     }
 
     /// `POST /v1/allocations` with this app's key.
     pub async fn allocate(&self, idem: impl AsRef<str>, body: impl AsRef<str>) -> Reply {
-        self.send(
-            "POST",
-            "/v1/allocations",
-            Some(&self.key),
-            Some(idem.as_ref()),
-            body.as_ref().as_bytes(),
-        )
-        .await
+        self.send("POST", "/v1/allocations", Some(&self.key), Some(idem.as_ref()), body.as_ref().as_bytes()).await
     }
 
     /// Count rows of `table` matching an optional SQL condition.
@@ -476,23 +336,15 @@ impl TestApp {
         } else {
             format!("SELECT count(*) FROM {table} WHERE {condition}")
         };
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&self.pool).await.unwrap()
     }
 
     /// Members of a product's cache set (sentinel excluded).
     pub async fn cached_ids(&self, product: &str) -> Vec<i64> {
         let client = redis::Client::open(valkey_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.cache.key(product))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let members: Vec<String> =
+            redis::cmd("ZRANGE").arg(self.cache.key(product)).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
         members.into_iter().filter_map(|m| m.parse().ok()).collect()
     }
 
@@ -500,17 +352,10 @@ impl TestApp {
     pub async fn flush_cache(&self) {
         let client = redis::Client::open(valkey_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap();
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
         }
     }
 }
@@ -520,36 +365,16 @@ pub async fn read(resp: reqwest::Response) -> Reply {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await.expect("body read");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }
 
 /// An API key string for `client` issued directly (another client, for ownership tests).
 pub async fn other_client_key(app: &TestApp) -> String {
-    let other = ops::create_client(
-        &app.pool,
-        "Other client",
-        &Region::parse("eu").unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
-    ops::issue_key(&app.pool, other, None)
-        .await
-        .unwrap()
-        .expose()
+    let other = ops::create_client(&app.pool, "Other client", &Region::parse("eu").unwrap(), None).await.unwrap();
+    ops::issue_key(&app.pool, other, None).await.unwrap().expose()
 }
 
 /// A well-formed key (valid checksum) that no database knows.
 pub fn unknown_key() -> String {
-    ApiKey::new(
-        Region::parse("eu").unwrap(),
-        "ZZZZZZZZZZZZZZZZ",
-        "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ",
-    )
-    .unwrap()
-    .expose()
+    ApiKey::new(Region::parse("eu").unwrap(), "ZZZZZZZZZZZZZZZZ", "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ").unwrap().expose()
 }

@@ -1,0 +1,152 @@
+//! Migrations, the schema check, the constraints that make impossible states impossible, and
+//! the query plan of the Postgres fallback on realistic (skewed) data.
+
+mod common;
+
+use allot_origin::config::Config;
+use allot_origin::db;
+use sqlx::postgres::PgPoolOptions;
+
+async fn pool(db_name: &str) -> sqlx::PgPool {
+    PgPoolOptions::new().max_connections(2).connect(&common::url_for(db_name)).await.unwrap()
+}
+
+async fn tables(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations' ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_migration_goes_up_down_and_up_again() {
+    let name = common::empty_database().await;
+    let pool = pool(&name).await;
+    let total = db::MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count();
+    assert_eq!(db::migrate_up(&pool).await.unwrap(), total);
+    let full = tables(&pool).await;
+    for t in [
+        "clients",
+        "api_keys",
+        "products",
+        "inventories",
+        "allocations",
+        "allocation_items",
+        "idempotency_keys",
+        "outbox",
+        "scheduled_jobs",
+        "job_runs",
+        "audit_log",
+    ] {
+        assert!(full.contains(&t.to_owned()), "{t} exists");
+    }
+    // One step at a time, every down runs.
+    for left in (0..total).rev() {
+        assert_eq!(db::migrate_down(&pool, 1).await.unwrap(), 1);
+        assert_eq!(db::applied_versions(&pool).await.unwrap().len(), left);
+    }
+    assert!(tables(&pool).await.is_empty(), "downs remove everything");
+    assert_eq!(db::migrate_up(&pool).await.unwrap(), total);
+    assert_eq!(tables(&pool).await, full);
+    pool.close().await;
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn the_server_refuses_an_old_schema_and_names_the_fix() {
+    let name = common::empty_database().await;
+    let pool = pool(&name).await;
+    db::migrate_up(&pool).await.unwrap();
+    db::migrate_down(&pool, 1).await.unwrap();
+    let cfg = Config::from_settings(&common::settings_for(&name, "tschema", &common::Options::default())).unwrap();
+    let state = allot_origin::server::build_state(cfg).unwrap();
+    let err = allot_origin::server::bind(state).await.err().expect("refuses to start").to_string();
+    assert!(err.contains("allot migrate up"), "{err}");
+    pool.close().await;
+    common::drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn constraints_make_impossible_states_impossible() {
+    let app = common::TestApp::spawn().await;
+    app.product("c", "USD", &["10.00"]).await;
+    let ids = app.load_cards("c", 1000, 2).await;
+    let p = &app.pool;
+    // An allocated card must have an allocation.
+    let e = sqlx::query("UPDATE inventories SET status = 'allocated', allocated_at = now() WHERE id = $1")
+        .bind(ids[0])
+        .execute(p)
+        .await;
+    assert!(e.unwrap_err().to_string().contains("inventories_allocation_matches_status"));
+    // An active card must not have one.
+    let alloc = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ($1, $2, 'c', 1000, 1, 'x')")
+        .bind(alloc).bind(app.client_id).execute(p).await.unwrap();
+    let e = sqlx::query("UPDATE inventories SET allocation_id = $2 WHERE id = $1")
+        .bind(ids[0])
+        .bind(alloc)
+        .execute(p)
+        .await;
+    assert!(e.unwrap_err().to_string().contains("inventories_allocation_matches_status"));
+    // A card belongs to at most one allocation.
+    sqlx::query("INSERT INTO allocation_items VALUES ($1, 0, $2)").bind(alloc).bind(ids[0]).execute(p).await.unwrap();
+    let alloc2 = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ($1, $2, 'c', 1000, 1, 'y')")
+        .bind(alloc2).bind(app.client_id).execute(p).await.unwrap();
+    let e = sqlx::query("INSERT INTO allocation_items VALUES ($1, 0, $2)").bind(alloc2).bind(ids[0]).execute(p).await;
+    assert!(e.unwrap_err().to_string().contains("allocation_items_card_once"));
+    // The same code cannot be loaded twice.
+    let dup = allot_origin::ops::NewCard { code: "SAME".into(), pin: None, expires_at: None };
+    allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, std::slice::from_ref(&dup)).await.unwrap();
+    let e = allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, &[dup]).await.unwrap_err();
+    assert!(e.to_string().contains("already loaded"), "{e}");
+    // Cards only in an offered denomination.
+    let e = allot_origin::ops::load_cards(
+        p,
+        None,
+        &app.config.card_keys,
+        "c",
+        777,
+        &[allot_origin::ops::NewCard { code: "N".into(), pin: None, expires_at: None }],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("not offered"), "{e}");
+    app.finish().await;
+}
+
+/// origin-notes.md: when one bucket is most of the table, Postgres may prefer the primary key
+/// plus a filter and re-read every allocated row. The fallback must use the partial index.
+#[tokio::test]
+async fn the_fallback_uses_the_partial_index_on_skewed_data() {
+    let app = common::TestApp::spawn().await;
+    app.product("hot", "USD", &["10.00"]).await;
+    app.product("cold", "USD", &["10.00"]).await;
+    let p = &app.pool;
+    // 200k cards in one bucket, 90% already allocated; a little stock elsewhere.
+    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ('00000000-0000-7000-8000-000000000001', $1, 'hot', 1000, 1, 'seed')")
+        .bind(app.client_id).execute(p).await.unwrap();
+    sqlx::query(
+        "INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest, status, allocation_id, allocated_at)
+         SELECT 'hot', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(g::text::bytea),
+                CASE WHEN g % 10 = 0 THEN 'active' ELSE 'allocated' END,
+                CASE WHEN g % 10 = 0 THEN NULL ELSE '00000000-0000-7000-8000-000000000001'::uuid END,
+                CASE WHEN g % 10 = 0 THEN NULL ELSE now() END
+           FROM generate_series(1, 200000) g",
+    ).execute(p).await.unwrap();
+    sqlx::query("INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest)
+                 SELECT 'cold', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(('c' || g)::bytea) FROM generate_series(1, 100) g")
+        .execute(p).await.unwrap();
+    sqlx::query("ANALYZE inventories").execute(p).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM inventories WHERE product_id = 'hot' AND denomination_minor = 1000 AND status = 'active'
+          ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("inventories_active_bucket"), "fallback plan:\n{plan}");
+    assert!(!plan.contains("inventories_pkey"), "fallback plan:\n{plan}");
+    app.finish().await;
+}

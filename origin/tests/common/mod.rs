@@ -126,18 +126,12 @@ pub async fn drop_database(name: &str) {
 }
 
 /// How to start a test app.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Valkey URL; `None` uses the stack's.
     pub valkey_url: Option<String>,
     /// Extra settings.
     pub extra: Vec<(String, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self { valkey_url: None, extra: Vec::new() }
-    }
 }
 
 /// A running origin over its own database and cache prefix.

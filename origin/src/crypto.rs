@@ -123,11 +123,6 @@ pub fn card_aad(product_id: &str, denomination_minor: i64) -> Vec<u8> {
     format!("allot-card-v1\0{product_id}\0{denomination_minor}").into_bytes()
 }
 
-/// The associated data binding a stored response to its client and idempotency key.
-pub fn response_aad(client_id: &uuid::Uuid, key: &str) -> Vec<u8> {
-    format!("allot-response-v1\0{client_id}\0{key}").into_bytes()
-}
-
 /// A card's secret parts, sealed together.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CardSecret {

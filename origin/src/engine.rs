@@ -1,21 +1,26 @@
 //! The allocation engine: idempotent, all-or-nothing allocations with Postgres as the only
 //! truth and the Valkey sorted set as a way to hand each request distinct card ids.
 //!
-//! One transaction per allocation:
-//! 1. insert the idempotency row and the allocation row (a concurrent duplicate blocks on the
-//!    key's unique index, then replays what the first committed);
-//! 2. pop ids from the cache and claim them with a conditional `UPDATE … AND status='active'`;
-//!    stale ids are skipped and more are popped, a bounded number of times;
-//! 3. whatever is still missing comes from Postgres with `FOR UPDATE SKIP LOCKED`;
-//! 4. insert the items, the outbox event and the (encrypted) stored response; commit.
+//! Fast path (the cache hands over exactly the ids asked for): ONE autocommit statement
+//! inserts the idempotency row and the allocation, claims the ids with
+//! `UPDATE … WHERE id = ANY($ids) AND status = 'active'`, and inserts the items and the outbox
+//! event. A deferred constraint trigger requires every allocation to have exactly `quantity`
+//! items, so if any id was stale the whole statement rolls back by itself.
 //!
-//! Popped ids that end up unallocated are put back on every failure path.
+//! Slow path (cache cold, short, stale or down): one transaction that claims what the cache
+//! gave, pops again for stale ids a bounded number of times, and takes the rest from Postgres
+//! with `FOR UPDATE SKIP LOCKED`.
+//!
+//! A concurrent duplicate blocks on the idempotency key's unique index until the first commits
+//! and then replays it; a replay re-renders the stored allocation with the same renderer, so
+//! it is byte for byte the first response. Popped ids that end up unallocated are put back on
+//! every failure path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use allot_shared::{AllocatedCard, AllocationRequest, AllocationResponse, ApiError, ErrorCode};
+use allot_shared::{AllocatedCard, AllocationRequest, AllocationResponse, ApiError, Currency, ErrorCode};
 use bytes::Bytes;
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
@@ -23,7 +28,7 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::cache::{InventoryCache, Popped};
-use crate::crypto::{CardSecret, KeyRing, card_aad, response_aad};
+use crate::crypto::{CardSecret, KeyRing, card_aad};
 use crate::db::Db;
 use crate::error::AppError;
 use crate::products::{Product, ProductDirectory};
@@ -83,6 +88,47 @@ struct ClaimedCard {
     expires_at: Option<OffsetDateTime>,
 }
 
+/// An allocation's fields, everything the renderer needs besides the cards.
+struct AllocationHead<'a> {
+    id: Uuid,
+    product_id: &'a str,
+    currency: Currency,
+    denomination_minor: i64,
+    quantity: u32,
+    client_reference: Option<String>,
+    created_at: OffsetDateTime,
+}
+
+/// The fast path: one statement, atomic on its own. `$9` holds exactly the ids wanted; if any
+/// is stale the allocations_items_complete trigger rolls everything back at commit. When the
+/// key already exists nothing is written and no row comes back.
+const FAST_ALLOCATION: &str = "
+WITH k AS (
+    INSERT INTO idempotency_keys (client_id, key, request_fingerprint, allocation_id)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), a AS (
+    INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference, idempotency_key)
+    SELECT $4, $1, $5, $6, $7, $8, $2 FROM k
+    RETURNING created_at
+), c AS (
+    UPDATE inventories
+       SET status = 'allocated', allocation_id = $4, allocated_at = now(), updated_at = now()
+     WHERE id = ANY($9) AND status = 'active' AND product_id = $5 AND denomination_minor = $6
+       AND EXISTS (SELECT 1 FROM a)
+    RETURNING id, code_ciphertext, code_nonce, code_key_id, expires_at
+), i AS (
+    INSERT INTO allocation_items (allocation_id, position, card_id)
+    SELECT $4, (u.ord - 1)::smallint, u.id
+      FROM unnest($9::bigint[]) WITH ORDINALITY AS u(id, ord) JOIN c ON c.id = u.id
+), e AS (
+    INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
+    SELECT 'allocation.created', $4::text, $10, $11 FROM a
+)
+SELECT a.created_at, c.id, c.code_ciphertext, c.code_nonce, c.code_key_id, c.expires_at
+  FROM a CROSS JOIN c";
+
 const CLAIM_BY_ID: &str = "
 UPDATE inventories
    SET status = 'allocated', allocation_id = $2, allocated_at = now(), updated_at = now()
@@ -107,8 +153,8 @@ RETURNING i.id, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
 
 const BEGIN_ALLOCATION: &str = "
 WITH k AS (
-    INSERT INTO idempotency_keys (client_id, key, request_fingerprint)
-    VALUES ($1, $2, $3)
+    INSERT INTO idempotency_keys (client_id, key, request_fingerprint, allocation_id)
+    VALUES ($1, $2, $3, $4)
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -120,18 +166,77 @@ const FINISH_ALLOCATION: &str = "
 WITH items AS (
     INSERT INTO allocation_items (allocation_id, position, card_id)
     SELECT $1, (t.ord - 1)::smallint, t.id FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, ord)
-), event AS (
-    INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
-    VALUES ('allocation.created', $1::text, $3, $4)
 )
-UPDATE idempotency_keys
-   SET allocation_id = $1, response_status = 201,
-       response_ciphertext = $5, response_nonce = $6, response_key_id = $7
- WHERE client_id = $8 AND key = $9";
+INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
+VALUES ('allocation.created', $1::text, $3, $4)";
 
-/// Format a timestamp the one way the API does (RFC 3339, UTC, microseconds at most).
+/// Format a timestamp the one way the API does (RFC 3339, UTC).
 pub fn format_time(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.constraint() == Some(name))
+}
+
+/// One request's validated inputs.
+struct Attempt<'a> {
+    caller: &'a Caller,
+    key: &'a str,
+    req: &'a AllocationRequest,
+    product: &'a Product,
+    denomination_minor: i64,
+    fingerprint: [u8; 32],
+    allocation_id: Uuid,
+    trace_context: Option<String>,
+}
+
+impl Attempt<'_> {
+    fn head(&self, created_at: OffsetDateTime) -> AllocationHead<'_> {
+        AllocationHead {
+            id: self.allocation_id,
+            product_id: &self.product.id,
+            currency: self.product.currency,
+            denomination_minor: self.denomination_minor,
+            quantity: self.req.quantity,
+            client_reference: self.req.client_reference.clone(),
+            created_at,
+        }
+    }
+
+    /// The outbox event: ids only, never codes.
+    fn event(&self, card_ids: &[i64]) -> serde_json::Value {
+        serde_json::json!({
+            "allocation_id": self.allocation_id,
+            "client_id": self.caller.client_id,
+            "product_id": self.product.id,
+            "denomination": self.product.currency.format_minor(self.denomination_minor),
+            "currency": self.product.currency,
+            "quantity": self.req.quantity,
+            "card_ids": card_ids,
+        })
+    }
+
+    fn out_of_stock(&self, available: usize) -> AppError {
+        let wanted = self.req.quantity;
+        ApiError::new(
+            ErrorCode::OutOfStock,
+            format!("only {available} of the {wanted} cards asked for are available; nothing was allocated"),
+        )
+        .with_details(serde_json::json!({
+            "product_id": self.product.id,
+            "denomination": self.product.currency.format_minor(self.denomination_minor),
+            "requested": wanted,
+            "available": available,
+        }))
+        .into()
+    }
+}
+
+/// Where the slow path starts: ids the cache already gave, and whether it has more.
+struct Start {
+    given: Vec<i64>,
+    cache_exhausted: bool,
 }
 
 impl Engine {
@@ -190,125 +295,238 @@ impl Engine {
                 .into());
             }
         };
-        let fingerprint = req.fingerprint();
-        let allocation_id = Uuid::now_v7();
-
-        let mut tx = self.db.primary.begin().await?;
-        let created_at: Option<OffsetDateTime> = sqlx::query_scalar(BEGIN_ALLOCATION)
-            .bind(caller.client_id)
-            .bind(key)
-            .bind(&fingerprint[..])
-            .bind(allocation_id)
-            .bind(&product.id)
-            .bind(denomination_minor)
-            .bind(req.quantity as i32)
-            .bind(&req.client_reference)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(created_at) = created_at else {
-            let outcome = self.replay(&mut tx, caller, key, &fingerprint).await;
-            tx.rollback().await.ok();
-            return outcome;
+        let attempt = Attempt {
+            caller,
+            key,
+            req,
+            product: &product,
+            denomination_minor,
+            fingerprint: req.fingerprint(),
+            allocation_id: Uuid::now_v7(),
+            trace_context,
         };
 
         // Ids popped from the cache and not known to be gone from Postgres: on any failure
-        // these go back, because after a rollback they are active again.
+        // these go back, because nothing claimed them (or the claim was rolled back).
         let mut pending: Vec<i64> = Vec::new();
-        let result = self
-            .claim_and_commit(
-                tx,
-                caller,
-                key,
-                req,
-                &product,
-                denomination_minor,
-                allocation_id,
-                created_at,
-                trace_context,
-                &mut pending,
-            )
-            .await;
-        if result.is_err() && !pending.is_empty() {
+        let result = self.allocate_with(&attempt, &mut pending).await;
+        if !pending.is_empty() {
             self.put_back(&product.id, denomination_minor, &pending).await;
         }
         result
     }
 
-    async fn replay(
+    async fn allocate_with(&self, a: &Attempt<'_>, pending: &mut Vec<i64>) -> Result<Outcome, AppError> {
+        let wanted = a.req.quantity as usize;
+        let start = match &self.cache {
+            None => Start { given: Vec::new(), cache_exhausted: true },
+            Some(cache) => match cache.pop(&a.product.id, a.denomination_minor, wanted).await {
+                Ok(Popped::Ids(ids)) if ids.len() == wanted => {
+                    pending.extend_from_slice(&ids);
+                    match self.fast_path(a, &ids).await {
+                        Ok(Some(outcome)) => {
+                            pending.clear();
+                            return Ok(outcome);
+                        }
+                        // The key exists: nothing was written; the ids go back.
+                        Ok(None) => return self.replay(a).await,
+                        // Some id was stale; the statement rolled back. Sort it out in a transaction.
+                        Err(e) if is_constraint(&e, "allocations_items_complete") => {
+                            Start { given: ids, cache_exhausted: false }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(Popped::Ids(ids)) => {
+                    pending.extend_from_slice(&ids);
+                    Start { given: ids, cache_exhausted: true }
+                }
+                Ok(Popped::Cold) => Start { given: Vec::new(), cache_exhausted: true },
+                Err(e) => {
+                    self.warn_cache(&e);
+                    Start { given: Vec::new(), cache_exhausted: true }
+                }
+            },
+        };
+        self.slow_path(a, start, pending).await
+    }
+
+    /// One statement; `Ok(None)` when the idempotency key already exists.
+    async fn fast_path(&self, a: &Attempt<'_>, ids: &[i64]) -> Result<Option<Outcome>, sqlx::Error> {
+        type Row = (OffsetDateTime, i64, Vec<u8>, Vec<u8>, String, Option<OffsetDateTime>);
+        let rows: Vec<Row> = sqlx::query_as(FAST_ALLOCATION)
+            .bind(a.caller.client_id)
+            .bind(a.key)
+            .bind(&a.fingerprint[..])
+            .bind(a.allocation_id)
+            .bind(&a.product.id)
+            .bind(a.denomination_minor)
+            .bind(a.req.quantity as i32)
+            .bind(&a.req.client_reference)
+            .bind(ids)
+            .bind(a.event(ids))
+            .bind(&a.trace_context)
+            .fetch_all(&self.db.primary)
+            .await?;
+        let Some(created_at) = rows.first().map(|r| r.0) else { return Ok(None) };
+        let mut cards: Vec<ClaimedCard> = rows
+            .into_iter()
+            .map(|(_, id, code_ciphertext, code_nonce, code_key_id, expires_at)| ClaimedCard {
+                id,
+                code_ciphertext,
+                code_nonce,
+                code_key_id,
+                expires_at,
+            })
+            .collect();
+        // The order of the items: the order the cache gave.
+        cards.sort_by_key(|c| ids.iter().position(|id| *id == c.id));
+        let body = self.render(&a.head(created_at), &cards).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        Ok(Some(Outcome::Created(body)))
+    }
+
+    async fn slow_path(&self, a: &Attempt<'_>, start: Start, pending: &mut Vec<i64>) -> Result<Outcome, AppError> {
+        let mut tx = self.db.primary.begin().await?;
+        let created_at: Option<OffsetDateTime> = sqlx::query_scalar(BEGIN_ALLOCATION)
+            .bind(a.caller.client_id)
+            .bind(a.key)
+            .bind(&a.fingerprint[..])
+            .bind(a.allocation_id)
+            .bind(&a.product.id)
+            .bind(a.denomination_minor)
+            .bind(a.req.quantity as i32)
+            .bind(&a.req.client_reference)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(created_at) = created_at else {
+            tx.rollback().await?;
+            return self.replay(a).await;
+        };
+        let wanted = a.req.quantity as usize;
+        let (claimed, stats) = self.claim(&mut tx, a, start, pending).await?;
+        tracing::debug!(
+            product_id = %a.product.id, denomination_minor = a.denomination_minor, quantity = wanted,
+            hits = stats.hits, stale = stats.stale, fallback_cards = stats.fallback_cards, "cards claimed"
+        );
+        if claimed.len() < wanted {
+            tx.rollback().await?;
+            return Err(a.out_of_stock(claimed.len()));
+        }
+        let card_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        sqlx::query(FINISH_ALLOCATION)
+            .bind(a.allocation_id)
+            .bind(&card_ids)
+            .bind(a.event(&card_ids))
+            .bind(&a.trace_context)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        pending.clear();
+        Ok(Outcome::Created(self.render(&a.head(created_at), &claimed)?))
+    }
+
+    /// Claim cards inside `tx`: the ids given, more from the cache for stale ones (bounded),
+    /// then the rest from Postgres.
+    async fn claim(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        caller: &Caller,
-        key: &str,
-        fingerprint: &[u8; 32],
-    ) -> Result<Outcome, AppError> {
-        type Stored = (Vec<u8>, Option<i16>, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
-        let row: Option<Stored> = sqlx::query_as(
-            "SELECT request_fingerprint, response_status, response_ciphertext, response_nonce, response_key_id
-               FROM idempotency_keys WHERE client_id = $1 AND key = $2",
+        a: &Attempt<'_>,
+        start: Start,
+        pending: &mut Vec<i64>,
+    ) -> Result<(Vec<ClaimedCard>, PopStats), AppError> {
+        let wanted = a.req.quantity as usize;
+        let mut claimed: Vec<ClaimedCard> = Vec::with_capacity(wanted);
+        let mut stats = PopStats::default();
+        let mut batch = start.given;
+        let mut exhausted = start.cache_exhausted;
+        for round in 0..=MAX_POP_ROUNDS {
+            if !batch.is_empty() {
+                let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_BY_ID)
+                    .bind(&batch)
+                    .bind(a.allocation_id)
+                    .bind(&a.product.id)
+                    .bind(a.denomination_minor)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                // Stale ids (allocated or voided meanwhile) are simply dropped from the cache.
+                let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
+                pending.retain(|id| !batch.contains(id) || live.contains(id));
+                stats.hits += rows.len() as u32;
+                stats.stale += (batch.len() - rows.len()) as u32;
+                claimed.extend(rows);
+            }
+            let need = wanted - claimed.len();
+            if need == 0 || exhausted || round == MAX_POP_ROUNDS {
+                break;
+            }
+            let Some(cache) = &self.cache else { break };
+            batch = match cache.pop(&a.product.id, a.denomination_minor, need).await {
+                Ok(Popped::Ids(ids)) => {
+                    exhausted = ids.len() < need;
+                    pending.extend_from_slice(&ids);
+                    ids
+                }
+                Ok(Popped::Cold) => break,
+                Err(e) => {
+                    stats.cache_error = true;
+                    self.warn_cache(&e);
+                    break;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+        }
+        if claimed.len() < wanted {
+            stats.fallback = true;
+            let need = (wanted - claimed.len()) as i64;
+            let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_FROM_POSTGRES)
+                .bind(need)
+                .bind(a.allocation_id)
+                .bind(&a.product.id)
+                .bind(a.denomination_minor)
+                .fetch_all(&mut **tx)
+                .await?;
+            stats.fallback_cards = rows.len() as u32;
+            claimed.extend(rows);
+        }
+        Ok((claimed, stats))
+    }
+
+    /// The key exists: same request → the stored allocation, re-rendered; else a mismatch.
+    async fn replay(&self, a: &Attempt<'_>) -> Result<Outcome, AppError> {
+        let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
+            "SELECT request_fingerprint, allocation_id FROM idempotency_keys WHERE client_id = $1 AND key = $2",
         )
-        .bind(caller.client_id)
-        .bind(key)
-        .fetch_optional(&mut **tx)
+        .bind(a.caller.client_id)
+        .bind(a.key)
+        .fetch_optional(&self.db.primary)
         .await?;
-        let Some((stored_fingerprint, _status, Some(ct), Some(nonce), Some(key_id))) = row else {
+        let Some((fingerprint, allocation_id)) = row else {
             return Err(AppError::api(
                 ErrorCode::IdempotencyInProgress,
                 "a request with this Idempotency-Key is still being processed; retry shortly",
             ));
         };
-        if stored_fingerprint != fingerprint {
+        if fingerprint != a.fingerprint {
             return Err(AppError::api(
                 ErrorCode::IdempotencyMismatch,
                 "this Idempotency-Key was used with a different request body",
             ));
         }
-        let body = self
-            .keys
-            .open(&ct, &nonce, &key_id, &response_aad(&caller.client_id, key))
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("stored response: {e}")))?;
-        Ok(Outcome::Replayed(Bytes::from(body)))
+        match self.read_allocation(&self.db.primary, a.caller, allocation_id).await? {
+            Some(body) => Ok(Outcome::Replayed(body)),
+            None => {
+                Err(AppError::Internal(anyhow::anyhow!("idempotency key points at missing allocation {allocation_id}")))
+            }
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn claim_and_commit(
-        &self,
-        mut tx: Transaction<'_, Postgres>,
-        caller: &Caller,
-        key: &str,
-        req: &AllocationRequest,
-        product: &Product,
-        denomination_minor: i64,
-        allocation_id: Uuid,
-        created_at: OffsetDateTime,
-        trace_context: Option<String>,
-        pending: &mut Vec<i64>,
-    ) -> Result<Outcome, AppError> {
-        let wanted = req.quantity as usize;
-        let (claimed, stats) =
-            self.claim(&mut tx, &product.id, denomination_minor, wanted, allocation_id, pending).await?;
-        tracing::debug!(
-            product_id = %product.id, denomination_minor, quantity = wanted,
-            hits = stats.hits, stale = stats.stale, fallback = stats.fallback,
-            fallback_cards = stats.fallback_cards, "cards claimed"
-        );
-        if claimed.len() < wanted {
-            tx.rollback().await?;
-            return Err(ApiError::new(
-                ErrorCode::OutOfStock,
-                format!("only {} of the {wanted} cards asked for are available; nothing was allocated", claimed.len()),
-            )
-            .with_details(serde_json::json!({
-                "product_id": product.id,
-                "denomination": product.currency.format_minor(denomination_minor),
-                "requested": wanted,
-                "available": claimed.len(),
-            }))
-            .into());
-        }
-
-        let aad = card_aad(&product.id, denomination_minor);
+    /// The one way an allocation becomes a response body (so replays are byte for byte).
+    fn render(&self, head: &AllocationHead<'_>, claimed: &[ClaimedCard]) -> Result<Bytes, AppError> {
+        let aad = card_aad(head.product_id, head.denomination_minor);
         let mut cards = Vec::with_capacity(claimed.len());
-        for c in &claimed {
+        for c in claimed {
             let plain = self
                 .keys
                 .open(&c.code_ciphertext, &c.code_nonce, &c.code_key_id, &aad)
@@ -323,106 +541,16 @@ impl Engine {
             });
         }
         let response = AllocationResponse {
-            allocation_id: allocation_id.to_string(),
-            product_id: product.id.clone(),
-            denomination: product.currency.format_minor(denomination_minor),
-            currency: product.currency,
-            quantity: req.quantity,
-            client_reference: req.client_reference.clone(),
+            allocation_id: head.id.to_string(),
+            product_id: head.product_id.to_owned(),
+            denomination: head.currency.format_minor(head.denomination_minor),
+            currency: head.currency,
+            quantity: head.quantity,
+            client_reference: head.client_reference.clone(),
             cards,
-            created_at: format_time(created_at),
+            created_at: format_time(head.created_at),
         };
-        let body = serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?;
-        let sealed = self.keys.seal(&body, &response_aad(&caller.client_id, key));
-        let card_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        let event = serde_json::json!({
-            "allocation_id": allocation_id,
-            "client_id": caller.client_id,
-            "product_id": product.id,
-            "denomination": response.denomination,
-            "currency": product.currency,
-            "quantity": req.quantity,
-            "card_ids": card_ids,
-            "created_at": response.created_at,
-        });
-        sqlx::query(FINISH_ALLOCATION)
-            .bind(allocation_id)
-            .bind(&card_ids)
-            .bind(event)
-            .bind(trace_context)
-            .bind(&sealed.ciphertext)
-            .bind(&sealed.nonce)
-            .bind(&sealed.key_id)
-            .bind(caller.client_id)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        pending.clear();
-        Ok(Outcome::Created(Bytes::from(body)))
-    }
-
-    /// Claim up to `wanted` cards: from the cache first, then from Postgres.
-    async fn claim(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        product_id: &str,
-        denomination_minor: i64,
-        wanted: usize,
-        allocation_id: Uuid,
-        pending: &mut Vec<i64>,
-    ) -> Result<(Vec<ClaimedCard>, PopStats), AppError> {
-        let mut claimed: Vec<ClaimedCard> = Vec::with_capacity(wanted);
-        let mut stats = PopStats::default();
-        if let Some(cache) = &self.cache {
-            for _ in 0..MAX_POP_ROUNDS {
-                let need = wanted - claimed.len();
-                let ids = match cache.pop(product_id, denomination_minor, need).await {
-                    Ok(Popped::Ids(ids)) => ids,
-                    Ok(Popped::Cold) => break,
-                    Err(e) => {
-                        stats.cache_error = true;
-                        self.warn_cache(&e);
-                        break;
-                    }
-                };
-                if ids.is_empty() {
-                    break;
-                }
-                pending.extend_from_slice(&ids);
-                let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_BY_ID)
-                    .bind(&ids)
-                    .bind(allocation_id)
-                    .bind(product_id)
-                    .bind(denomination_minor)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                let popped = ids.len();
-                // Stale ids (allocated or voided meanwhile) are simply dropped from the cache.
-                let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
-                pending.retain(|id| !ids.contains(id) || live.contains(id));
-                stats.hits += rows.len() as u32;
-                stats.stale += (popped - rows.len()) as u32;
-                claimed.extend(rows);
-                if claimed.len() == wanted || popped < need {
-                    break;
-                }
-            }
-        }
-        if claimed.len() < wanted {
-            stats.fallback = true;
-            let need = (wanted - claimed.len()) as i64;
-            let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_FROM_POSTGRES)
-                .bind(need)
-                .bind(allocation_id)
-                .bind(product_id)
-                .bind(denomination_minor)
-                .fetch_all(&mut **tx)
-                .await?;
-            stats.fallback_cards = rows.len() as u32;
-            claimed.extend(rows);
-        }
-        Ok((claimed, stats))
+        Ok(Bytes::from(serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?))
     }
 
     /// Best effort: return ids to the cache; the reconciler heals whatever this misses.
@@ -471,8 +599,8 @@ impl Engine {
         let Some((product_id, denomination_minor, quantity, client_reference, created_at, currency)) = head else {
             return Ok(None);
         };
-        let currency = allot_shared::Currency::parse(&currency).map_err(|e| AppError::Internal(e.into()))?;
-        let rows: Vec<ClaimedCard> = sqlx::query_as(
+        let currency = Currency::parse(&currency).map_err(|e| AppError::Internal(e.into()))?;
+        let cards: Vec<ClaimedCard> = sqlx::query_as(
             "SELECT inv.id, inv.code_ciphertext, inv.code_nonce, inv.code_key_id, inv.expires_at
                FROM allocation_items i JOIN inventories inv ON inv.id = i.card_id
               WHERE i.allocation_id = $1 ORDER BY i.position",
@@ -480,31 +608,15 @@ impl Engine {
         .bind(id)
         .fetch_all(pool)
         .await?;
-        let aad = card_aad(&product_id, denomination_minor);
-        let mut cards = Vec::with_capacity(rows.len());
-        for c in rows {
-            let plain = self
-                .keys
-                .open(&c.code_ciphertext, &c.code_nonce, &c.code_key_id, &aad)
-                .map_err(|e| AppError::Internal(anyhow::anyhow!("card {}: {e}", c.id)))?;
-            let secret: CardSecret = serde_json::from_slice(&plain).map_err(|e| AppError::Internal(e.into()))?;
-            cards.push(AllocatedCard {
-                card_id: c.id,
-                code: secret.code,
-                pin: secret.pin,
-                expires_at: c.expires_at.map(format_time),
-            });
-        }
-        let response = AllocationResponse {
-            allocation_id: id.to_string(),
-            denomination: currency.format_minor(denomination_minor),
-            product_id,
+        let head = AllocationHead {
+            id,
+            product_id: &product_id,
             currency,
+            denomination_minor,
             quantity: quantity as u32,
             client_reference,
-            cards,
-            created_at: format_time(created_at),
+            created_at,
         };
-        Ok(Some(Bytes::from(serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?)))
+        Ok(Some(self.render(&head, &cards)?))
     }
 }

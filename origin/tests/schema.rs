@@ -70,47 +70,45 @@ async fn the_server_refuses_an_old_schema_and_names_the_fix() {
 async fn constraints_make_impossible_states_impossible() {
     let app = common::TestApp::spawn().await;
     app.product("c", "USD", &["10.00"]).await;
-    let ids = app.load_cards("c", 1000, 2).await;
+    let ids = app.load_cards("c", 1000, 3).await;
+    let r = app.allocate("c-1", r#"{"product_id":"c","denomination":"10.00","quantity":1}"#).await;
+    assert_eq!(r.status, 201);
+    let alloc: uuid::Uuid = r.json()["allocation_id"].as_str().unwrap().parse().unwrap();
+    let taken = r.json()["cards"][0]["card_id"].as_i64().unwrap();
+    let free = *ids.iter().find(|id| **id != taken).unwrap();
     let p = &app.pool;
-    // An allocated card must have an allocation.
+    let err = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| r.unwrap_err().to_string();
+
+    // An allocated card must have an allocation, and an active card must not have one.
     let e = sqlx::query("UPDATE inventories SET status = 'allocated', allocated_at = now() WHERE id = $1")
-        .bind(ids[0])
+        .bind(free)
         .execute(p)
         .await;
-    assert!(e.unwrap_err().to_string().contains("inventories_allocation_matches_status"));
-    // An active card must not have one.
-    let alloc = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ($1, $2, 'c', 1000, 1, 'x')")
-        .bind(alloc).bind(app.client_id).execute(p).await.unwrap();
-    let e = sqlx::query("UPDATE inventories SET allocation_id = $2 WHERE id = $1")
-        .bind(ids[0])
-        .bind(alloc)
-        .execute(p)
-        .await;
-    assert!(e.unwrap_err().to_string().contains("inventories_allocation_matches_status"));
+    assert!(err(e).contains("inventories_allocation_matches_status"));
+    let e =
+        sqlx::query("UPDATE inventories SET allocation_id = $2 WHERE id = $1").bind(free).bind(alloc).execute(p).await;
+    assert!(err(e).contains("inventories_allocation_matches_status"));
     // A card belongs to at most one allocation.
-    sqlx::query("INSERT INTO allocation_items VALUES ($1, 0, $2)").bind(alloc).bind(ids[0]).execute(p).await.unwrap();
-    let alloc2 = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ($1, $2, 'c', 1000, 1, 'y')")
-        .bind(alloc2).bind(app.client_id).execute(p).await.unwrap();
-    let e = sqlx::query("INSERT INTO allocation_items VALUES ($1, 0, $2)").bind(alloc2).bind(ids[0]).execute(p).await;
-    assert!(e.unwrap_err().to_string().contains("allocation_items_card_once"));
+    let e = sqlx::query("INSERT INTO allocation_items VALUES ($1, 5, $2)").bind(alloc).bind(taken).execute(p).await;
+    assert!(err(e).contains("allocation_items_card_once"));
+    // An allocation has exactly its quantity of items (checked at commit).
+    let e = sqlx::query(
+        "INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key)
+         VALUES ($1, $2, 'c', 1000, 1, 'bare')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(app.client_id)
+    .execute(p)
+    .await;
+    assert!(err(e).contains("items"));
     // The same code cannot be loaded twice.
     let dup = allot_origin::ops::NewCard { code: "SAME".into(), pin: None, expires_at: None };
     allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, std::slice::from_ref(&dup)).await.unwrap();
     let e = allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, &[dup]).await.unwrap_err();
     assert!(e.to_string().contains("already loaded"), "{e}");
     // Cards only in an offered denomination.
-    let e = allot_origin::ops::load_cards(
-        p,
-        None,
-        &app.config.card_keys,
-        "c",
-        777,
-        &[allot_origin::ops::NewCard { code: "N".into(), pin: None, expires_at: None }],
-    )
-    .await
-    .unwrap_err();
+    let card = allot_origin::ops::NewCard { code: "N".into(), pin: None, expires_at: None };
+    let e = allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 777, &[card]).await.unwrap_err();
     assert!(e.to_string().contains("not offered"), "{e}");
     app.finish().await;
 }
@@ -124,8 +122,11 @@ async fn the_fallback_uses_the_partial_index_on_skewed_data() {
     app.product("cold", "USD", &["10.00"]).await;
     let p = &app.pool;
     // 200k cards in one bucket, 90% already allocated; a little stock elsewhere.
+    // The allocation, its cards and its one item commit together (an allocation has exactly
+    // its quantity of items).
+    let mut tx = p.begin().await.unwrap();
     sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ('00000000-0000-7000-8000-000000000001', $1, 'hot', 1000, 1, 'seed')")
-        .bind(app.client_id).execute(p).await.unwrap();
+        .bind(app.client_id).execute(&mut *tx).await.unwrap();
     sqlx::query(
         "INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest, status, allocation_id, allocated_at)
          SELECT 'hot', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(g::text::bytea),
@@ -133,7 +134,10 @@ async fn the_fallback_uses_the_partial_index_on_skewed_data() {
                 CASE WHEN g % 10 = 0 THEN NULL ELSE '00000000-0000-7000-8000-000000000001'::uuid END,
                 CASE WHEN g % 10 = 0 THEN NULL ELSE now() END
            FROM generate_series(1, 200000) g",
-    ).execute(p).await.unwrap();
+    ).execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO allocation_items SELECT '00000000-0000-7000-8000-000000000001', 0, min(id) FROM inventories WHERE status = 'allocated'")
+        .execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
     sqlx::query("INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest)
                  SELECT 'cold', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(('c' || g)::bytea) FROM generate_series(1, 100) g")
         .execute(p).await.unwrap();

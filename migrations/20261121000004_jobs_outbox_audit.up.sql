@@ -31,10 +31,14 @@ CREATE TABLE job_runs (
     instance    text NOT NULL,
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
+    -- The schedule slot (tick) a scheduled run belongs to; NULL for runs started by hand.
+    slot        timestamptz,
     outcome     text NOT NULL CHECK (outcome IN ('running', 'succeeded', 'failed', 'skipped')),
     counts      jsonb NOT NULL DEFAULT '{}'::jsonb,
     error       text,
-    CONSTRAINT job_runs_finished CHECK ((outcome = 'running') = (finished_at IS NULL))
+    CONSTRAINT job_runs_finished CHECK ((outcome = 'running') = (finished_at IS NULL)),
+    -- Each tick of a job is claimed once, whichever process gets there first.
+    CONSTRAINT job_runs_one_per_slot UNIQUE (job_name, slot)
 );
 
 CREATE INDEX job_runs_job_started ON job_runs (job_name, started_at DESC);

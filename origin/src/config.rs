@@ -19,6 +19,35 @@ pub enum SignatureMode {
     Off,
 }
 
+/// Features that decide which background jobs exist at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// The inventory pump and the reconciler (need a cache).
+    pub inventory_cache: bool,
+    /// Idempotency-key expiry and job-history pruning.
+    pub housekeeping: bool,
+}
+
+impl Features {
+    fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let mut f = Features { inventory_cache: false, housekeeping: false };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => f = Features { inventory_cache: true, housekeeping: true },
+                "none" => {}
+                "inventory-cache" => f.inventory_cache = true,
+                "housekeeping" => f.housekeeping = true,
+                other => {
+                    return Err(ConfigError(format!(
+                        "ALLOT_FEATURES: unknown feature {other:?}; use all, none, inventory-cache, housekeeping"
+                    )));
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
 /// Everything the origin's processes need, validated.
 #[derive(Clone)]
 pub struct Config {
@@ -64,6 +93,12 @@ pub struct Config {
     pub limits: Limits,
     /// How long to wait for in-flight work on shutdown.
     pub shutdown_timeout: Duration,
+    /// Which background features are on.
+    pub features: Features,
+    /// How long idempotency keys are kept.
+    pub idempotency_retention: Duration,
+    /// How long job history is kept.
+    pub job_history_retention: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -253,6 +288,13 @@ impl Config {
             key_cache_ttl: s.millis("ALLOT_KEY_CACHE_TTL_MS", 5_000)?,
             limits,
             shutdown_timeout: s.millis("ALLOT_SHUTDOWN_TIMEOUT_MS", 25_000)?,
+            features: Features::parse(s.get("ALLOT_FEATURES").unwrap_or("all"))?,
+            idempotency_retention: Duration::from_secs(
+                3600 * s.parse::<u64>("ALLOT_IDEMPOTENCY_RETENTION_HOURS", 24, "a whole number of hours")?.max(1),
+            ),
+            job_history_retention: Duration::from_secs(
+                86_400 * s.parse::<u64>("ALLOT_JOB_HISTORY_DAYS", 14, "a whole number of days")?.max(1),
+            ),
         })
     }
 }

@@ -8,7 +8,10 @@
 //! - [`products`], [`catalogue`]: the product directory and the public catalogue
 //! - [`auth`]: API key verification
 //! - [`http`]: routers, middleware and handlers
+//! - [`services`]: the one initialisation path of every process
 //! - [`server`]: serving and graceful shutdown
+//! - [`jobs`]: scheduled jobs (pump, reconciler, housekeeping) and the scheduler
+//! - [`relay`]: the outbox relay
 //! - [`ops`], [`demo`]: operator actions and demo data
 //! - [`error`]: the one error type and its HTTP mapping
 //! - [`telemetry`]: structured logging
@@ -23,7 +26,10 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod ops;
 pub mod products;
+pub mod relay;
 pub mod server;
+pub mod services;
 pub mod telemetry;

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use allot_origin::cache::InventoryCache;
 use allot_origin::config::{Config, generate_card_key};
-use allot_origin::{db, demo, ops, server, telemetry};
+use allot_origin::services::Services;
+use allot_origin::{db, demo, jobs, ops, server, telemetry};
 use allot_shared::{Currency, Denomination};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,17 @@ struct Cli {
 enum Command {
     /// Serve the API (public listener) and health (operator listener).
     Server,
+    /// Run continuous workers: the outbox relay.
+    Worker,
+    /// Run the scheduler: inventory pump, reconciler, housekeeping.
+    Cron,
+    /// Server, worker and cron in one process.
+    RunAll,
+    /// Scheduled jobs by hand.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
     /// Apply or revert database migrations (never run implicitly).
     Migrate {
         #[command(subcommand)]
@@ -58,6 +70,17 @@ enum Command {
         #[command(subcommand)]
         action: InventoryAction,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Run one job now (as a singleton: skipped if it is running elsewhere).
+    Run {
+        /// The job's name (see `allot jobs list`).
+        name: String,
+    },
+    /// List the jobs this configuration registers, with their last run.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +191,69 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which parts a process runs.
+struct Roles {
+    server: bool,
+    worker: bool,
+    cron: bool,
+}
+
+/// Run the given roles until SIGTERM/SIGINT, then shut down gracefully within the deadline.
+async fn run_processes(roles: Roles) -> anyhow::Result<()> {
+    let services = Services::init(Config::from_env()?)?;
+    services.check_schema().await?;
+    let deadline = services.config.shutdown_timeout;
+    let token = CancellationToken::new();
+    server::cancel_on_signals(token.clone());
+    let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+    if roles.server {
+        let bound = server::bind(server::state_from(&services)).await?;
+        tasks.spawn(bound.serve(token.clone()));
+    }
+    if roles.worker {
+        match services.relay()? {
+            Some(relay) => {
+                let t = token.clone();
+                tasks.spawn(async move {
+                    relay.run(t).await;
+                    Ok(())
+                });
+            }
+            None => tracing::warn!("VALKEY_URL is `none`: the outbox relay has nowhere to publish and is not started"),
+        }
+    }
+    if roles.cron {
+        let jobs = jobs::registry(&services.config, services.cache.is_some());
+        let ctx = services.job_context(token.clone());
+        tasks.spawn(async move {
+            jobs::run_scheduler(ctx, jobs).await;
+            Ok(())
+        });
+    }
+    let all = async {
+        let mut first_error = None;
+        while let Some(r) = tasks.join_next().await {
+            let r = r.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = r {
+                // One part failing stops the others: the process is unhealthy as a whole.
+                token.cancel();
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    };
+    tokio::select! {
+        r = all => {
+            tracing::info!("stopped");
+            r
+        }
+        _ = async { token.cancelled().await; tokio::time::sleep(deadline).await } => {
+            tracing::warn!(deadline = ?deadline, "work did not finish within the shutdown deadline; exiting");
+            Ok(())
+        }
+    }
+}
+
 fn database_url() -> anyhow::Result<String> {
     std::env::var("DATABASE_URL").context("DATABASE_URL is not set: set it to the Postgres primary's URL")
 }
@@ -182,22 +268,41 @@ fn cache_from(cfg: &Config) -> anyhow::Result<Option<InventoryCache>> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server => {
-            let cfg = Config::from_env()?;
-            let shutdown_timeout = cfg.shutdown_timeout;
-            let state = server::build_state(cfg)?;
-            let bound = server::bind(state).await?;
-            let token = CancellationToken::new();
-            server::cancel_on_signals(token.clone());
-            let serve = bound.serve(token.clone());
-            tokio::pin!(serve);
-            tokio::select! {
-                r = &mut serve => r,
-                _ = async { token.cancelled().await; tokio::time::sleep(shutdown_timeout).await } => {
-                    tracing::warn!(timeout = ?shutdown_timeout, "in-flight requests did not finish in time; exiting");
-                    Ok(())
+        Command::Server => run_processes(Roles { server: true, worker: false, cron: false }).await,
+        Command::Worker => run_processes(Roles { server: false, worker: true, cron: false }).await,
+        Command::Cron => run_processes(Roles { server: false, worker: false, cron: true }).await,
+        Command::RunAll => run_processes(Roles { server: true, worker: true, cron: true }).await,
+        Command::Jobs { action } => {
+            let services = Services::init(Config::from_env()?)?;
+            services.check_schema().await?;
+            let jobs = jobs::registry(&services.config, services.cache.is_some());
+            match action {
+                JobsAction::Run { name } => {
+                    let job = jobs.iter().find(|j| j.name() == name).with_context(|| {
+                        let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
+                        format!("no job {name:?} is registered here; registered: {}", names.join(", "))
+                    })?;
+                    let ctx = services.job_context(CancellationToken::new());
+                    let outcome = jobs::run_once(job.as_ref(), &ctx, None, &jobs::instance_name()).await?;
+                    println!("{name}: {outcome:?}");
+                    if let jobs::RunOutcome::Failed(e) = outcome {
+                        anyhow::bail!("{name} failed: {e}");
+                    }
+                }
+                JobsAction::List => {
+                    for job in &jobs {
+                        let last: Option<(String, time::OffsetDateTime)> = sqlx::query_as(
+                            "SELECT outcome, started_at FROM job_runs WHERE job_name = $1 ORDER BY started_at DESC LIMIT 1",
+                        )
+                        .bind(job.name())
+                        .fetch_optional(&services.db.primary)
+                        .await?;
+                        let last = last.map(|(o, t)| format!("{o} at {t}")).unwrap_or_else(|| "never run".into());
+                        println!("{:<20} every {:>6}s  last: {last}", job.name(), job.default_interval().as_secs());
+                    }
                 }
             }
+            Ok(())
         }
         Command::Migrate { action } => {
             let pool = db::connect_admin(&database_url()?).await?;

@@ -1,6 +1,5 @@
 //! `allot server`: build the state, check the schema, serve both listeners, shut down gracefully.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,26 +7,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::cache::InventoryCache;
 use crate::catalogue::CatalogueService;
 use crate::config::{Config, SignatureMode};
-use crate::db::{self, Db};
+use crate::db;
 use crate::engine::Engine;
 use crate::http::{AppState, operator_router, public_router};
 use crate::products::ProductDirectory;
+use crate::services::Services;
 
 /// Build the shared state from configuration (no network calls are required to succeed).
 pub fn build_state(cfg: Config) -> anyhow::Result<AppState> {
-    let db = Db::connect_lazy(&cfg)?;
-    let cache = match &cfg.valkey_url {
-        Some(url) => Some(InventoryCache::new(url, &cfg.valkey_prefix, cfg.valkey_timeout).context("VALKEY_URL")?),
-        None => None,
-    };
+    Ok(state_from(&Services::init(cfg)?))
+}
+
+/// The HTTP state over already-built services.
+pub fn state_from(services: &Services) -> AppState {
+    let Services { config, db, cache } = services.clone();
     let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
-    let engine = Engine::new(db.clone(), cache.clone(), cfg.card_keys.clone(), products);
-    let auth = Authenticator::new(db.primary.clone(), cfg.region.clone(), cfg.key_cache_ttl);
+    let engine = Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products);
+    let auth = Authenticator::new(db.primary.clone(), config.region.clone(), config.key_cache_ttl);
     let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
-    Ok(AppState { config: Arc::new(cfg), db, engine, auth, catalogue })
+    AppState { config, db, engine, auth, catalogue }
 }
 
 /// Listeners bound and ready to serve.

@@ -1,0 +1,80 @@
+//! Housekeeping: expire idempotency keys and prune job history, in small batches.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{Counts, Job, JobContext};
+
+/// Rows deleted per statement, so no delete holds locks for long.
+const BATCH: i64 = 5_000;
+
+async fn delete_in_batches(ctx: &JobContext, sql: &'static str, older_than_secs: i64) -> anyhow::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let n =
+            sqlx::query(sql).bind(older_than_secs as f64).bind(BATCH).execute(&ctx.db.primary).await?.rows_affected();
+        deleted += n;
+        if n < BATCH as u64 || ctx.shutdown.is_cancelled() {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Deletes idempotency keys older than the retention (default 24 h).
+pub struct IdempotencyExpiry;
+
+impl Job for IdempotencyExpiry {
+    fn name(&self) -> &'static str {
+        "idempotency-expiry"
+    }
+
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>> {
+        Box::pin(async move {
+            let n = delete_in_batches(
+                ctx,
+                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM idempotency_keys
+                     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+                ctx.config.idempotency_retention.as_secs() as i64,
+            )
+            .await?;
+            let mut counts = Counts::new();
+            counts.insert("deleted".into(), n.into());
+            Ok(counts)
+        })
+    }
+}
+
+/// Deletes finished job runs older than the history retention (default 14 days).
+pub struct JobHistoryPrune;
+
+impl Job for JobHistoryPrune {
+    fn name(&self) -> &'static str {
+        "job-history-prune"
+    }
+
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>> {
+        Box::pin(async move {
+            let n = delete_in_batches(
+                ctx,
+                "DELETE FROM job_runs WHERE id = ANY(ARRAY(
+                    SELECT id FROM job_runs
+                     WHERE outcome <> 'running' AND started_at < now() - make_interval(secs => $1) LIMIT $2))",
+                ctx.config.job_history_retention.as_secs() as i64,
+            )
+            .await?;
+            let mut counts = Counts::new();
+            counts.insert("deleted".into(), n.into());
+            Ok(counts)
+        })
+    }
+}

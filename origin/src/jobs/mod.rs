@@ -1,0 +1,253 @@
+//! Scheduled jobs: the contract, the registry, and the scheduler behind `allot cron`.
+//!
+//! Every job runs as a singleton across processes and machines: a Postgres advisory lock keeps
+//! runs from overlapping, and the `job_runs_one_per_slot` constraint lets exactly one process
+//! claim each tick (slots are aligned to the epoch, so every scheduler agrees on them). Every
+//! run, skip and failure is recorded in `job_runs`. `scheduled_jobs` rows override the
+//! schedule or disable a job without a deploy; they are re-read every 30 s.
+
+pub mod housekeeping;
+pub mod pump;
+pub mod reconcile;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::InventoryCache;
+use crate::config::Config;
+use crate::db::Db;
+
+/// Named numbers a run reports (`{"buckets": 100, "divergent": 0}`).
+pub type Counts = serde_json::Map<String, serde_json::Value>;
+
+/// What every job can use.
+#[derive(Clone)]
+pub struct JobContext {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Postgres.
+    pub db: Db,
+    /// The inventory cache, when configured.
+    pub cache: Option<InventoryCache>,
+    /// Cancelled on shutdown: long jobs stop between steps.
+    pub shutdown: CancellationToken,
+}
+
+/// A scheduled job.
+pub trait Job: Send + Sync + 'static {
+    /// Stable identifier (also the `scheduled_jobs` / `job_runs` name).
+    fn name(&self) -> &'static str;
+    /// The schedule in code; `scheduled_jobs.interval_secs` overrides it.
+    fn default_interval(&self) -> Duration;
+    /// Runs before [`Job::run`]; an error fails the run.
+    fn pre<'a>(&'a self, _ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The work itself.
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>>;
+    /// Runs after a successful run.
+    fn post<'a>(&'a self, _ctx: &'a JobContext, counts: &'a Counts) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            tracing::info!(job = self.name(), counts = %serde_json::Value::Object(counts.clone()), "job succeeded")
+        })
+    }
+    /// Runs after a failed run.
+    fn on_failure<'a>(&'a self, _ctx: &'a JobContext, error: &'a anyhow::Error) -> BoxFuture<'a, ()> {
+        Box::pin(async move { tracing::error!(job = self.name(), error = %format!("{error:#}"), "job failed") })
+    }
+}
+
+/// The jobs that exist with the given features and stores.
+pub fn registry(cfg: &Config, has_cache: bool) -> Vec<Arc<dyn Job>> {
+    let mut jobs: Vec<Arc<dyn Job>> = Vec::new();
+    if cfg.features.inventory_cache && has_cache {
+        jobs.push(Arc::new(pump::InventoryPump));
+        jobs.push(Arc::new(reconcile::Reconciler));
+    }
+    if cfg.features.housekeeping {
+        jobs.push(Arc::new(housekeeping::IdempotencyExpiry));
+        jobs.push(Arc::new(housekeeping::JobHistoryPrune));
+    }
+    jobs
+}
+
+/// How one attempt to run a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// It ran and succeeded.
+    Succeeded(Counts),
+    /// It ran and failed.
+    Failed(String),
+    /// Another process is running it right now; recorded as skipped.
+    SkippedOverlap,
+    /// Another process already claimed this tick.
+    AlreadyClaimed,
+}
+
+fn lock_key(name: &str) -> i64 {
+    let d = Sha256::digest(format!("allot-job:{name}").as_bytes());
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// This process's name in `job_runs`.
+pub fn instance_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Run a job once as a singleton: for tick `slot`, or by hand when `slot` is `None`.
+///
+/// First the tick is claimed (one `job_runs` row per job and slot, whoever inserts it first),
+/// then the job's advisory lock is taken; if a run from an earlier tick still holds it, this
+/// tick's row is recorded as skipped.
+pub async fn run_once(
+    job: &dyn Job,
+    ctx: &JobContext,
+    slot: Option<OffsetDateTime>,
+    instance: &str,
+) -> anyhow::Result<RunOutcome> {
+    let name = job.name();
+    let mut conn = ctx.db.primary.acquire().await?;
+    let run_id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO job_runs (job_name, instance, slot, outcome) VALUES ($1, $2, $3, 'running')
+         ON CONFLICT (job_name, slot) DO NOTHING RETURNING id",
+    )
+    .bind(name)
+    .bind(instance)
+    .bind(slot)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(run_id) = run_id else { return Ok(RunOutcome::AlreadyClaimed) };
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key(name)).fetch_one(&mut *conn).await?;
+    if !locked {
+        sqlx::query(
+            "UPDATE job_runs SET outcome = 'skipped', finished_at = now(),
+                    error = 'a previous run is still in progress' WHERE id = $1",
+        )
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+        tracing::info!(job = name, "skipped: a previous run is still in progress");
+        return Ok(RunOutcome::SkippedOverlap);
+    }
+    let result = run_locked(job, ctx, run_id, &mut conn).await;
+    // A session lock must not go back to the pool: unlock, or close the connection.
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock_key(name)).execute(&mut *conn).await;
+    if unlocked.is_err() {
+        let _ = conn.close().await;
+    }
+    result
+}
+
+async fn run_locked(
+    job: &dyn Job,
+    ctx: &JobContext,
+    run_id: i64,
+    conn: &mut sqlx::PgConnection,
+) -> anyhow::Result<RunOutcome> {
+    let started = std::time::Instant::now();
+    let result = async {
+        job.pre(ctx).await?;
+        job.run(ctx).await
+    }
+    .await;
+    let (outcome, mut counts, error) = match &result {
+        Ok(counts) => ("succeeded", serde_json::Value::Object(counts.clone()), None),
+        Err(e) => ("failed", serde_json::json!({}), Some(format!("{e:#}"))),
+    };
+    counts["duration_ms"] = serde_json::json!(started.elapsed().as_millis() as u64);
+    sqlx::query("UPDATE job_runs SET finished_at = now(), outcome = $2, counts = $3, error = $4 WHERE id = $1")
+        .bind(run_id)
+        .bind(outcome)
+        .bind(&counts)
+        .bind(&error)
+        .execute(&mut *conn)
+        .await?;
+    match result {
+        Ok(c) => {
+            job.post(ctx, &c).await;
+            Ok(RunOutcome::Succeeded(c))
+        }
+        Err(e) => {
+            job.on_failure(ctx, &e).await;
+            Ok(RunOutcome::Failed(format!("{e:#}")))
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Override {
+    enabled: bool,
+    interval: Option<Duration>,
+}
+
+async fn load_overrides(db: &Db) -> anyhow::Result<HashMap<String, Override>> {
+    let rows: Vec<(String, bool, Option<i32>)> =
+        sqlx::query_as("SELECT name, enabled, interval_secs FROM scheduled_jobs").fetch_all(&db.primary).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(n, enabled, secs)| (n, Override { enabled, interval: secs.map(|s| Duration::from_secs(s as u64)) }))
+        .collect())
+}
+
+/// How often the scheduler re-reads `scheduled_jobs`.
+const OVERRIDE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The scheduler: runs each due job once per tick until `ctx.shutdown`, then waits for the
+/// running ones to finish their current step.
+pub async fn run_scheduler(ctx: JobContext, jobs: Vec<Arc<dyn Job>>) {
+    let instance = instance_name();
+    let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
+    tracing::info!(jobs = ?names, instance, "scheduler started");
+    let mut overrides: HashMap<String, Override> = HashMap::new();
+    let mut refreshed_at: Option<std::time::Instant> = None;
+    let mut last_slot: HashMap<&'static str, i64> = HashMap::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    loop {
+        if refreshed_at.is_none_or(|t| t.elapsed() >= OVERRIDE_REFRESH) {
+            match load_overrides(&ctx.db).await {
+                Ok(o) => overrides = o,
+                Err(e) => tracing::warn!(error = %e, "could not read scheduled_jobs; keeping the previous schedule"),
+            }
+            refreshed_at = Some(std::time::Instant::now());
+        }
+        while running.try_join_next().is_some() {}
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for job in &jobs {
+            let o = overrides.get(job.name()).copied();
+            if o.is_some_and(|o| !o.enabled) {
+                continue;
+            }
+            let every = o.and_then(|o| o.interval).unwrap_or_else(|| job.default_interval()).as_secs().max(1) as i64;
+            let slot = now - now.rem_euclid(every);
+            if last_slot.get(job.name()) == Some(&slot) {
+                continue;
+            }
+            last_slot.insert(job.name(), slot);
+            // A run from an earlier tick still going (here or elsewhere) makes run_once record
+            // this tick as skipped: the advisory lock is per session, not per process.
+            let (job, ctx2, instance2) = (job.clone(), ctx.clone(), instance.clone());
+            let slot_time = OffsetDateTime::from_unix_timestamp(slot).ok();
+            running.spawn(async move {
+                if let Err(e) = run_once(job.as_ref(), &ctx2, slot_time, &instance2).await {
+                    tracing::warn!(job = job.name(), error = %format!("{e:#}"), "could not run job");
+                }
+            });
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    tracing::info!(running = running.len(), "scheduler stopping; waiting for running jobs");
+    while running.join_next().await.is_some() {}
+    tracing::info!("scheduler stopped");
+}

@@ -1,0 +1,197 @@
+//! Scheduled jobs and the outbox relay against the real Postgres and Valkey.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_origin::jobs::{self, Job, JobContext, RunOutcome};
+use allot_origin::relay::Relay;
+use allot_origin::services::Services;
+use common::TestApp;
+use tokio_util::sync::CancellationToken;
+
+fn ctx(app: &TestApp) -> JobContext {
+    Services::init(app.config.clone()).unwrap().job_context(CancellationToken::new())
+}
+
+async fn active_ids(app: &TestApp, product: &str) -> HashSet<i64> {
+    sqlx::query_scalar::<_, i64>("SELECT id FROM inventories WHERE product_id = $1 AND status = 'active'")
+        .bind(product)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn run(job: &dyn Job, ctx: &JobContext) -> serde_json::Map<String, serde_json::Value> {
+    match jobs::run_once(job, ctx, None, "test").await.unwrap() {
+        RunOutcome::Succeeded(c) => c,
+        other => panic!("{} did not succeed: {other:?}", job.name()),
+    }
+}
+
+#[tokio::test]
+async fn the_pump_rebuilds_every_set_from_postgres() {
+    let app = TestApp::spawn().await;
+    app.product("pa", "USD", &["10.00", "25.00"]).await;
+    app.product("pb", "EUR", &["5.00"]).await;
+    app.load_cards_db_only("pa", 1000, 30).await;
+    app.load_cards_db_only("pa", 2500, 20).await;
+    app.load_cards_db_only("pb", 500, 7).await;
+    let ctx = ctx(&app);
+    let counts = run(&jobs::pump::InventoryPump, &ctx).await;
+    assert_eq!(counts["products"], 2);
+    assert_eq!(counts["cards"], 57);
+    assert_eq!(app.cached_ids("pa").await.into_iter().collect::<HashSet<_>>(), active_ids(&app, "pa").await);
+    assert_eq!(app.cached_ids("pb").await.len(), 7);
+    let runs = app.count("job_runs", "job_name = 'inventory-pump' AND outcome = 'succeeded'").await;
+    assert_eq!(runs, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_reconciler_heals_missing_and_stale_ids_and_reports_divergence() {
+    let app = TestApp::spawn().await;
+    app.product("rc", "USD", &["10.00", "25.00"]).await;
+    let ids = app.load_cards("rc", 1000, 20).await;
+    app.load_cards("rc", 2500, 5).await;
+    let ctx = ctx(&app);
+    // In step: nothing to do.
+    let counts = run(&jobs::reconcile::Reconciler, &ctx).await;
+    assert_eq!((counts["buckets"].as_u64(), counts["divergent_buckets"].as_u64()), (Some(2), Some(0)));
+
+    // Ids popped and never allocated (a crash), and ids allocated behind the cache's back.
+    app.cache.pop("rc", 1000, 4).await.unwrap();
+    sqlx::query("UPDATE inventories SET status = 'void' WHERE id = ANY($1)")
+        .bind(&ids[10..13])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // New cards the cache never heard of.
+    app.load_cards_db_only("rc", 2500, 3).await;
+    let counts = run(&jobs::reconcile::Reconciler, &ctx).await;
+    assert_eq!(counts["divergent_buckets"], 2);
+    assert_eq!(counts["products_rebuilt"], 1);
+    assert_eq!(app.cached_ids("rc").await.into_iter().collect::<HashSet<_>>(), active_ids(&app, "rc").await);
+
+    // A flushed cache is rebuilt too.
+    app.flush_cache().await;
+    let counts = run(&jobs::reconcile::Reconciler, &ctx).await;
+    assert_eq!(counts["products_rebuilt"], 1);
+    assert_eq!(app.cached_ids("rc").await.len(), active_ids(&app, "rc").await.len());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_tick_runs_once_however_many_schedulers_race_for_it() {
+    let app = TestApp::spawn().await;
+    let ctx = ctx(&app);
+    let slot = Some(time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+    let job = jobs::housekeeping::JobHistoryPrune;
+    let outcomes = futures::future::join_all((0..8).map(|i| {
+        let (ctx, job) = (&ctx, &job);
+        async move { jobs::run_once(job, ctx, slot, &format!("racer-{i}")).await.unwrap() }
+    }))
+    .await;
+    let ran = outcomes.iter().filter(|o| matches!(o, RunOutcome::Succeeded(_))).count();
+    assert_eq!(ran, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, RunOutcome::Succeeded(_) | RunOutcome::AlreadyClaimed | RunOutcome::SkippedOverlap))
+    );
+    assert_eq!(app.count("job_runs", "job_name = 'job-history-prune' AND outcome = 'succeeded'").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schedulers_honour_database_overrides_and_share_ticks() {
+    let app = TestApp::spawn().await;
+    sqlx::query("INSERT INTO scheduled_jobs (name, interval_secs) VALUES ('job-history-prune', 1)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO scheduled_jobs (name, enabled) VALUES ('idempotency-expiry', false)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let registry: Vec<Arc<dyn Job>> =
+        vec![Arc::new(jobs::housekeeping::JobHistoryPrune), Arc::new(jobs::housekeeping::IdempotencyExpiry)];
+    let token = CancellationToken::new();
+    let services = Services::init(app.config.clone()).unwrap();
+    let a = tokio::spawn(jobs::run_scheduler(services.job_context(token.clone()), registry.clone()));
+    let b = tokio::spawn(jobs::run_scheduler(services.job_context(token.clone()), registry));
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    token.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+    let runs = app.count("job_runs", "job_name = 'job-history-prune' AND outcome = 'succeeded'").await;
+    let slots = app.count("(SELECT DISTINCT slot FROM job_runs WHERE job_name = 'job-history-prune') s", "").await;
+    assert!((3..=6).contains(&runs), "about one run per second, got {runs}");
+    assert_eq!(runs, slots, "never two runs of one tick");
+    assert_eq!(app.count("job_runs", "job_name = 'idempotency-expiry'").await, 0, "disabled in the database");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn housekeeping_expires_old_idempotency_keys_only() {
+    let app = TestApp::spawn().await;
+    app.product("hk", "USD", &["10.00"]).await;
+    app.load_cards("hk", 1000, 3).await;
+    for i in 0..3 {
+        let r = app.allocate(format!("hk-{i}"), r#"{"product_id":"hk","denomination":"10.00","quantity":1}"#).await;
+        assert_eq!(r.status, 201);
+    }
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key IN ('hk-0', 'hk-1')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let counts = run(&jobs::housekeeping::IdempotencyExpiry, &ctx(&app)).await;
+    assert_eq!(counts["deleted"], 2);
+    assert_eq!(app.count("idempotency_keys", "").await, 1);
+    assert_eq!(app.count("allocations", "").await, 3, "allocations stay");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_relay_publishes_each_event_once_in_order_and_backs_off_on_failure() {
+    let app = TestApp::spawn().await;
+    app.product("ev", "USD", &["10.00"]).await;
+    app.load_cards("ev", 1000, 5).await;
+    for i in 0..5 {
+        let r = app.allocate(format!("ev-{i}"), r#"{"product_id":"ev","denomination":"10.00","quantity":1}"#).await;
+        assert_eq!(r.status, 201);
+    }
+    // Valkey unreachable: nothing is published; rows back off; the failure is in job history.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("redis://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let failing = Relay::new(app.pool.clone(), &dead, &app.prefix, Duration::from_millis(300)).unwrap();
+    assert_eq!(failing.publish_batch().await.unwrap(), 0);
+    assert_eq!(app.count("outbox", "published_at IS NULL AND attempts = 1 AND last_error IS NOT NULL").await, 5);
+    assert_eq!(app.count("outbox", "next_attempt_at > created_at + interval '1 second'").await, 5, "backed off");
+    assert_eq!(app.count("job_runs", "job_name = 'outbox-relay' AND outcome = 'failed'").await, 1);
+    sqlx::query("UPDATE outbox SET next_attempt_at = now()").execute(&app.pool).await.unwrap();
+
+    let relay = Relay::new(app.pool.clone(), &common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
+    let published = relay.publish_batch().await.unwrap();
+    let errors: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT last_error FROM outbox").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(published, 5, "{errors:?}");
+    assert_eq!(relay.publish_batch().await.unwrap(), 0, "published once");
+    let client = redis::Client::open(common::valkey_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: redis::Value =
+        redis::cmd("XRANGE").arg(relay.stream()).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let text = format!("{entries:?}");
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id").fetch_all(&app.pool).await.unwrap();
+    let positions: Vec<usize> =
+        ids.iter().map(|id| text.find(&format!("\"{id}\"")).or_else(|| text.find(&format!("{id}"))).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+    assert!(text.contains("allocation.created"));
+    assert!(!text.contains("CODE-"), "no card codes in events");
+    app.finish().await;
+}

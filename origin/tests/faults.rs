@@ -1,0 +1,549 @@
+//! Fault tests: real `allot` processes, their own Postgres and Valkey (started by
+//! `scripts/stack` in a private folder, so stopping them disturbs no other test), allocations
+//! over HTTP while the fault happens, then an audit of Postgres printed with its counts.
+//! They run one at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use allot_origin::config::generate_card_key;
+use allot_origin::crypto::KeyRing;
+use allot_origin::ops::{self, NewCard};
+use allot_shared::{Currency, Denomination, Region, signature};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Mutex;
+
+const SECRET: &str = "fault-edge-secret-0123456789abcdef";
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A free port below Linux's ephemeral range (32768+), so that no client socket can take it
+/// while the service that owns it is stopped for a fault.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7919) % 10_000;
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(13))) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32000");
+}
+
+/// A private Postgres + Valkey pair, torn down (and purged) on drop.
+struct Stack {
+    dir: PathBuf,
+    pg_port: u16,
+    vk_port: u16,
+}
+
+impl Stack {
+    fn up(name: &str) -> Self {
+        let dir = repo().join(".stack").join(format!("fault-{name}"));
+        let s = Stack { dir, pg_port: free_port(), vk_port: free_port() };
+        s.run("down", &["--purge"]);
+        s.run("up", &[]);
+        s
+    }
+
+    fn run(&self, cmd: &str, extra: &[&str]) {
+        let out = Command::new(repo().join("scripts/stack"))
+            .arg(cmd)
+            .args(extra)
+            .env("ALLOT_STACK_DIR", &self.dir)
+            .env("ALLOT_PG_PORT", self.pg_port.to_string())
+            .env("ALLOT_VALKEY_PORT", self.vk_port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("scripts/stack runs");
+        assert!(out.status.success(), "scripts/stack {cmd} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn database_url(&self) -> String {
+        format!("postgres://allot@127.0.0.1:{}/allot", self.pg_port)
+    }
+
+    fn valkey_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.vk_port)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.run("down", &["--purge"]);
+    }
+}
+
+/// The system under test: a migrated database with stock, and the settings of its processes.
+struct System {
+    stack: Stack,
+    pool: PgPool,
+    env: Vec<(String, String)>,
+    key: String,
+    prefix: String,
+}
+
+impl System {
+    async fn new(name: &str, product: &str, cards: usize) -> Self {
+        let stack = Stack::up(name);
+        let pool = PgPoolOptions::new().max_connections(4).connect(&stack.database_url()).await.unwrap();
+        allot_origin::db::migrate_up(&pool).await.unwrap();
+        let card_keys = generate_card_key("fault1");
+        let prefix = "allot".to_owned();
+        ops::upsert_product(
+            &pool,
+            product,
+            product,
+            Currency::parse("USD").unwrap(),
+            &[Denomination::parse("10.00").unwrap()],
+        )
+        .await
+        .unwrap();
+        let batch: Vec<NewCard> = (0..cards)
+            .map(|i| NewCard {
+                code: format!("F-{name}-{i}-{}", uuid::Uuid::new_v4().simple()),
+                pin: None,
+                expires_at: None,
+            })
+            .collect();
+        let ring = KeyRing::parse(&card_keys).unwrap();
+        ops::load_cards(&pool, None, &ring, product, 1000, &batch).await.unwrap();
+        let client = ops::create_client(&pool, "fault", &Region::parse("eu").unwrap(), None).await.unwrap();
+        let key = ops::issue_key(&pool, client, None).await.unwrap().expose();
+        let env = vec![
+            ("DATABASE_URL".into(), stack.database_url()),
+            ("VALKEY_URL".into(), stack.valkey_url()),
+            ("ALLOT_REGION".into(), "eu".into()),
+            ("ALLOT_CARD_KEYS".into(), card_keys),
+            ("ALLOT_EDGE_SECRETS".into(), SECRET.into()),
+            ("ALLOT_DB_ACQUIRE_TIMEOUT_MS".into(), "1000".into()),
+            ("ALLOT_VALKEY_TIMEOUT_MS".into(), "200".into()),
+            ("ALLOT_SHUTDOWN_TIMEOUT_MS".into(), "20000".into()),
+            ("ALLOT_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        let sys = System { stack, pool, env, key, prefix };
+        sys.allot(&["jobs", "run", "inventory-pump"]).await;
+        sys
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_allot"));
+        c.args(args).envs(self.env.iter().cloned()).stdin(Stdio::null());
+        c
+    }
+
+    /// Run an `allot` command to completion.
+    async fn allot(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(out.status.success(), "allot {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Start `allot server` on fresh ports and wait until it is ready.
+    async fn start_server(&self) -> Server {
+        let port = free_port();
+        let child = self
+            .command(&["server"])
+            .env("ALLOT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ALLOT_OPERATOR_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&base).await;
+        Server { child, base }
+    }
+
+    async fn cache_ids(&self, product: &str) -> HashSet<i64> {
+        let client = redis::Client::open(self.stack.valkey_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{}:inv:{{p{product}}}:active", self.prefix))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        members.into_iter().filter_map(|m| m.parse().ok()).collect()
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// One logical request: its key, every attempt's outcome, and its final result.
+#[derive(Debug, Default, Clone)]
+struct Request {
+    attempts: Vec<String>,
+    cards: Vec<i64>,
+    status: u16,
+    /// Attempts that got an error after the request was sent (cut off mid-flight).
+    cut_off: usize,
+    slowest: Duration,
+}
+
+/// Allocate `total` single cards over `concurrency` connections; every request retries with its
+/// Idempotency-Key until it gets 201 or 409, or `give_up` passes. `base` is re-read before each
+/// attempt so a test can point clients at a restarted server.
+async fn drive(
+    base: Arc<std::sync::RwLock<String>>,
+    key: String,
+    product: &str,
+    total: usize,
+    concurrency: usize,
+    give_up: Duration,
+) -> Vec<Request> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(vec![Request::default(); total]));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (base, key, next, results, product) =
+            (base.clone(), key.clone(), next.clone(), results.clone(), product.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let body = format!(r#"{{"product_id":"{product}","denomination":"10.00","quantity":1}}"#);
+                let mut req = Request::default();
+                loop {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+                    let sig = signature::sign(SECRET.as_bytes(), now, "POST", "/v1/allocations", body.as_bytes());
+                    let url = format!("{}/v1/allocations", base.read().unwrap());
+                    let t = Instant::now();
+                    let r = http
+                        .post(url)
+                        .header("authorization", format!("Bearer {key}"))
+                        .header("idempotency-key", format!("req-{i}"))
+                        .header("content-type", "application/json")
+                        .header(allot_shared::headers::SIGNATURE, sig)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    req.slowest = req.slowest.max(t.elapsed());
+                    match r {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            match resp.bytes().await {
+                                Ok(bytes) => {
+                                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                                    let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
+                                    req.attempts.push(format!("{status} {code}"));
+                                    if status == 201 || status == 409 {
+                                        req.status = status;
+                                        if status == 201 {
+                                            req.cards = v["cards"]
+                                                .as_array()
+                                                .unwrap()
+                                                .iter()
+                                                .map(|c| c["card_id"].as_i64().unwrap())
+                                                .collect();
+                                        }
+                                        break;
+                                    }
+                                }
+                                Err(_) => {
+                                    req.cut_off += 1;
+                                    req.attempts.push("cut off".into());
+                                }
+                            }
+                        }
+                        Err(e) if e.is_connect() => req.attempts.push("connect refused".into()),
+                        Err(e) => {
+                            req.cut_off += 1;
+                            req.attempts.push(format!("cut off: {e}"));
+                        }
+                    }
+                    if started.elapsed() > give_up {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                results.lock().await[i] = req;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(results).unwrap().into_inner()
+}
+
+/// What Postgres says after a run, checked against what the clients got.
+#[derive(Debug)]
+struct Audit {
+    requests: usize,
+    successes: usize,
+    errors_by_code: BTreeMap<String, usize>,
+    allocated: usize,
+    duplicates: usize,
+    lost: usize,
+    returned_not_allocated: usize,
+}
+
+async fn audit(sys: &System, product: &str, requests: &[Request]) -> Audit {
+    let mut errors_by_code = BTreeMap::new();
+    for r in requests {
+        for a in &r.attempts {
+            if !a.starts_with("201") {
+                *errors_by_code.entry(a.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    let returned: Vec<i64> = requests.iter().flat_map(|r| r.cards.clone()).collect();
+    let returned_set: HashSet<i64> = returned.iter().copied().collect();
+    let allocated: HashSet<i64> = sqlx::query_scalar("SELECT id FROM inventories WHERE status = 'allocated'")
+        .fetch_all(&sys.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let active: HashSet<i64> = sqlx::query_scalar("SELECT id FROM inventories WHERE status = 'active'")
+        .fetch_all(&sys.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let cached = sys.cache_ids(product).await;
+    let a = Audit {
+        requests: requests.len(),
+        successes: requests.iter().filter(|r| r.status == 201).count(),
+        errors_by_code,
+        allocated: allocated.len(),
+        duplicates: returned.len() - returned_set.len(),
+        lost: active.difference(&cached).count(),
+        returned_not_allocated: returned_set.symmetric_difference(&allocated).count(),
+    };
+    println!(
+        "audit: requests {} | successes {} | errors by code {:?} | allocated {} | duplicates {} | lost {} | returned but not allocated {}",
+        a.requests, a.successes, a.errors_by_code, a.allocated, a.duplicates, a.lost, a.returned_not_allocated
+    );
+    a
+}
+
+/// The invariants every fault must leave intact.
+fn assert_whole(a: &Audit, expected_successes: usize) {
+    assert_eq!(a.successes, expected_successes, "{a:?}");
+    assert_eq!(a.allocated, expected_successes, "every success is one allocated card: {a:?}");
+    assert_eq!(a.duplicates, 0, "{a:?}");
+    assert_eq!(a.returned_not_allocated, 0, "cards returned are exactly the cards allocated: {a:?}");
+    assert_eq!(a.lost, 0, "every active card is back in the cache: {a:?}");
+}
+
+async fn reconcile_tick(sys: &System) {
+    let out = sys.allot(&["jobs", "run", "reconcile"]).await;
+    assert!(out.contains("Succeeded"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn valkey_flushed_mid_load() {
+    let _serial = SERIAL.lock().await;
+    let sys = System::new("flush", "fl", 400).await;
+    let server = sys.start_server().await;
+    let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
+    let load = tokio::spawn(drive(base, sys.key.clone(), "fl", 300, 16, Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = redis::Client::open(sys.stack.valkey_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let requests = load.await.unwrap();
+    reconcile_tick(&sys).await;
+    let a = audit(&sys, "fl", &requests).await;
+    assert_whole(&a, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn valkey_stopped_then_started_empty() {
+    let _serial = SERIAL.lock().await;
+    let sys = System::new("vkstop", "vs", 400).await;
+    let server = sys.start_server().await;
+    let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
+    let load = tokio::spawn(drive(base, sys.key.clone(), "vs", 300, 16, Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sys.stack.run("valkey-stop", &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sys.stack.run("valkey-start", &[]);
+    let requests = load.await.unwrap();
+    reconcile_tick(&sys).await;
+    let a = audit(&sys, "vs", &requests).await;
+    assert_whole(&a, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_killed_mid_load_and_restarted() {
+    let _serial = SERIAL.lock().await;
+    let sys = System::new("kill9", "k9", 400).await;
+    let mut server = sys.start_server().await;
+    let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
+    let load = tokio::spawn(drive(base.clone(), sys.key.clone(), "k9", 300, 24, Duration::from_secs(90)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&server.child, "KILL");
+    let _ = server.child.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted = sys.start_server().await;
+    *base.write().unwrap() = restarted.base.clone();
+    let requests = load.await.unwrap();
+    // Each request ended with exactly one allocation, found by its key.
+    let per_key: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT k.key, count(i.card_id) FROM idempotency_keys k JOIN allocation_items i USING (allocation_id) GROUP BY k.key",
+    )
+    .fetch_all(&sys.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_key.len(), 300, "one allocation per request");
+    assert!(per_key.iter().all(|(_, n)| *n == 1));
+    reconcile_tick(&sys).await;
+    let a = audit(&sys, "k9", &requests).await;
+    assert_whole(&a, 300);
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_mid_load_fails_fast_then_recovers() {
+    let _serial = SERIAL.lock().await;
+    let sys = System::new("pgrestart", "pr", 400).await;
+    let server = sys.start_server().await;
+    let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
+    let load = tokio::spawn(drive(base, sys.key.clone(), "pr", 300, 16, Duration::from_secs(90)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sys.stack.run("pg-stop", &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sys.stack.run("pg-start", &[]);
+    let requests = load.await.unwrap();
+    let attempts: Vec<&String> = requests.iter().flat_map(|r| &r.attempts).collect();
+    let unavailable = attempts.iter().filter(|a| a.as_str() == "503 ORIGIN_UNAVAILABLE").count();
+    let other: Vec<&&String> =
+        attempts.iter().filter(|a| !a.starts_with("201") && a.as_str() != "503 ORIGIN_UNAVAILABLE").collect();
+    println!("attempts: {}, 503 ORIGIN_UNAVAILABLE: {unavailable}, other failures: {other:?}", attempts.len());
+    assert!(unavailable > 0, "requests during the outage were refused with 503");
+    assert!(other.is_empty(), "no 500s, no hangs: {other:?}");
+    let slowest = requests.iter().map(|r| r.slowest).max().unwrap();
+    assert!(slowest < Duration::from_secs(10), "fail fast, never hang: slowest attempt {slowest:?}");
+    reconcile_tick(&sys).await;
+    let a = audit(&sys, "pr", &requests).await;
+    assert_whole(&a, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_load_finishes_in_flight_requests_and_exits_zero() {
+    let _serial = SERIAL.lock().await;
+    let sys = System::new("sigterm", "st", 600).await;
+    let mut server = sys.start_server().await;
+    let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
+    let load = tokio::spawn(drive(base, sys.key.clone(), "st", 500, 32, Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&server.child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.child.wait().unwrap();
+        (s, server)
+    })
+    .await
+    .unwrap();
+    let requests = load.await.unwrap();
+    assert!(status.0.success(), "exit 0 after SIGTERM, got {:?}", status.0);
+    let served: HashSet<usize> = requests.iter().enumerate().filter(|(_, r)| r.status == 201).map(|(i, _)| i).collect();
+    // A request written to a keep-alive connection just as the draining server closes it was
+    // never accepted: it must not have allocated anything (the client retries it with its key).
+    let not_delivered: Vec<usize> =
+        requests.iter().enumerate().filter(|(_, r)| r.cut_off > 0 && r.status != 201).map(|(i, _)| i).collect();
+    let committed: HashSet<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+        .fetch_all(&sys.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    println!("after SIGTERM: served {}, closed before being accepted {}", served.len(), not_delivered.len());
+    assert!(!served.is_empty());
+    let cut_off_in_flight: Vec<&usize> =
+        not_delivered.iter().filter(|i| committed.contains(&format!("req-{i}"))).collect();
+    assert!(cut_off_in_flight.is_empty(), "requests the origin committed but never answered: {cut_off_in_flight:?}");
+    let allocated = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM inventories WHERE status = 'allocated'")
+        .fetch_one(&sys.pool)
+        .await
+        .unwrap();
+    assert_eq!(allocated as usize, served.len(), "every committed allocation reached its client");
+    assert_eq!(committed.len(), served.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_cron_processes_run_each_tick_once() {
+    let _serial = SERIAL.lock().await;
+    let sys = System::new("cron", "cr", 50).await;
+    sqlx::query("INSERT INTO scheduled_jobs (name, interval_secs) VALUES ('reconcile', 1), ('job-history-prune', 1)")
+        .execute(&sys.pool)
+        .await
+        .unwrap();
+    let started = time::OffsetDateTime::now_utc();
+    let mut a = sys.command(&["cron"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut b = sys.command(&["cron"]).stdout(Stdio::null()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    signal(&a, "TERM");
+    signal(&b, "TERM");
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    let rows: Vec<(String, Option<time::OffsetDateTime>, String, String)> = sqlx::query_as(
+        "SELECT job_name, slot, outcome, instance FROM job_runs WHERE job_name IN ('reconcile', 'job-history-prune') AND slot >= $1 - interval '1 second'",
+    )
+    .bind(started)
+    .fetch_all(&sys.pool)
+    .await
+    .unwrap();
+    let mut per_slot: HashMap<(String, i64), usize> = HashMap::new();
+    for (job, slot, outcome, _) in &rows {
+        if outcome == "succeeded" {
+            *per_slot.entry((job.clone(), slot.unwrap().unix_timestamp())).or_default() += 1;
+        }
+    }
+    let instances: HashSet<&String> = rows.iter().map(|r| &r.3).collect();
+    println!("job runs: {} rows, {} ticks run, instances {instances:?}", rows.len(), per_slot.len());
+    assert!(per_slot.values().all(|n| *n == 1), "each tick once: {per_slot:?}");
+    for job in ["reconcile", "job-history-prune"] {
+        let ticks = per_slot.keys().filter(|(j, _)| j == job).count();
+        assert!((4..=8).contains(&ticks), "{job}: about one run per second over 6 s, got {ticks}");
+    }
+    assert!(rows.iter().all(|r| r.2 != "failed"), "{rows:?}");
+}

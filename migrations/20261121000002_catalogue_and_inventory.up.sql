@@ -70,8 +70,6 @@ CREATE INDEX inventories_active_bucket
     ON inventories (product_id, denomination_minor, id)
     WHERE status = 'active';
 
-CREATE INDEX inventories_allocation ON inventories (allocation_id) WHERE allocation_id IS NOT NULL;
-
 CREATE TABLE allocation_items (
     allocation_id uuid NOT NULL REFERENCES allocations (id),
     position      smallint NOT NULL CHECK (position >= 0),

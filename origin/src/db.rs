@@ -32,13 +32,26 @@ fn connect_options(url: &str, cfg: &Config) -> anyhow::Result<PgConnectOptions> 
     ]))
 }
 
+/// A connection idle longer than this is pinged before use.
+const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn pool_options(size: u32, cfg: &Config) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(size)
         .min_connections(1.min(size))
         .acquire_timeout(cfg.db_acquire_timeout)
-        // A connection broken by a Postgres restart is noticed on checkout, not by a request.
-        .test_before_acquire(true)
+        // Pinging on every checkout costs a round trip per request; sqlx already pings on
+        // release, which discards connections broken mid-use. Only connections that sat idle
+        // (and may have been cut by a Postgres restart meanwhile) are pinged before use.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl Db {

@@ -93,11 +93,17 @@ impl InventoryCache {
     }
 
     /// Atomically take up to `n` ids of one denomination out of a product's set.
+    #[tracing::instrument(name = "inventory.pop", skip(self), fields(popped = tracing::field::Empty, cold = tracing::field::Empty))]
     pub async fn pop(&self, product_id: &str, denomination_minor: i64, n: usize) -> Result<Popped, CacheError> {
         let mut conn = self.conn.clone();
         let mut inv = self.pop.key(self.key(product_id));
         inv.arg(denomination_minor).arg(n);
-        let reply: Option<Vec<String>> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let reply: Option<Vec<String>> = self.bounded(inv.invoke_async(&mut conn)).await.inspect_err(|_| {
+            metrics::gauge!("allot_valkey_up").set(0.0);
+        })?;
+        let span = tracing::Span::current();
+        span.record("cold", reply.is_none());
+        span.record("popped", reply.as_ref().map_or(0, Vec::len));
         match reply {
             None => Ok(Popped::Cold),
             Some(members) => members

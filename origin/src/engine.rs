@@ -25,6 +25,7 @@ use bytes::Bytes;
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::cache::{InventoryCache, Popped};
@@ -264,10 +265,35 @@ impl Engine {
         request: AllocationRequest,
         trace_context: Option<String>,
     ) -> Result<Outcome, AppError> {
+        let span = tracing::info_span!(
+            "allocation.create",
+            product_id = %request.product_id,
+            denomination = %request.denomination,
+            quantity = request.quantity,
+            client_id = %caller.client_id,
+            outcome = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+        );
         let engine = self.clone();
-        tokio::spawn(async move { engine.allocate_inner(&caller, &idempotency_key, &request, trace_context).await })
+        let started = std::time::Instant::now();
+        let task = async move { engine.allocate_inner(&caller, &idempotency_key, &request, trace_context).await };
+        let result = tokio::spawn(task.instrument(span.clone()))
             .await
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("allocation task failed: {e}")))?
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("allocation task failed: {e}")))
+            .and_then(|r| r);
+        let (outcome, code) = match &result {
+            Ok(Outcome::Created(_)) => ("created", "none"),
+            Ok(Outcome::Replayed(_)) => ("replayed", "none"),
+            Err(e) => ("rejected", e.to_api_error().code.as_str()),
+        };
+        span.record("outcome", outcome);
+        if code != "none" {
+            span.record("error_code", code);
+        }
+        metrics::counter!("allot_allocations_total", "outcome" => outcome, "code" => code).increment(1);
+        metrics::histogram!("allot_allocation_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn allocate_inner(
@@ -303,7 +329,8 @@ impl Engine {
             denomination_minor,
             fingerprint: req.fingerprint(),
             allocation_id: Uuid::now_v7(),
-            trace_context,
+            // The outbox event carries this span's context, so the relay's span joins the trace.
+            trace_context: crate::telemetry::current_traceparent().or(trace_context),
         };
 
         // Ids popped from the cache and not known to be gone from Postgres: on any failure
@@ -323,9 +350,11 @@ impl Engine {
             Some(cache) => match cache.pop(&a.product.id, a.denomination_minor, wanted).await {
                 Ok(Popped::Ids(ids)) if ids.len() == wanted => {
                     pending.extend_from_slice(&ids);
-                    match self.fast_path(a, &ids).await {
+                    let span = tracing::info_span!("inventory.commit", path = "fast", cards = wanted);
+                    match self.fast_path(a, &ids).instrument(span).await {
                         Ok(Some(outcome)) => {
                             pending.clear();
+                            metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(wanted as u64);
                             return Ok(outcome);
                         }
                         // The key exists: nothing was written; the ids go back.
@@ -341,14 +370,19 @@ impl Engine {
                     pending.extend_from_slice(&ids);
                     Start { given: ids, cache_exhausted: true }
                 }
-                Ok(Popped::Cold) => Start { given: Vec::new(), cache_exhausted: true },
+                Ok(Popped::Cold) => {
+                    metrics::counter!("allot_cache_pops_total", "outcome" => "miss").increment(1);
+                    Start { given: Vec::new(), cache_exhausted: true }
+                }
                 Err(e) => {
+                    metrics::counter!("allot_cache_pops_total", "outcome" => "miss").increment(1);
                     self.warn_cache(&e);
                     Start { given: Vec::new(), cache_exhausted: true }
                 }
             },
         };
-        self.slow_path(a, start, pending).await
+        let span = tracing::info_span!("inventory.commit", path = "slow", cards = wanted);
+        self.slow_path(a, start, pending).instrument(span).await
     }
 
     /// One statement; `Ok(None)` when the idempotency key already exists.
@@ -408,6 +442,9 @@ impl Engine {
             product_id = %a.product.id, denomination_minor = a.denomination_minor, quantity = wanted,
             hits = stats.hits, stale = stats.stale, fallback_cards = stats.fallback_cards, "cards claimed"
         );
+        metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(u64::from(stats.hits));
+        metrics::counter!("allot_cache_pops_total", "outcome" => "stale").increment(u64::from(stats.stale));
+        metrics::counter!("allot_cache_pops_total", "outcome" => "fallback").increment(u64::from(stats.fallback_cards));
         if claimed.len() < wanted {
             tx.rollback().await?;
             return Err(a.out_of_stock(claimed.len()));
@@ -495,6 +532,10 @@ impl Engine {
 
     /// The key exists: same request → the stored allocation, re-rendered; else a mismatch.
     async fn replay(&self, a: &Attempt<'_>) -> Result<Outcome, AppError> {
+        self.replay_inner(a).instrument(tracing::info_span!("allocation.replay")).await
+    }
+
+    async fn replay_inner(&self, a: &Attempt<'_>) -> Result<Outcome, AppError> {
         let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
             "SELECT request_fingerprint, allocation_id FROM idempotency_keys WHERE client_id = $1 AND key = $2",
         )

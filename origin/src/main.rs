@@ -173,7 +173,7 @@ enum InventoryAction {
 }
 
 fn main() -> ExitCode {
-    telemetry::init_logging();
+    let mut telemetry = telemetry::init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -182,7 +182,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(run(cli.command));
+    // Flush buffered spans before exiting.
+    drop(runtime);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -209,6 +213,9 @@ async fn run_processes(roles: Roles) -> anyhow::Result<()> {
     if roles.server {
         let bound = server::bind(server::state_from(&services)).await?;
         tasks.spawn(bound.serve(token.clone()));
+    } else {
+        // Workers and schedulers are watched too: health and metrics on the operator listener.
+        tasks.spawn(server::serve_operator(server::state_from(&services), token.clone()));
     }
     if roles.worker {
         match services.relay()? {

@@ -68,7 +68,17 @@ impl Relay {
     /// Publish until `shutdown`; the batch in hand is finished first.
     pub async fn run(&self, shutdown: CancellationToken) {
         tracing::info!(stream = %self.stream, "outbox relay started");
+        let mut pending_checked: Option<std::time::Instant> = None;
         while !shutdown.is_cancelled() {
+            if pending_checked.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                pending_checked = Some(std::time::Instant::now());
+                if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await
+                {
+                    metrics::gauge!("allot_outbox_pending").set(n as f64);
+                }
+            }
             let pause = match self.publish_batch().await {
                 Ok(0) => IDLE,
                 Ok(_) => Duration::ZERO,
@@ -105,7 +115,27 @@ impl Relay {
             tx.commit().await?;
             return Ok(0);
         }
+        // One span per event, child of the request that wrote it: the trace ends here.
+        let spans: Vec<tracing::Span> = events
+            .iter()
+            .map(|e| {
+                let span = tracing::info_span!(
+                    "outbox.publish",
+                    outbox_id = e.id,
+                    topic = %e.topic,
+                    aggregate_id = %e.aggregate_id,
+                    outcome = tracing::field::Empty,
+                );
+                crate::telemetry::span_from_traceparent(span, e.trace_context.as_deref())
+            })
+            .collect();
         let (published, failed) = self.publish(&events).await;
+        for (e, span) in events.iter().zip(&spans) {
+            span.record("outcome", if published.contains(&e.id) { "published" } else { "failed" });
+        }
+        drop(spans);
+        metrics::counter!("allot_outbox_published_total").increment(published.len() as u64);
+        metrics::counter!("allot_outbox_failures_total").increment(failed.len() as u64);
         if !published.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
                 .bind(&published)

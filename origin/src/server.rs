@@ -43,6 +43,8 @@ pub struct BoundServer {
 
 /// Check the schema and bind both listeners.
 pub async fn bind(state: AppState) -> anyhow::Result<BoundServer> {
+    // Install the metrics recorder before the first request records anything.
+    let _ = crate::telemetry::metrics();
     db::check_schema(&state.db.primary).await?;
     if state.config.signature_mode == SignatureMode::Off {
         tracing::warn!(
@@ -79,6 +81,17 @@ impl BoundServer {
         tracing::info!("server stopped");
         Ok(())
     }
+}
+
+/// Serve only the operator listener (health, metrics) until `shutdown`: for worker and cron.
+pub async fn serve_operator(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _ = crate::telemetry::metrics();
+    let listener = TcpListener::bind(state.config.operator_listen)
+        .await
+        .with_context(|| format!("binding {}", state.config.operator_listen))?;
+    tracing::info!(operator = %listener.local_addr()?, "serving health and metrics");
+    axum::serve(listener, operator_router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
 }
 
 /// Cancel `token` on the first SIGTERM or SIGINT; exit at once on the second.

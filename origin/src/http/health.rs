@@ -1,7 +1,9 @@
-//! `/livez` and `/readyz`: the process, and whether it can serve (Postgres reachable).
-//! Valkey down is `warn`, not `fail`: allocations fall back to Postgres.
+//! Health and metrics: `/livez` (the process), `/readyz` (can serve: Postgres reachable; Valkey
+//! down is `warn`, since allocations fall back to Postgres), `/health` (every dependency, checked
+//! in parallel with a timeout each, so a hung dependency still gets an answer), and `/metrics`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use allot_shared::headers::HEALTH_CONTENT_TYPE;
@@ -12,10 +14,22 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
+/// How long any one check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// A reconcile older than this many intervals makes `jobs:reconcile` warn.
+const RECONCILE_STALE_INTERVALS: f64 = 3.0;
 
 fn render(mut h: Health) -> Response {
     h.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    for (name, checks) in &h.checks {
+        let worst = checks.iter().map(|c| c.status).max().unwrap_or(HealthStatus::Pass);
+        let v = match worst {
+            HealthStatus::Pass => 0.0,
+            HealthStatus::Warn => 1.0,
+            HealthStatus::Fail => 2.0,
+        };
+        metrics::gauge!("allot_health_status", "check" => name.clone()).set(v);
+    }
     let status = StatusCode::from_u16(h.status.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = serde_json::to_vec(&h).unwrap_or_default();
     (
@@ -34,48 +48,104 @@ pub async fn livez() -> Response {
     render(Health::from_checks(BTreeMap::new()))
 }
 
-fn check(component_type: &str, status: HealthStatus, started: Instant, output: Option<String>) -> Vec<HealthCheck> {
+fn check(
+    component_type: &str,
+    status: HealthStatus,
+    value: serde_json::Value,
+    unit: &str,
+    output: Option<String>,
+) -> Vec<HealthCheck> {
     vec![HealthCheck {
         component_id: None,
         component_type: Some(component_type.to_owned()),
-        observed_value: Some(serde_json::json!((started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0)),
-        observed_unit: Some("ms".to_owned()),
+        observed_value: Some(value),
+        observed_unit: Some(unit.to_owned()),
         status,
         time: Some(crate::engine::format_time(time::OffsetDateTime::now_utc())),
         output,
     }]
 }
 
+fn ms(started: Instant) -> serde_json::Value {
+    serde_json::json!((started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0)
+}
+
+/// Run `probe` with the check timeout; `bad` is the status when it fails or hangs.
+async fn latency_check<F, E>(probe: F, bad: HealthStatus) -> Vec<HealthCheck>
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let started = Instant::now();
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => check("datastore", HealthStatus::Pass, ms(started), "ms", None),
+        Ok(Err(e)) => check("datastore", bad, ms(started), "ms", Some(e.to_string())),
+        Err(_) => check("datastore", bad, ms(started), "ms", Some(format!("no answer within {CHECK_TIMEOUT:?}"))),
+    }
+}
+
+async fn postgres(pool: &sqlx::PgPool) -> Vec<HealthCheck> {
+    latency_check(async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()) }, HealthStatus::Fail).await
+}
+
+async fn valkey(st: &AppState) -> Option<Vec<HealthCheck>> {
+    let cache = st.engine.cache()?;
+    let mut c = latency_check(cache.ping(), HealthStatus::Warn).await;
+    let up = c[0].status == HealthStatus::Pass;
+    metrics::gauge!("allot_valkey_up").set(if up { 1.0 } else { 0.0 });
+    if !up {
+        c[0].output = c[0].output.take().map(|o| format!("{o}; allocating from Postgres (degraded)"));
+    }
+    Some(c)
+}
+
+/// Age of the reconciler's last success, when the reconciler exists.
+async fn reconcile_age(st: &AppState) -> Option<Vec<HealthCheck>> {
+    if !(st.config.features.inventory_cache && st.engine.cache().is_some()) {
+        return None;
+    }
+    let probe = async {
+        let row: (Option<f64>, Option<i32>) = sqlx::query_as(
+            "SELECT (SELECT extract(epoch FROM now() - max(finished_at))::float8 FROM job_runs
+                      WHERE job_name = 'reconcile' AND outcome = 'succeeded'),
+                    (SELECT interval_secs FROM scheduled_jobs WHERE name = 'reconcile')",
+        )
+        .fetch_one(&st.db.primary)
+        .await?;
+        Ok::<_, sqlx::Error>(row)
+    };
+    let every = |o: Option<i32>| f64::from(o.unwrap_or(30));
+    Some(match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok((Some(age), interval))) => {
+            let stale = age > RECONCILE_STALE_INTERVALS * every(interval);
+            let status = if stale { HealthStatus::Warn } else { HealthStatus::Pass };
+            let output = stale.then(|| format!("the last successful reconcile was {age:.0} s ago"));
+            check("component", status, serde_json::json!((age * 10.0).round() / 10.0), "s", output)
+        }
+        Ok(Ok((None, _))) => check(
+            "component",
+            HealthStatus::Warn,
+            serde_json::Value::Null,
+            "s",
+            Some("the reconciler has never succeeded (is `allot cron` running?)".into()),
+        ),
+        Ok(Err(e)) => check("component", HealthStatus::Warn, serde_json::Value::Null, "s", Some(e.to_string())),
+        Err(_) => check(
+            "component",
+            HealthStatus::Warn,
+            serde_json::Value::Null,
+            "s",
+            Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+        ),
+    })
+}
+
 /// Ready when Postgres answers; Valkey is checked in parallel and only warns.
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    let pg = async {
-        let started = Instant::now();
-        let r = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&st.db.primary)).await;
-        match r {
-            Ok(Ok(_)) => check("datastore", HealthStatus::Pass, started, None),
-            Ok(Err(e)) => check("datastore", HealthStatus::Fail, started, Some(format!("{e}"))),
-            Err(_) => check("datastore", HealthStatus::Fail, started, Some("no answer within 1 s".into())),
-        }
-    };
-    let valkey = async {
-        let started = Instant::now();
-        match st.engine.cache() {
-            None => None,
-            Some(cache) => Some(match cache.ping().await {
-                Ok(()) => check("datastore", HealthStatus::Pass, started, None),
-                Err(e) => check(
-                    "datastore",
-                    HealthStatus::Warn,
-                    started,
-                    Some(format!("{e}; allocating from Postgres (degraded)")),
-                ),
-            }),
-        }
-    };
-    let (pg, valkey) = tokio::join!(pg, valkey);
+    let (pg, vk) = tokio::join!(postgres(&st.db.primary), valkey(&st));
     let mut checks = BTreeMap::new();
     checks.insert("postgres:primary".to_owned(), pg);
-    if let Some(v) = valkey {
+    if let Some(v) = vk {
         checks.insert("valkey".to_owned(), v);
     }
     let mut h = Health::from_checks(checks);
@@ -83,4 +153,59 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
         h.output = Some("degraded: the inventory cache is unavailable".into());
     }
     render(h)
+}
+
+/// Every dependency, in parallel.
+pub async fn health(State(st): State<AppState>) -> Response {
+    let replica = async { if st.db.has_replica { Some(postgres(&st.db.replica).await) } else { None } };
+    let (primary, replica, vk, reconcile) =
+        tokio::join!(postgres(&st.db.primary), replica, valkey(&st), reconcile_age(&st));
+    let mut checks = BTreeMap::new();
+    checks.insert("postgres:primary".to_owned(), primary);
+    if let Some(r) = replica {
+        // Reads fall back to the primary, so a lost replica degrades rather than fails.
+        let r = r
+            .into_iter()
+            .map(|mut c| {
+                if c.status == HealthStatus::Fail {
+                    c.status = HealthStatus::Warn;
+                }
+                c
+            })
+            .collect();
+        checks.insert("postgres:replica".to_owned(), r);
+    }
+    if let Some(v) = vk {
+        checks.insert("valkey".to_owned(), v);
+    }
+    if let Some(r) = reconcile {
+        checks.insert("jobs:reconcile".to_owned(), r);
+    }
+    let mut h = Health::from_checks(checks);
+    h.service_id = Some(crate::jobs::instance_name());
+    h.description = Some(format!("allot origin, region {}", st.config.region));
+    render(h)
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let pools = [("primary", &st.db.primary, st.config.db_pool_size)].into_iter().chain(st.db.has_replica.then_some((
+        "replica",
+        &st.db.replica,
+        st.config.db_read_pool_size,
+    )));
+    for (name, pool, max) in pools {
+        let size = pool.size();
+        let idle = pool.num_idle() as u32;
+        metrics::gauge!("allot_db_pool_connections", "pool" => name, "state" => "in_use")
+            .set(f64::from(size - idle.min(size)));
+        metrics::gauge!("allot_db_pool_connections", "pool" => name, "state" => "idle").set(f64::from(idle));
+        metrics::gauge!("allot_db_pool_connections", "pool" => name, "state" => "max").set(f64::from(max));
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        crate::telemetry::metrics().render(),
+    )
+        .into_response()
 }

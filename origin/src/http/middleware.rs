@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allot_shared::{ApiError, ErrorCode, headers, ident::is_valid_request_id, signature};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -60,21 +60,55 @@ pub async fn not_found(req: Request) -> Response {
     error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path())))
 }
 
-/// The span every request runs in.
+fn route_of(req: &Request) -> String {
+    req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned())
+}
+
+/// The span every request runs in: it continues the caller's W3C trace and carries the ids
+/// every log line inside it reports.
 pub fn make_span(req: &Request) -> Span {
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.as_str()).unwrap_or("");
-    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
+    let route = route_of(req);
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let traceparent = req.headers().get(headers::TRACEPARENT).and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_trace(&span, traceparent);
+    span
 }
 
 /// One structured access-log line per request.
-pub fn on_response(resp: &Response, latency: Duration, _span: &Span) {
+pub fn on_response(resp: &Response, latency: Duration, span: &Span) {
     let code = resp.extensions().get::<ErrorMarker>().map(|m| m.0.code.as_str());
+    span.record("http.response.status_code", resp.status().as_u16());
     tracing::info!(
         status = resp.status().as_u16(),
         latency_ms = latency.as_secs_f64() * 1000.0,
         error_code = code,
         "request"
     );
+}
+
+/// Count every request by route, method and status, and time it by route.
+pub async fn track_metrics(req: Request, next: Next) -> Response {
+    let route = route_of(&req);
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("allot_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("allot_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
 }
 
 fn unauthorized(message: String) -> AppError {

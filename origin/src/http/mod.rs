@@ -42,6 +42,7 @@ fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
         .layer(CompressionLayer::new())
         .layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::track_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(middleware::make_span).on_response(middleware::on_response))
         .layer(axum::middleware::from_fn(middleware::request_id))
 }
@@ -59,6 +60,10 @@ pub fn public_router(state: AppState) -> Router {
 
 /// The operator listener: health and (later) metrics; never exposed through the edge.
 pub fn operator_router(state: AppState) -> Router {
-    let router = Router::new().route("/livez", get(health::livez)).route("/readyz", get(health::readyz));
+    let router = Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics));
     common_layers(router, &state)
 }

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::cache::InventoryCache;
 use crate::config::Config;
@@ -124,7 +125,10 @@ pub async fn run_once(
     .bind(slot)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(run_id) = run_id else { return Ok(RunOutcome::AlreadyClaimed) };
+    let Some(run_id) = run_id else {
+        metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => "already_claimed").increment(1);
+        return Ok(RunOutcome::AlreadyClaimed);
+    };
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key(name)).fetch_one(&mut *conn).await?;
     if !locked {
@@ -136,9 +140,22 @@ pub async fn run_once(
         .execute(&mut *conn)
         .await?;
         tracing::info!(job = name, "skipped: a previous run is still in progress");
+        metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => "skipped").increment(1);
         return Ok(RunOutcome::SkippedOverlap);
     }
-    let result = run_locked(job, ctx, run_id, &mut conn).await;
+    let span =
+        tracing::info_span!("job", otel.name = %format!("job.{name}"), job = name, outcome = tracing::field::Empty);
+    let result = run_locked(job, ctx, run_id, &mut conn).instrument(span.clone()).await;
+    if let Ok(outcome) = &result {
+        let label = match outcome {
+            RunOutcome::Succeeded(_) => "succeeded",
+            RunOutcome::Failed(_) => "failed",
+            RunOutcome::SkippedOverlap => "skipped",
+            RunOutcome::AlreadyClaimed => "already_claimed",
+        };
+        span.record("outcome", label);
+        metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => label).increment(1);
+    }
     // A session lock must not go back to the pool: unlock, or close the connection.
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock_key(name)).execute(&mut *conn).await;
     if unlocked.is_err() {
@@ -164,6 +181,7 @@ async fn run_locked(
         Err(e) => ("failed", serde_json::json!({}), Some(format!("{e:#}"))),
     };
     counts["duration_ms"] = serde_json::json!(started.elapsed().as_millis() as u64);
+    metrics::histogram!("allot_job_duration_seconds", "job_name" => job.name()).record(started.elapsed().as_secs_f64());
     sqlx::query("UPDATE job_runs SET finished_at = now(), outcome = $2, counts = $3, error = $4 WHERE id = $1")
         .bind(run_id)
         .bind(outcome)

@@ -97,6 +97,7 @@ impl Job for Reconciler {
                     );
                 }
                 ops::rebuild_product_cache(pool, cache, product).await?;
+                metrics::counter!("allot_cache_divergences_healed_total").increment(diffs.len() as u64);
             }
             let mut counts = Counts::new();
             counts.insert("buckets".into(), (buckets as u64).into());

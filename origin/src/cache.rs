@@ -14,10 +14,19 @@ use redis::{AsyncCommands, Script};
 /// The member that marks a set as built; its score 0 is never a denomination.
 pub const SENTINEL: &str = "built";
 
+// Takes a contiguous run of up to n members of score d starting at a random rank (ARGV[3] is a
+// random fraction from the caller): concurrent requests then claim cards far apart in the table
+// instead of neighbours on the same heap pages. Every step is O(log N + n).
 const POP_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+local d = ARGV[1]
+local count = redis.call('ZCOUNT', KEYS[1], d, d)
+if count == 0 then return {} end
+local n = math.min(tonumber(ARGV[2]), count)
+local first = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. d)
+local start = first + math.floor((count - n + 1) * tonumber(ARGV[3]))
+local ids = redis.call('ZRANGE', KEYS[1], start, start + n - 1)
+redis.call('ZREM', KEYS[1], unpack(ids))
 return ids
 ";
 
@@ -97,7 +106,9 @@ impl InventoryCache {
     pub async fn pop(&self, product_id: &str, denomination_minor: i64, n: usize) -> Result<Popped, CacheError> {
         let mut conn = self.conn.clone();
         let mut inv = self.pop.key(self.key(product_id));
-        inv.arg(denomination_minor).arg(n);
+        // A fraction in [0, 1): where in the denomination's members to start.
+        let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
+        inv.arg(denomination_minor).arg(n).arg(at);
         let reply: Option<Vec<String>> = self.bounded(inv.invoke_async(&mut conn)).await.inspect_err(|_| {
             metrics::gauge!("allot_valkey_up").set(0.0);
         })?;

@@ -1,0 +1,66 @@
+//! The inventory cache's primitives against the real Valkey-compatible server.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use allot_origin::cache::{InventoryCache, Popped};
+
+fn cache() -> (InventoryCache, String) {
+    let prefix = format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    (InventoryCache::new(&common::valkey_url(), &prefix, Duration::from_secs(2)).unwrap(), prefix)
+}
+
+fn ids(p: Popped) -> Vec<i64> {
+    match p {
+        Popped::Ids(ids) => ids,
+        Popped::Cold => panic!("cold"),
+    }
+}
+
+#[tokio::test]
+async fn pops_take_only_the_denomination_asked_for_each_id_once() {
+    let (c, _) = cache();
+    assert_eq!(c.pop("p", 1000, 1).await.unwrap(), Popped::Cold);
+    // Neighbouring scores on both sides, and ids that sort differently as text and as numbers.
+    let mut members: Vec<(i64, i64)> = (1..=300).map(|i| (1000, i)).collect();
+    members.extend((301..=310).map(|i| (500, i)));
+    members.extend((311..=320).map(|i| (2500, i)));
+    c.replace("p", &members).await.unwrap();
+    let mut seen = HashSet::new();
+    loop {
+        let got = ids(c.pop("p", 1000, 7).await.unwrap());
+        if got.is_empty() {
+            break;
+        }
+        assert!(got.len() == 7 || seen.len() + got.len() == 300, "full batches until the last");
+        for id in got {
+            assert!((1..=300).contains(&id), "only denomination 1000: {id}");
+            assert!(seen.insert(id), "{id} popped twice");
+        }
+    }
+    assert_eq!(seen.len(), 300);
+    // Warm but empty for this denomination; the others are untouched.
+    assert_eq!(c.pop("p", 1000, 1).await.unwrap(), Popped::Ids(vec![]));
+    assert_eq!(c.counts("p", &[500, 1000, 2500]).await.unwrap(), Some(vec![10, 0, 10]));
+}
+
+#[tokio::test]
+async fn pops_spread_over_the_set_and_put_back_needs_a_built_set() {
+    let (c, _) = cache();
+    let members: Vec<(i64, i64)> = (1..=10_000).map(|i| (1000, i)).collect();
+    c.replace("p", &members).await.unwrap();
+    let firsts: Vec<i64> = futures::future::join_all((0..20).map(|_| c.pop("p", 1000, 1)))
+        .await
+        .into_iter()
+        .map(|p| ids(p.unwrap())[0])
+        .collect();
+    let distinct: HashSet<i64> = firsts.iter().map(|id| id / 500).collect();
+    assert!(distinct.len() >= 5, "concurrent pops land far apart: {firsts:?}");
+    assert_eq!(c.put_back("p", 1000, &firsts).await.unwrap(), 20);
+    assert_eq!(c.counts("p", &[1000]).await.unwrap(), Some(vec![10_000]));
+    // Never into a missing set: that would make a partial set look complete.
+    assert_eq!(c.put_back("q", 1000, &[1, 2]).await.unwrap(), 0);
+    assert_eq!(c.pop("q", 1000, 1).await.unwrap(), Popped::Cold);
+}

@@ -25,17 +25,17 @@ after(async () => {
   await edge?.dispose();
 });
 
-test("hello-world worker answers", async (t) => {
+test("the worker starts and answers /healthz", async (t) => {
   t.diagnostic(`miniflare startup ${edge.startupMs.toFixed(0)} ms`);
-  const res = await edge.fetch("/");
+  const res = await edge.fetch("/healthz");
   assert.equal(res.status, 200);
-  assert.equal(await res.text(), "allot edge");
+  assert.equal((await res.json()).status, "pass");
 });
 
 test("per-request cf override does not break the worker", async () => {
   const res = await edge.fetch("/anything?x=1", { method: "POST", body: "{}", cf: { country: "US", colo: "IAD" } });
-  assert.equal(res.status, 200);
-  await res.arrayBuffer();
+  assert.equal(res.status, 404);
+  assert.equal((await res.json()).error.code, "NOT_FOUND");
 });
 
 test("wrangler.toml default env matches the helper's defaults", () => {
@@ -51,6 +51,34 @@ test("wrangler.toml default env matches the helper's defaults", () => {
     Object.entries(workerOptions.ratelimits ?? {}).map(([name, rl]) => [name, { simple: rl.simple }]),
   );
   assert.deepEqual(simple, DEFAULT_RATELIMITS);
+});
+
+test("every wrangler.toml environment is complete and its RL_* vars mirror its bindings", () => {
+  const require = createRequire(import.meta.url);
+  const { unstable_getMiniflareWorkerOptions } = require("wrangler");
+  const { EDGE_SIGNING_SECRET, ...vars } = DEFAULT_BINDINGS;
+  for (const env of [undefined, "staging", "production"]) {
+    const { workerOptions: w } = unstable_getMiniflareWorkerOptions(path.join(REPO_ROOT, "wrangler.toml"), env);
+    const name = env ?? "default";
+    assert.deepEqual(Object.keys(w.bindings).sort(), Object.keys(vars).sort(), `${name}: vars`);
+    assert.deepEqual(
+      Object.keys(w.ratelimits ?? {}).sort(),
+      Object.keys(DEFAULT_RATELIMITS).sort(),
+      `${name}: ratelimits`,
+    );
+    const origins = JSON.parse(w.bindings.ORIGINS);
+    assert.ok(origins[w.bindings.DEFAULT_REGION], `${name}: DEFAULT_REGION has an origin`);
+    for (const url of Object.values(origins)) assert.match(url, /^https?:\/\/[^/]+$/, `${name}: ${url}`);
+    const rl = w.ratelimits;
+    assert.equal(rl.RL_KEY_DEFAULT.simple.limit, Number(w.bindings.RL_KEY_LIMIT), `${name}: RL_KEY_LIMIT`);
+    assert.equal(rl.RL_KEY_DEFAULT.simple.period, Number(w.bindings.RL_KEY_PERIOD), `${name}: RL_KEY_PERIOD`);
+    assert.equal(rl.RL_AUTH_FAIL_IP.simple.limit, Number(w.bindings.RL_AUTH_FAIL_LIMIT), `${name}: RL_AUTH_FAIL_LIMIT`);
+    assert.equal(
+      rl.RL_AUTH_FAIL_IP.simple.period,
+      Number(w.bindings.RL_AUTH_FAIL_PERIOD),
+      `${name}: RL_AUTH_FAIL_PERIOD`,
+    );
+  }
 });
 
 test("recording origin records requests and replays configured replies", async () => {

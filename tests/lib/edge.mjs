@@ -3,7 +3,8 @@
 //
 //   import { startEdge } from "./lib/edge.mjs";
 //   const edge = await startEdge({ bindings: { ORIGINS: JSON.stringify({ eu: origin.url }) } });
-//   const res = await edge.fetch("/health", { method: "GET", cf: { country: "US" } });
+//   const res = await edge.fetch("/healthz", { method: "GET", cf: { country: "US" } });
+//   edge.logs   // the worker's console.log lines, parsed when JSON (collected, not printed)
 //   await edge.dispose();
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -24,8 +25,14 @@ export const COMPATIBILITY_DATE = "2026-04-20";
 /** [vars] of wrangler.toml's default env, plus a test value for the EDGE_SIGNING_SECRET secret. */
 export const DEFAULT_BINDINGS = Object.freeze({
   ORIGINS: JSON.stringify({ eu: "http://127.0.0.1:8080" }),
+  DEFAULT_REGION: "eu",
   MAX_QUANTITY: "20",
   MAX_BODY_BYTES: "16384",
+  RL_KEY_LIMIT: "100",
+  RL_KEY_PERIOD: "60",
+  RL_AUTH_FAIL_LIMIT: "20",
+  RL_AUTH_FAIL_PERIOD: "60",
+  ORIGIN_TIMEOUT_MS: "10000",
   EDGE_SIGNING_SECRET: "test-edge-signing-secret",
 });
 
@@ -79,14 +86,21 @@ export function assertEdgeBuilt() {
  * @param {Record<string, {simple: {limit: number, period?: 10|60}}>} [opts.ratelimits]  replaces DEFAULT_RATELIMITS
  * @param {Record<string, unknown>} [opts.cf]  merged over DEFAULT_CF; the default `cf` of every request
  * @param {string} [opts.baseUrl]  URL the worker sees for relative paths (default https://edge.allot.test)
- * @param {object} [opts.miniflare]  extra Miniflare options (durableObjects, compatibilityFlags, log, ...)
- * @returns {Promise<{mf: Miniflare, startupMs: number, fetch: (path: string, init?: object) => Promise<Response>, dispose: () => Promise<void>}>}
+ * @param {object} [opts.miniflare]  extra Miniflare options (durableObjects, compatibilityFlags, port, ...)
+ * @param {boolean | ((line: string) => void)} [opts.logs]  what to do with the worker's log lines:
+ *   collect them in `edge.logs` (default), or pass a function to receive each line, or `false` to
+ *   let Miniflare print them
+ * @returns {Promise<{mf: Miniflare, url: URL, startupMs: number, logs: Array<object|string>, fetch: (path: string, init?: object) => Promise<Response>, dispose: () => Promise<void>}>}
  */
 export async function startEdge(opts = {}) {
   assertEdgeBuilt();
   const cf = { ...DEFAULT_CF, ...opts.cf };
   const baseUrl = opts.baseUrl ?? "https://edge.allot.test";
   const started = performance.now();
+  /** @type {Array<object|string>} */
+  const logs = [];
+  const onLine = typeof opts.logs === "function" ? opts.logs : (line) => void logs.push(parseLine(line));
+  const logOptions = opts.logs === false ? {} : { handleStructuredLogs: ({ message }) => void onLine(message) };
   const mf = new Miniflare({
     modules: true,
     scriptPath: EDGE_SCRIPT,
@@ -100,10 +114,12 @@ export async function startEdge(opts = {}) {
     cf,
     host: "127.0.0.1",
     port: 0,
+    ...logOptions,
     ...opts.miniflare,
   });
+  let url;
   try {
-    await mf.ready;
+    url = await mf.ready;
   } catch (err) {
     await mf.dispose().catch(() => {});
     throw err;
@@ -113,7 +129,10 @@ export async function startEdge(opts = {}) {
   let disposed = false;
   return {
     mf,
+    /** Where Miniflare listens (127.0.0.1, `miniflare.port` or a free port). */
+    url,
     startupMs,
+    logs,
     /**
      * dispatchFetch with a path relative to baseUrl (or an absolute URL). `init.cf` is merged over the
      * default cf. Bodies must be consumed (or cancelled) by the caller.
@@ -128,4 +147,12 @@ export async function startEdge(opts = {}) {
       await mf.dispose();
     },
   };
+}
+
+function parseLine(line) {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return line;
+  }
 }

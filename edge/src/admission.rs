@@ -1,0 +1,99 @@
+//! Request checks before forwarding: body size, `Idempotency-Key`, and the allocation body,
+//! with the shared crate so the edge answers exactly what the origin would.
+
+use allot_shared::ident::validate_idempotency_key;
+use allot_shared::{AllocationRequest, ApiError, ErrorCode, Limits};
+use futures_util::StreamExt;
+use worker::Request;
+
+fn too_large(limits: &Limits) -> ApiError {
+    // The origin's wording (AllocationRequest::parse and its body-limit layer).
+    ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {} bytes", limits.max_body_bytes))
+}
+
+/// `413` when a declared `Content-Length` is over the limit (checked before reading anything).
+/// An unparsable value is left to the byte count.
+pub fn check_declared_length(content_length: Option<&str>, limits: &Limits) -> Result<(), ApiError> {
+    match content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(n) if n > limits.max_body_bytes as u64 => Err(too_large(limits)),
+        _ => Ok(()),
+    }
+}
+
+/// `413` when the bytes actually received are over the limit.
+pub fn check_body_len(len: usize, limits: &Limits) -> Result<(), ApiError> {
+    if len > limits.max_body_bytes { Err(too_large(limits)) } else { Ok(()) }
+}
+
+/// The `Idempotency-Key` of a POST: `400 IDEMPOTENCY_KEY_REQUIRED` when absent,
+/// `400 VALIDATION_FAILED` when malformed (the origin's messages).
+pub fn idempotency_key(header: Option<&str>) -> Result<&str, ApiError> {
+    let key = header
+        .ok_or_else(|| ApiError::new(ErrorCode::IdempotencyKeyRequired, "an Idempotency-Key header is required"))?;
+    validate_idempotency_key(key).map_err(|r| ApiError::validation("Idempotency-Key", r))?;
+    Ok(key)
+}
+
+/// Validate a `POST /v1/allocations` body exactly as the origin does.
+pub fn check_allocation_body(body: &[u8], limits: &Limits) -> Result<(), ApiError> {
+    AllocationRequest::parse(body, limits).map(|_| ())
+}
+
+/// Read the request body, stopping with `413` as soon as it passes the limit (a chunked body
+/// has no `Content-Length` to check up front). A request without a body reads as empty.
+pub async fn read_body(req: &mut Request, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Vec::new());
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::validation("body", "could not be read (the connection failed mid-body)"))?;
+        body.extend_from_slice(&chunk);
+        check_body_len(body.len(), limits)?;
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_quantity: 20, max_body_bytes: 100 }
+    }
+
+    #[test]
+    fn body_limits() {
+        let l = limits();
+        assert!(check_declared_length(None, &l).is_ok());
+        assert!(check_declared_length(Some("100"), &l).is_ok());
+        assert!(check_declared_length(Some("junk"), &l).is_ok());
+        let err = check_declared_length(Some("101"), &l).unwrap_err();
+        assert_eq!((err.code, err.http_status()), (ErrorCode::PayloadTooLarge, 413));
+        assert!(check_declared_length(Some("99999999999999999999999"), &l).is_ok()); // overflow: bytes decide
+        assert!(check_body_len(100, &l).is_ok());
+        assert_eq!(check_body_len(101, &l).unwrap_err().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert_eq!(idempotency_key(Some("order-1")).unwrap(), "order-1");
+        assert_eq!(idempotency_key(None).unwrap_err().code, ErrorCode::IdempotencyKeyRequired);
+        let err = idempotency_key(Some("has space")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationFailed);
+        assert_eq!(err.details.unwrap()["field"], "Idempotency-Key");
+        assert_eq!(idempotency_key(Some("")).unwrap_err().code, ErrorCode::ValidationFailed);
+    }
+
+    #[test]
+    fn allocation_bodies_match_the_origin() {
+        let l = limits();
+        assert!(check_allocation_body(br#"{"product_id":"gift-usd","denomination":"25.00","quantity":1}"#, &l).is_ok());
+        let err = check_allocation_body(br#"{"product_id":"gift-usd","denomination":"25.00","quantity":21}"#, &l)
+            .unwrap_err();
+        assert_eq!(err.details.unwrap()["field"], "quantity");
+        assert_eq!(check_allocation_body(b"[1]", &l).unwrap_err().code, ErrorCode::ValidationFailed);
+        assert_eq!(check_allocation_body(b"", &l).unwrap_err().code, ErrorCode::ValidationFailed);
+    }
+}

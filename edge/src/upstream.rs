@@ -1,0 +1,232 @@
+//! Forwarding to an origin: sign, send with a bounded timeout, retry once when that is safe,
+//! and hand back the origin's answer (status, body, the headers that matter).
+//!
+//! Retry rule: a connect failure or a 502/503/504 is retried once, because every forwarded
+//! request is safe to repeat: GETs by definition, and a POST only reaches this point with a
+//! validated `Idempotency-Key` (the origin replays instead of allocating twice). A timeout is not
+//! retried: the origin is slow, not gone, and a retry would double its load and the caller's wait.
+
+use std::time::Duration;
+
+use allot_shared::{ApiError, ErrorBody, ErrorCode, headers, signature};
+use worker::js_sys::Uint8Array;
+use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect};
+
+use crate::platform;
+use crate::reply::Reply;
+
+/// Pause before the single retry (an instance restarting, a load balancer re-routing).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// `Retry-After` on `503 ORIGIN_UNAVAILABLE`, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER: u32 = 2;
+
+/// Origin response headers passed back to the caller (the body and status always are).
+const PASSED_BACK: [&str; 6] =
+    ["content-type", headers::IDEMPOTENT_REPLAYED, "etag", "cache-control", headers::RETRY_AFTER, "location"];
+
+/// One request to an origin, before signing.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// `GET` or `POST`.
+    pub method: Method,
+    /// `scheme://host[:port]`.
+    pub base: String,
+    /// Path and query exactly as the origin will see them (and as signed).
+    pub path_and_query: String,
+    /// Headers besides the signature.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body, byte for byte as the caller sent it.
+    pub body: Vec<u8>,
+}
+
+/// An origin's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// All response headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The origin answered (any status).
+    Answered(Answer),
+    /// No answer: connection refused or reset, DNS, TLS.
+    Unreachable,
+    /// No complete answer within the timeout.
+    TimedOut,
+}
+
+impl Attempt {
+    /// Whether another attempt may help: no connection, or a gateway-class status.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Attempt::Unreachable => true,
+            Attempt::Answered(a) => matches!(a.status, 502..=504),
+            Attempt::TimedOut => false,
+        }
+    }
+
+    /// A short word for logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Attempt::Answered(_) => "answered",
+            Attempt::Unreachable => "unreachable",
+            Attempt::TimedOut => "timeout",
+        }
+    }
+}
+
+/// The last attempt and how many were made.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The final attempt.
+    pub last: Attempt,
+    /// 1 or 2.
+    pub attempts: u8,
+}
+
+/// The method as the signature and the wire spell it.
+fn method_str(m: &Method) -> &'static str {
+    match m {
+        Method::Post => "POST",
+        _ => "GET",
+    }
+}
+
+/// Send `out`, signed with `secret`, retrying once if the first attempt is retryable.
+pub async fn forward(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Forwarded {
+    let first = send_once(out, secret, timeout_ms).await;
+    if !first.is_retryable() {
+        return Forwarded { last: first, attempts: 1 };
+    }
+    Delay::from(RETRY_PAUSE).await;
+    Forwarded { last: send_once(out, secret, timeout_ms).await, attempts: 2 }
+}
+
+/// One signed attempt; the timeout covers connecting, the headers and the whole body.
+pub async fn send_once(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Attempt {
+    // A fresh timestamp per attempt: a retry is signed again.
+    let ts = i64::try_from(platform::now_ms() / 1000).unwrap_or(0);
+    let sig = signature::sign(secret, ts, method_str(&out.method), &out.path_and_query, &out.body);
+    let signal = AbortSignal::from(worker::web_sys::AbortSignal::timeout_with_u32(timeout_ms));
+    let request = match build_request(out, &sig) {
+        Ok(r) => r,
+        // Header values come from validated input; a refusal here is a bug, not an outage.
+        Err(_) => return Attempt::Unreachable,
+    };
+    let mut response = match Fetch::Request(request).send_with_signal(&signal).await {
+        Ok(r) => r,
+        Err(_) if signal.aborted() => return Attempt::TimedOut,
+        Err(_) => return Attempt::Unreachable,
+    };
+    let status = response.status_code();
+    let headers = response.headers().entries().collect();
+    match response.bytes().await {
+        Ok(body) => Attempt::Answered(Answer { status, headers, body }),
+        Err(_) if signal.aborted() => Attempt::TimedOut,
+        Err(_) => Attempt::Unreachable,
+    }
+}
+
+fn build_request(out: &Outbound, sig: &str) -> worker::Result<Request> {
+    let h = Headers::new();
+    for (name, value) in &out.headers {
+        h.set(name, value)?;
+    }
+    h.set(headers::SIGNATURE, sig)?;
+    let mut init = RequestInit::new();
+    init.with_method(out.method.clone()).with_headers(h).with_redirect(RequestRedirect::Manual);
+    if out.method == Method::Post {
+        init.with_body(Some(Uint8Array::from(out.body.as_slice()).into()));
+    }
+    Request::new_with_init(&format!("{}{}", out.base, out.path_and_query), &init)
+}
+
+/// The caller's reply for a forwarded request: the origin's answer, or `503 ORIGIN_UNAVAILABLE`.
+pub fn reply_for(forwarded: &Forwarded, region: &str, request_id: &str) -> Reply {
+    match &forwarded.last {
+        Attempt::Answered(a) if !forwarded.last.is_retryable() => pass_back(a, request_id),
+        _ => unavailable(region, request_id),
+    }
+}
+
+/// The origin's status, body and relevant headers, with the edge's request id. An origin error's
+/// code is noted for the access log (only error bodies are looked at: success bodies hold codes).
+pub fn pass_back(a: &Answer, request_id: &str) -> Reply {
+    let mut reply = Reply::new(a.status, a.body.clone());
+    if a.status >= 400 {
+        reply.error_code = serde_json::from_slice::<ErrorBody>(&a.body).ok().map(|b| b.error.code);
+    }
+    for name in PASSED_BACK {
+        if let Some(v) = a.header(name) {
+            reply.set_header(name, v);
+        }
+    }
+    reply.with_header(headers::REQUEST_ID, request_id)
+}
+
+/// `503 ORIGIN_UNAVAILABLE` with `Retry-After`.
+pub fn unavailable(region: &str, request_id: &str) -> Reply {
+    let err =
+        ApiError::new(ErrorCode::OriginUnavailable, format!("the origin for region {region} is unavailable; retry"));
+    Reply::error(&err, request_id).with_header(headers::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> Attempt {
+        Attempt::Answered(Answer {
+            status,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("idempotent-replayed".into(), "true".into()),
+                ("set-cookie".into(), "x=1".into()),
+                ("x-request-id".into(), "origin-made".into()),
+            ],
+            body: b"{}".to_vec(),
+        })
+    }
+
+    #[test]
+    fn retries_only_what_may_succeed_next_time() {
+        assert!(Attempt::Unreachable.is_retryable());
+        assert!(!Attempt::TimedOut.is_retryable());
+        for s in [502, 503, 504] {
+            assert!(answer(s).is_retryable(), "{s}");
+        }
+        for s in [200, 201, 400, 401, 409, 500] {
+            assert!(!answer(s).is_retryable(), "{s}");
+        }
+    }
+
+    #[test]
+    fn passes_back_answers_and_hides_outages() {
+        let ok = Forwarded { last: answer(201), attempts: 1 };
+        let r = reply_for(&ok, "eu", "req-1");
+        assert_eq!(r.status, 201);
+        assert_eq!(r.body, b"{}");
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+        assert_eq!(r.header("x-request-id"), Some("req-1"));
+        assert_eq!(r.header("set-cookie"), None);
+        for last in [answer(503), Attempt::Unreachable, Attempt::TimedOut] {
+            let r = reply_for(&Forwarded { last, attempts: 2 }, "eu", "req-1");
+            assert_eq!(r.status, 503);
+            assert_eq!(r.header("retry-after"), Some("2"));
+            assert_eq!(r.error_code, Some(ErrorCode::OriginUnavailable));
+        }
+    }
+}

@@ -1,0 +1,92 @@
+// allot's wire contract re-implemented in JavaScript for the tests, independently of the Rust code:
+// API keys (format + base62 CRC32 checksum), the edge→origin signature, and small utilities.
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import net from "node:net";
+import { crc32 } from "node:zlib";
+
+const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+function base62Random(len) {
+  let out = "";
+  while (out.length < len) {
+    for (const b of randomBytes(len * 2)) {
+      if (b < 248 && out.length < len) out += BASE62[b % 62];
+    }
+  }
+  return out;
+}
+
+function checksum(body) {
+  let n = crc32(body);
+  let out = "";
+  for (let i = 0; i < 6; i++) {
+    out = BASE62[n % 62] + out;
+    n = Math.floor(n / 62);
+  }
+  return out;
+}
+
+/**
+ * A well-formed API key `allot_<region>_<16 id>_<32 secret><6 checksum>` (valid format and checksum;
+ * no origin knows it unless it was issued there).
+ */
+export function makeApiKey(region = "eu", keyId = base62Random(16), secret = base62Random(32)) {
+  const body = `allot_${region}_${keyId}_${secret}`;
+  return { key: body + checksum(body), keyId, secret, region };
+}
+
+/** The same key with one secret character changed: a checksum mismatch. */
+export function withBadChecksum(key) {
+  const i = key.length - 10;
+  return key.slice(0, i) + (key[i] === "a" ? "b" : "a") + key.slice(i + 1);
+}
+
+/** `allot-signature` value for a request (the shared scheme). */
+export function sign(secret, ts, method, pathAndQuery, body) {
+  const digest = createHash("sha256")
+    .update(body ?? Buffer.alloc(0))
+    .digest("hex");
+  const canonical = `allot-v1\n${ts}\n${method.toUpperCase()}\n${pathAndQuery}\n${digest}`;
+  return `t=${ts},v1=${createHmac("sha256", secret).update(canonical).digest("hex")}`;
+}
+
+/**
+ * Verify `allot-signature` over (timestamp, METHOD, path and query, SHA-256 of the body) with HMAC-SHA256.
+ * Returns the timestamp; throws when the header is missing, malformed, stale (> maxSkew s) or wrong.
+ */
+export function verifySignature(header, secret, method, pathAndQuery, body, maxSkewSecs = 60) {
+  const m = /^t=(\d{1,12}),v1=([0-9a-f]{64})$/.exec(header ?? "");
+  if (!m) throw new Error(`malformed allot-signature: ${header}`);
+  const ts = Number(m[1]);
+  const skew = Math.abs(Math.floor(Date.now() / 1000) - ts);
+  if (skew > maxSkewSecs) throw new Error(`stale allot-signature (${skew} s)`);
+  const expected = Buffer.from(sign(secret, ts, method, pathAndQuery, body).split("v1=")[1], "hex");
+  if (!timingSafeEqual(expected, Buffer.from(m[2], "hex"))) throw new Error("allot-signature does not verify");
+  return ts;
+}
+
+/** Parse a W3C traceparent (version 00) or return null. */
+export function parseTraceparent(value) {
+  const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/.exec(value ?? "");
+  if (!m || /^0+$/.test(m[1]) || /^0+$/.test(m[2])) return null;
+  return { traceId: m[1], parentId: m[2], flags: m[3] };
+}
+
+/** A free TCP port on 127.0.0.1 (closed again; fine for tests). */
+export async function freePort() {
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, "127.0.0.1", resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+/** Random lower-case hex. */
+export function randomHex(bytes = 8) {
+  return randomBytes(bytes).toString("hex");
+}
+
+/** A valid allocation body. */
+export function allocationBody(overrides = {}) {
+  return JSON.stringify({ product_id: "gift-usd", denomination: "25.00", quantity: 1, ...overrides });
+}

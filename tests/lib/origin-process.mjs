@@ -1,0 +1,164 @@
+// A real `allot server` for end-to-end tests and figures, on its own throwaway database:
+// CREATE DATABASE e2e_<random> on the stack's Postgres, `allot migrate up`, `allot demo seed`, then
+// `allot server` on free 127.0.0.1 ports. Needs the stack (scripts/stack up) and its env:
+//   eval "$(scripts/stack env)"      -> DATABASE_URL, VALKEY_URL
+//
+//   const origin = await startOrigin({ cardsPerDenomination: 100 });
+//   origin.url, origin.key (demo API key), origin.secret (ALLOT_EDGE_SECRETS), origin.sql("SELECT 1")
+//   await origin.stop();             // SIGTERM the server, DROP the database
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { REPO_ROOT } from "./edge.mjs";
+import { freePort, randomHex } from "./allot.mjs";
+
+export const ALLOT_BIN = path.join(REPO_ROOT, "target", "debug", "allot");
+
+/** DATABASE_URL and VALKEY_URL, or a clear error saying how to get them. */
+export function stackEnv() {
+  const { DATABASE_URL, VALKEY_URL } = process.env;
+  const missing = ["DATABASE_URL", "VALKEY_URL"].filter((k) => !process.env[k]);
+  if (missing.length) {
+    throw new Error(
+      `end-to-end tests need the stack, but ${missing.join(" and ")} ${missing.length > 1 ? "are" : "is"} not set. ` +
+        'Run: scripts/stack up && eval "$(scripts/stack env)" (scripts/test does this), then npm test --prefix tests.',
+    );
+  }
+  return { DATABASE_URL, VALKEY_URL };
+}
+
+/** Build target/debug/allot when it is missing (scripts/test builds it before the node tests). */
+export function ensureAllotBinary() {
+  if (existsSync(ALLOT_BIN)) return ALLOT_BIN;
+  const r = spawnSync("cargo", ["build", "-q", "-p", "allot-origin"], { cwd: REPO_ROOT, stdio: "inherit" });
+  if (r.status !== 0 || !existsSync(ALLOT_BIN)) {
+    throw new Error(`cargo build -p allot-origin failed (exit ${r.status}); ${ALLOT_BIN} is missing`);
+  }
+  return ALLOT_BIN;
+}
+
+function run(bin, args, env) {
+  try {
+    return execFileSync(bin, args, { env, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  } catch (err) {
+    throw new Error(`${path.basename(bin)} ${args.join(" ")} failed: ${err.stderr || err.message}`);
+  }
+}
+
+/** Run SQL on a database URL with psql; returns the unaligned, tuples-only output. */
+export function psql(url, sql) {
+  return run("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], process.env).trim();
+}
+
+async function waitReady(url, child, logs, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) {
+      throw new Error(`allot server exited with ${child.exitCode}:\n${logs.slice(-20).join("\n")}`);
+    }
+    try {
+      const res = await fetch(`${url}/readyz`);
+      await res.arrayBuffer();
+      if (res.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`allot server not ready at ${url} after ${timeoutMs} ms:\n${logs.slice(-20).join("\n")}`);
+}
+
+/**
+ * @param {object} [opts]
+ * @param {number} [opts.cardsPerDenomination]  `allot demo seed --cards-per-denomination` (default 100)
+ * @param {Record<string,string>} [opts.env]    extra environment for the server
+ * @param {string} [opts.bin]                   the `allot` binary (default target/debug/allot, built if missing)
+ */
+export async function startOrigin(opts = {}) {
+  const { DATABASE_URL, VALKEY_URL } = stackEnv();
+  const bin = opts.bin ?? ensureAllotBinary();
+  const dbName = `e2e_${randomHex(6)}`;
+  psql(DATABASE_URL, `CREATE DATABASE ${dbName}`);
+  const dbUrl = new URL(DATABASE_URL);
+  dbUrl.pathname = `/${dbName}`;
+  const port = await freePort();
+  const operatorPort = await freePort();
+  const secret = randomHex(24);
+  const baseEnv = { ...process.env };
+  delete baseEnv.ALLOT_CONFIG_FILE;
+  const env = {
+    ...baseEnv,
+    DATABASE_URL: dbUrl.toString(),
+    VALKEY_URL,
+    ALLOT_REGION: "eu",
+    ALLOT_VALKEY_PREFIX: `e2e_${randomHex(6)}`,
+    ALLOT_EDGE_SECRETS: secret,
+    ALLOT_LISTEN: `127.0.0.1:${port}`,
+    ALLOT_OPERATOR_LISTEN: `127.0.0.1:${operatorPort}`,
+    ALLOT_LOG_FORMAT: "json",
+    ...opts.env,
+  };
+  let child;
+  const dropDb = () => {
+    try {
+      psql(DATABASE_URL, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    } catch {
+      // best effort
+    }
+  };
+  try {
+    env.ALLOT_CARD_KEYS = run(bin, ["keygen", "--key-id", "e2e"], env).trim();
+    run(bin, ["migrate", "up"], env);
+    const seed = run(bin, ["demo", "seed", "--cards-per-denomination", String(opts.cardsPerDenomination ?? 100)], env);
+    const key = /^demo API key \(shown once\): (\S+)$/m.exec(seed)?.[1];
+    if (!key) throw new Error(`no demo API key in the seed's output:\n${seed}`);
+    const clientId = /^demo client: (\S+)$/m.exec(seed)?.[1];
+
+    /** @type {string[]} */
+    const logs = [];
+    child = spawn(bin, ["server"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    for (const stream of [child.stdout, child.stderr]) {
+      let rest = "";
+      stream.setEncoding("utf8");
+      stream.on("data", (chunk) => {
+        const lines = (rest + chunk).split("\n");
+        rest = lines.pop();
+        logs.push(...lines);
+      });
+    }
+    const url = `http://127.0.0.1:${port}`;
+    await waitReady(url, child, logs);
+
+    let stopped = false;
+    return {
+      url,
+      port,
+      key,
+      clientId,
+      secret,
+      dbUrl: dbUrl.toString(),
+      env,
+      logs,
+      /** Run SQL on this origin's database. */
+      sql: (q) => psql(dbUrl.toString(), q),
+      /** Issue another API key for the demo client. */
+      issueKey: () => run(bin, ["key", "issue", "--client", clientId], env).trim(),
+      async stop() {
+        if (stopped) return;
+        stopped = true;
+        if (child.exitCode === null) {
+          const exited = new Promise((r) => child.once("exit", r));
+          child.kill("SIGTERM");
+          const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+          await exited;
+          clearTimeout(timer);
+        }
+        dropDb();
+      },
+    };
+  } catch (err) {
+    if (child && child.exitCode === null) child.kill("SIGKILL");
+    dropDb();
+    throw err;
+  }
+}

@@ -518,8 +518,16 @@ async fn two_cron_processes_run_each_tick_once() {
         .await
         .unwrap();
     let started = time::OffsetDateTime::now_utc();
-    let mut a = sys.command(&["cron"]).stdout(Stdio::null()).spawn().unwrap();
-    let mut b = sys.command(&["cron"]).stdout(Stdio::null()).spawn().unwrap();
+    // Each process serves health and metrics on its own operator port.
+    let cron = |sys: &System| {
+        sys.command(&["cron"])
+            .env("ALLOT_OPERATOR_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = cron(&sys);
+    let mut b = cron(&sys);
     tokio::time::sleep(Duration::from_secs(6)).await;
     signal(&a, "TERM");
     signal(&b, "TERM");
@@ -540,6 +548,7 @@ async fn two_cron_processes_run_each_tick_once() {
     }
     let instances: HashSet<&String> = rows.iter().map(|r| &r.3).collect();
     println!("job runs: {} rows, {} ticks run, instances {instances:?}", rows.len(), per_slot.len());
+    assert_eq!(instances.len(), 2, "both schedulers took part: {instances:?}");
     assert!(per_slot.values().all(|n| *n == 1), "each tick once: {per_slot:?}");
     for job in ["reconcile", "job-history-prune"] {
         let ticks = per_slot.keys().filter(|(j, _)| j == job).count();

@@ -142,7 +142,6 @@ const CLAIM_FROM_POSTGRES: &str = "
 WITH picked AS (
     SELECT id FROM inventories
      WHERE product_id = $3 AND denomination_minor = $4 AND status = 'active'
-     ORDER BY id
      LIMIT $1
        FOR UPDATE SKIP LOCKED
 )

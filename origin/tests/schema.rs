@@ -144,7 +144,7 @@ async fn the_fallback_uses_the_partial_index_on_skewed_data() {
     sqlx::query("ANALYZE inventories").execute(p).await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(
         "EXPLAIN SELECT id FROM inventories WHERE product_id = 'hot' AND denomination_minor = 1000 AND status = 'active'
-          ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED",
+          LIMIT 20 FOR UPDATE SKIP LOCKED",
     )
     .fetch_all(p)
     .await

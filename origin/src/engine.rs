@@ -22,6 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use allot_shared::{AllocatedCard, AllocationRequest, AllocationResponse, ApiError, Currency, ErrorCode};
 use bytes::Bytes;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryAs;
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -351,10 +353,11 @@ impl Engine {
                     pending.extend_from_slice(&ids);
                     let span = tracing::info_span!("inventory.commit", path = "fast", cards = wanted);
                     match self.fast_path(a, &ids).instrument(span).await {
-                        Ok(Some(outcome)) => {
+                        Ok(Some((created_at, cards))) => {
+                            // Committed: whatever happens next, these ids are spent.
                             pending.clear();
                             metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(wanted as u64);
-                            return Ok(outcome);
+                            return Ok(Outcome::Created(self.render(&a.head(created_at), &cards)?));
                         }
                         // The key exists: nothing was written; the ids go back.
                         Ok(None) => return self.replay(a).await,
@@ -384,10 +387,13 @@ impl Engine {
         self.slow_path(a, start, pending).instrument(span).await
     }
 
-    /// One statement; `Ok(None)` when the idempotency key already exists.
-    async fn fast_path(&self, a: &Attempt<'_>, ids: &[i64]) -> Result<Option<Outcome>, sqlx::Error> {
-        type Row = (OffsetDateTime, i64, Vec<u8>, Vec<u8>, String, Option<OffsetDateTime>);
-        let rows: Vec<Row> = sqlx::query_as(FAST_ALLOCATION)
+    /// A query over the eight parameters both paths start with (`$1`…`$8`): the key row and the
+    /// allocation row.
+    fn allocation_query<'q, O>(sql: &'static str, a: &'q Attempt<'q>) -> QueryAs<'q, Postgres, O, PgArguments>
+    where
+        O: for<'r> sqlx::FromRow<'r, PgRow>,
+    {
+        sqlx::query_as(sql)
             .bind(a.caller.client_id)
             .bind(a.key)
             .bind(&a.fingerprint[..])
@@ -396,6 +402,17 @@ impl Engine {
             .bind(a.denomination_minor)
             .bind(a.req.quantity as i32)
             .bind(&a.req.client_reference)
+    }
+
+    /// One statement: the commit time and the claimed cards in the order the cache gave them;
+    /// `Ok(None)` when the idempotency key already exists (nothing was written).
+    async fn fast_path(
+        &self,
+        a: &Attempt<'_>,
+        ids: &[i64],
+    ) -> Result<Option<(OffsetDateTime, Vec<ClaimedCard>)>, sqlx::Error> {
+        type Row = (OffsetDateTime, i64, Vec<u8>, Vec<u8>, String, Option<OffsetDateTime>);
+        let rows: Vec<Row> = Self::allocation_query(FAST_ALLOCATION, a)
             .bind(ids)
             .bind(a.event(ids))
             .bind(&a.trace_context)
@@ -412,26 +429,15 @@ impl Engine {
                 expires_at,
             })
             .collect();
-        // The order of the items: the order the cache gave.
         cards.sort_by_key(|c| ids.iter().position(|id| *id == c.id));
-        let body = self.render(&a.head(created_at), &cards).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        Ok(Some(Outcome::Created(body)))
+        Ok(Some((created_at, cards)))
     }
 
     async fn slow_path(&self, a: &Attempt<'_>, start: Start, pending: &mut Vec<i64>) -> Result<Outcome, AppError> {
         let mut tx = self.db.primary.begin().await?;
-        let created_at: Option<OffsetDateTime> = sqlx::query_scalar(BEGIN_ALLOCATION)
-            .bind(a.caller.client_id)
-            .bind(a.key)
-            .bind(&a.fingerprint[..])
-            .bind(a.allocation_id)
-            .bind(&a.product.id)
-            .bind(a.denomination_minor)
-            .bind(a.req.quantity as i32)
-            .bind(&a.req.client_reference)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(created_at) = created_at else {
+        let created_at: Option<(OffsetDateTime,)> =
+            Self::allocation_query(BEGIN_ALLOCATION, a).fetch_optional(&mut *tx).await?;
+        let Some((created_at,)) = created_at else {
             tx.rollback().await?;
             return self.replay(a).await;
         };

@@ -53,7 +53,7 @@ const TWO_DECIMAL_CODES: &[&str] = &[
 /// An ISO 4217 currency with its minor-unit exponent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Currency {
-    code: [u8; 3],
+    code: &'static str,
     exponent: u8,
 }
 
@@ -76,20 +76,19 @@ impl Currency {
         if bytes.len() != 3 || !bytes.iter().all(u8::is_ascii_uppercase) {
             return Err(CurrencyError("must be a three-letter upper-case ISO 4217 code".into()));
         }
-        let exponent = if let Ok(i) = EXPONENT_EXCEPTIONS.binary_search_by(|(c, _)| c.cmp(&code)) {
-            EXPONENT_EXCEPTIONS[i].1
-        } else if TWO_DECIMAL_CODES.binary_search(&code).is_ok() {
-            2
+        if let Ok(i) = EXPONENT_EXCEPTIONS.binary_search_by(|(c, _)| c.cmp(&code)) {
+            let (code, exponent) = EXPONENT_EXCEPTIONS[i];
+            Ok(Self { code, exponent })
+        } else if let Ok(i) = TWO_DECIMAL_CODES.binary_search(&code) {
+            Ok(Self { code: TWO_DECIMAL_CODES[i], exponent: 2 })
         } else {
-            return Err(CurrencyError(format!("{code} is not an active ISO 4217 currency")));
-        };
-        Ok(Self { code: [bytes[0], bytes[1], bytes[2]], exponent })
+            Err(CurrencyError(format!("{code} is not an active ISO 4217 currency")))
+        }
     }
 
     /// The three-letter code.
-    pub fn code(&self) -> &str {
-        // The bytes were checked to be ASCII upper-case letters on construction.
-        std::str::from_utf8(&self.code).unwrap_or("XXX")
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     /// Decimal places of the minor unit (2 for USD, 0 for JPY, 3 for KWD).

@@ -30,6 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::batch::{Batcher, Item, ItemOutcome};
 use crate::cache::{InventoryCache, Popped};
 use crate::crypto::{CardSecret, KeyRing, card_aad};
 use crate::db::Db;
@@ -79,16 +80,23 @@ pub struct Engine {
     cache: Option<InventoryCache>,
     keys: KeyRing,
     products: ProductDirectory,
+    batcher: Option<Batcher>,
     last_cache_warning: Arc<AtomicU64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct ClaimedCard {
-    id: i64,
-    code_ciphertext: Vec<u8>,
-    code_nonce: Vec<u8>,
-    code_key_id: String,
-    expires_at: Option<OffsetDateTime>,
+/// A card claimed for an allocation, still sealed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedCard {
+    /// Card id.
+    pub id: i64,
+    /// Sealed code (and PIN).
+    pub code_ciphertext: Vec<u8>,
+    /// Its nonce.
+    pub code_nonce: Vec<u8>,
+    /// The id of the key that sealed it.
+    pub code_key_id: String,
+    /// Expiry.
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// An allocation's fields, everything the renderer needs besides the cards.
@@ -235,6 +243,16 @@ impl Attempt<'_> {
     }
 }
 
+/// How a fast-path write ended.
+enum FastOutcome {
+    /// Committed.
+    Created(OffsetDateTime, Vec<ClaimedCard>),
+    /// The key already existed; nothing was written.
+    KeyExists,
+    /// An id was stale; nothing was written.
+    Stale,
+}
+
 /// Where the slow path starts: ids the cache already gave, and whether it has more.
 struct Start {
     given: Vec<i64>,
@@ -244,7 +262,13 @@ struct Start {
 impl Engine {
     /// An engine over the given stores.
     pub fn new(db: Db, cache: Option<InventoryCache>, keys: KeyRing, products: ProductDirectory) -> Self {
-        Self { db, cache, keys, products, last_cache_warning: Arc::new(AtomicU64::new(0)) }
+        Self { db, cache, keys, products, batcher: None, last_cache_warning: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Write fast-path allocations in batches with `workers` concurrent statements.
+    pub fn with_batching(mut self, workers: usize) -> Self {
+        self.batcher = (workers > 0).then(|| Batcher::start(self.db.primary.clone(), workers));
+        self
     }
 
     /// The product directory.
@@ -353,18 +377,16 @@ impl Engine {
                     pending.extend_from_slice(&ids);
                     let span = tracing::info_span!("inventory.commit", path = "fast", cards = wanted);
                     match self.fast_path(a, &ids).instrument(span).await {
-                        Ok(Some((created_at, cards))) => {
+                        Ok(FastOutcome::Created(created_at, cards)) => {
                             // Committed: whatever happens next, these ids are spent.
                             pending.clear();
                             metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(wanted as u64);
                             return Ok(Outcome::Created(self.render(&a.head(created_at), &cards)?));
                         }
                         // The key exists: nothing was written; the ids go back.
-                        Ok(None) => return self.replay(a).await,
-                        // Some id was stale; the statement rolled back. Sort it out in a transaction.
-                        Err(e) if is_constraint(&e, "allocations_items_complete") => {
-                            Start { given: ids, cache_exhausted: false }
-                        }
+                        Ok(FastOutcome::KeyExists) => return self.replay(a).await,
+                        // Some id was stale; nothing was written. Sort it out in a transaction.
+                        Ok(FastOutcome::Stale) => Start { given: ids, cache_exhausted: false },
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -404,21 +426,50 @@ impl Engine {
             .bind(&a.req.client_reference)
     }
 
-    /// One statement: the commit time and the claimed cards in the order the cache gave them;
-    /// `Ok(None)` when the idempotency key already exists (nothing was written).
-    async fn fast_path(
-        &self,
-        a: &Attempt<'_>,
-        ids: &[i64],
-    ) -> Result<Option<(OffsetDateTime, Vec<ClaimedCard>)>, sqlx::Error> {
+    /// The fast path: batched with concurrent requests when batching is on, else (or when the
+    /// batch as a whole failed) one statement of its own.
+    async fn fast_path(&self, a: &Attempt<'_>, ids: &[i64]) -> Result<FastOutcome, sqlx::Error> {
+        if let Some(batcher) = &self.batcher {
+            let item = Item {
+                client_id: a.caller.client_id,
+                key: a.key.to_owned(),
+                fingerprint: a.fingerprint.to_vec(),
+                allocation_id: a.allocation_id,
+                product_id: a.product.id.clone(),
+                denomination_minor: a.denomination_minor,
+                quantity: a.req.quantity as i32,
+                client_reference: a.req.client_reference.clone(),
+                event: a.event(ids),
+                trace_context: a.trace_context.clone(),
+                card_ids: ids.to_vec(),
+            };
+            match batcher.submit(item).await {
+                ItemOutcome::Created(created_at, cards) => return Ok(FastOutcome::Created(created_at, cards)),
+                ItemOutcome::KeyExists => return Ok(FastOutcome::KeyExists),
+                ItemOutcome::Stale => return Ok(FastOutcome::Stale),
+                ItemOutcome::BatchFailed(why) => {
+                    tracing::debug!(error = %why, "allocation batch failed; writing this allocation alone");
+                }
+            }
+        }
+        self.single_statement(a, ids).await
+    }
+
+    /// One statement: the commit time and the claimed cards in the order the cache gave them.
+    async fn single_statement(&self, a: &Attempt<'_>, ids: &[i64]) -> Result<FastOutcome, sqlx::Error> {
         type Row = (OffsetDateTime, i64, Vec<u8>, Vec<u8>, String, Option<OffsetDateTime>);
-        let rows: Vec<Row> = Self::allocation_query(FAST_ALLOCATION, a)
+        let result: Result<Vec<Row>, sqlx::Error> = Self::allocation_query(FAST_ALLOCATION, a)
             .bind(ids)
             .bind(a.event(ids))
             .bind(&a.trace_context)
             .fetch_all(&self.db.primary)
-            .await?;
-        let Some(created_at) = rows.first().map(|r| r.0) else { return Ok(None) };
+            .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) if is_constraint(&e, "allocations_items_complete") => return Ok(FastOutcome::Stale),
+            Err(e) => return Err(e),
+        };
+        let Some(created_at) = rows.first().map(|r| r.0) else { return Ok(FastOutcome::KeyExists) };
         let mut cards: Vec<ClaimedCard> = rows
             .into_iter()
             .map(|(_, id, code_ciphertext, code_nonce, code_key_id, expires_at)| ClaimedCard {
@@ -430,7 +481,7 @@ impl Engine {
             })
             .collect();
         cards.sort_by_key(|c| ids.iter().position(|id| *id == c.id));
-        Ok(Some((created_at, cards)))
+        Ok(FastOutcome::Created(created_at, cards))
     }
 
     async fn slow_path(&self, a: &Attempt<'_>, start: Start, pending: &mut Vec<i64>) -> Result<Outcome, AppError> {

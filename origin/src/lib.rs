@@ -4,7 +4,7 @@
 //! - [`db`]: Postgres pools, embedded migrations, the schema check
 //! - [`cache`]: the Valkey sorted-set inventory cache
 //! - [`crypto`]: AES-256-GCM encryption of card codes and stored responses
-//! - [`engine`]: idempotent, all-or-nothing allocations
+//! - [`engine`]: idempotent, all-or-nothing allocations ([`batch`]: many in one statement)
 //! - [`products`], [`catalogue`]: the product directory and the public catalogue
 //! - [`auth`]: API key verification
 //! - [`http`]: routers, middleware and handlers
@@ -17,6 +17,7 @@
 //! - [`telemetry`]: structured logging
 
 pub mod auth;
+pub mod batch;
 pub mod cache;
 pub mod catalogue;
 pub mod config;

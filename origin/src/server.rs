@@ -24,7 +24,8 @@ pub fn build_state(cfg: Config) -> anyhow::Result<AppState> {
 pub fn state_from(services: &Services) -> AppState {
     let Services { config, db, cache } = services.clone();
     let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
-    let engine = Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products);
+    let engine =
+        Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products).with_batching(config.batch_workers);
     let auth = Authenticator::new(db.primary.clone(), config.region.clone(), config.key_cache_ttl);
     let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
     AppState { config, db, engine, auth, catalogue }

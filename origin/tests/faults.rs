@@ -233,14 +233,15 @@ async fn drive(
     total: usize,
     concurrency: usize,
     give_up: Duration,
+    done: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Vec<Request> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(vec![Request::default(); total]));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (base, key, next, results, product) =
-            (base.clone(), key.clone(), next.clone(), results.clone(), product.to_owned());
+        let (base, key, next, results, product, done) =
+            (base.clone(), key.clone(), next.clone(), results.clone(), product.to_owned(), done.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
             loop {
@@ -304,6 +305,7 @@ async fn drive(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 results.lock().await[i] = req;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
@@ -311,6 +313,28 @@ async fn drive(
         t.await.unwrap();
     }
     Arc::try_unwrap(results).unwrap().into_inner()
+}
+
+/// Start a load in the background; returns its handle and its count of finished requests.
+fn load(
+    base: &Arc<std::sync::RwLock<String>>,
+    key: &str,
+    product: &'static str,
+    total: usize,
+    concurrency: usize,
+    give_up: Duration,
+) -> (tokio::task::JoinHandle<Vec<Request>>, Arc<std::sync::atomic::AtomicUsize>) {
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handle = tokio::spawn(drive(base.clone(), key.to_owned(), product, total, concurrency, give_up, done.clone()));
+    (handle, done)
+}
+
+/// Wait until `n` requests of a load have finished: faults are injected mid-load, by progress
+/// rather than by the clock, so a fast machine cannot finish the load first.
+async fn after(done: &std::sync::atomic::AtomicUsize, n: usize) {
+    while done.load(std::sync::atomic::Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// What Postgres says after a run, checked against what the clients got.
@@ -382,45 +406,45 @@ async fn reconcile_tick(sys: &System) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn valkey_flushed_mid_load() {
     let _serial = SERIAL.lock().await;
-    let sys = System::new("flush", "fl", 400).await;
+    let sys = System::new("flush", "fl", 1600).await;
     let server = sys.start_server().await;
     let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
-    let load = tokio::spawn(drive(base, sys.key.clone(), "fl", 300, 16, Duration::from_secs(60)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (load, done) = load(&base, &sys.key, "fl", 1500, 16, Duration::from_secs(120));
+    after(&done, 300).await;
     let client = redis::Client::open(sys.stack.valkey_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let requests = load.await.unwrap();
     reconcile_tick(&sys).await;
     let a = audit(&sys, "fl", &requests).await;
-    assert_whole(&a, 300);
+    assert_whole(&a, 1500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn valkey_stopped_then_started_empty() {
     let _serial = SERIAL.lock().await;
-    let sys = System::new("vkstop", "vs", 400).await;
+    let sys = System::new("vkstop", "vs", 1600).await;
     let server = sys.start_server().await;
     let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
-    let load = tokio::spawn(drive(base, sys.key.clone(), "vs", 300, 16, Duration::from_secs(60)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (load, done) = load(&base, &sys.key, "vs", 1500, 16, Duration::from_secs(120));
+    after(&done, 300).await;
     sys.stack.run("valkey-stop", &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     sys.stack.run("valkey-start", &[]);
     let requests = load.await.unwrap();
     reconcile_tick(&sys).await;
     let a = audit(&sys, "vs", &requests).await;
-    assert_whole(&a, 300);
+    assert_whole(&a, 1500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_killed_mid_load_and_restarted() {
     let _serial = SERIAL.lock().await;
-    let sys = System::new("kill9", "k9", 400).await;
+    let sys = System::new("kill9", "k9", 1100).await;
     let mut server = sys.start_server().await;
     let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
-    let load = tokio::spawn(drive(base.clone(), sys.key.clone(), "k9", 300, 24, Duration::from_secs(90)));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (load, done) = load(&base, &sys.key, "k9", 1000, 24, Duration::from_secs(120));
+    after(&done, 200).await;
     signal(&server.child, "KILL");
     let _ = server.child.wait();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -434,22 +458,22 @@ async fn origin_killed_mid_load_and_restarted() {
     .fetch_all(&sys.pool)
     .await
     .unwrap();
-    assert_eq!(per_key.len(), 300, "one allocation per request");
+    assert_eq!(per_key.len(), 1000, "one allocation per request");
     assert!(per_key.iter().all(|(_, n)| *n == 1));
     reconcile_tick(&sys).await;
     let a = audit(&sys, "k9", &requests).await;
-    assert_whole(&a, 300);
+    assert_whole(&a, 1000);
     drop(restarted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarted_mid_load_fails_fast_then_recovers() {
     let _serial = SERIAL.lock().await;
-    let sys = System::new("pgrestart", "pr", 400).await;
+    let sys = System::new("pgrestart", "pr", 1100).await;
     let server = sys.start_server().await;
     let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
-    let load = tokio::spawn(drive(base, sys.key.clone(), "pr", 300, 16, Duration::from_secs(90)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (load, done) = load(&base, &sys.key, "pr", 1000, 16, Duration::from_secs(120));
+    after(&done, 200).await;
     sys.stack.run("pg-stop", &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     sys.stack.run("pg-start", &[]);
@@ -465,17 +489,17 @@ async fn postgres_restarted_mid_load_fails_fast_then_recovers() {
     assert!(slowest < Duration::from_secs(10), "fail fast, never hang: slowest attempt {slowest:?}");
     reconcile_tick(&sys).await;
     let a = audit(&sys, "pr", &requests).await;
-    assert_whole(&a, 300);
+    assert_whole(&a, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_load_finishes_in_flight_requests_and_exits_zero() {
     let _serial = SERIAL.lock().await;
-    let sys = System::new("sigterm", "st", 600).await;
+    let sys = System::new("sigterm", "st", 2100).await;
     let mut server = sys.start_server().await;
     let base = Arc::new(std::sync::RwLock::new(server.base.clone()));
-    let load = tokio::spawn(drive(base, sys.key.clone(), "st", 500, 32, Duration::from_secs(8)));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (load, done) = load(&base, &sys.key, "st", 2000, 32, Duration::from_secs(8));
+    after(&done, 200).await;
     signal(&server.child, "TERM");
     let status = tokio::task::spawn_blocking(move || {
         let s = server.child.wait().unwrap();

@@ -6,6 +6,7 @@
 //! and 64 concurrent clients: a fresh database, enough cards, an in-process `allot server`,
 //! then signed `POST /v1/allocations` of one card each for `ALLOT_BENCH_SECS` (default 10).
 //! Client and server share the machine, as they would on a 2-core box.
+//! `ALLOT_BATCH_WORKERS` (default 1, as in production; 0 = one statement per allocation).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,8 +74,10 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
     let pool = db::connect_admin(&url_for(&db_name)).await.unwrap();
     db::migrate_up(&pool).await.unwrap();
     let prefix = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let batch_workers = std::env::var("ALLOT_BATCH_WORKERS").unwrap_or_else(|_| "1".into());
     let settings = Settings::from_pairs(
         [
+            ("ALLOT_BATCH_WORKERS", batch_workers),
             ("DATABASE_URL", url_for(&db_name)),
             ("VALKEY_URL", if s.path == Path::Engine { env("VALKEY_URL") } else { "none".into() }),
             ("ALLOT_REGION", "eu".into()),

@@ -290,7 +290,7 @@ impl Config {
             key_cache_ttl: s.millis("ALLOT_KEY_CACHE_TTL_MS", 5_000)?,
             limits,
             shutdown_timeout: s.millis("ALLOT_SHUTDOWN_TIMEOUT_MS", 25_000)?,
-            batch_workers: s.parse("ALLOT_BATCH_WORKERS", 4, "a number of workers (0 turns batching off)")?,
+            batch_workers: s.parse("ALLOT_BATCH_WORKERS", 1, "a number of workers (0 turns batching off)")?,
             features: Features::parse(s.get("ALLOT_FEATURES").unwrap_or("all"))?,
             idempotency_retention: Duration::from_secs(
                 3600 * s.parse::<u64>("ALLOT_IDEMPOTENCY_RETENTION_HOURS", 24, "a whole number of hours")?.max(1),

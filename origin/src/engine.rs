@@ -1,11 +1,14 @@
 //! The allocation engine: idempotent, all-or-nothing allocations with Postgres as the only
 //! truth and the Valkey sorted set as a way to hand each request distinct card ids.
 //!
-//! Fast path (the cache hands over exactly the ids asked for): ONE autocommit statement
-//! inserts the idempotency row and the allocation, claims the ids with
-//! `UPDATE … WHERE id = ANY($ids) AND status = 'active'`, and inserts the items and the outbox
-//! event. A deferred constraint trigger requires every allocation to have exactly `quantity`
-//! items, so if any id was stale the whole statement rolls back by itself.
+//! Fast path (the cache hands over exactly the ids asked for): the request joins a batch
+//! ([`crate::batch`]); one statement and one commit write every allocation waiting at that
+//! moment, each still all-or-nothing and idempotent on its own. Without batching (or when a
+//! batch fails as a whole) ONE autocommit statement per request inserts the idempotency row and
+//! the allocation, claims the ids with `UPDATE … WHERE id = ANY($ids) AND status = 'active'`,
+//! and inserts the items and the outbox event. A deferred constraint trigger requires every
+//! allocation to have exactly `quantity` items, so if any id was stale the statement rolls back
+//! by itself.
 //!
 //! Slow path (cache cold, short, stale or down): one transaction that claims what the cache
 //! gave, pops again for stale ids a bounded number of times, and takes the rest from Postgres

@@ -84,7 +84,7 @@ async fn postgres_down_fails_health_and_readiness_but_not_liveness() {
     assert_eq!(r.status, 503, "{:?}", r.json());
     assert_eq!(r.json()["status"], "fail");
     assert_eq!(status_of(&r, "postgres:primary"), "fail");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(get(&base, "/readyz").await.0.status, 503);
     assert_eq!(get(&base, "/livez").await.0.status, 200);
 }
@@ -104,7 +104,7 @@ async fn hung_dependencies_still_get_an_answer_within_the_timeout() {
     );
     let base = operator(cfg).await;
     let (r, took) = get(&base, "/health").await;
-    assert!(took < Duration::from_millis(2500), "answered in {took:?}");
+    assert!(took < Duration::from_secs(5), "answered within the check timeout, not the 30 s acquire timeout: {took:?}");
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(status_of(&r, "postgres:primary"), "pass");
     assert_eq!(status_of(&r, "postgres:replica"), "warn");
@@ -116,7 +116,7 @@ async fn hung_dependencies_still_get_an_answer_within_the_timeout() {
     cfg.database_url = format!("postgres://allot@{hung}/allot");
     let base = operator(cfg).await;
     let (r, took) = get(&base, "/health").await;
-    assert!(took < Duration::from_millis(2500), "answered in {took:?}");
+    assert!(took < Duration::from_secs(5), "answered within the check timeout, not the 30 s acquire timeout: {took:?}");
     assert_eq!(r.status, 503);
     assert_eq!(status_of(&r, "postgres:primary"), "fail");
     common::drop_database(&db).await;

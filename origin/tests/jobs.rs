@@ -62,6 +62,13 @@ async fn the_reconciler_heals_missing_and_stale_ids_and_reports_divergence() {
     // In step: nothing to do.
     let counts = run(&jobs::reconcile::Reconciler, &ctx).await;
     assert_eq!((counts["buckets"].as_u64(), counts["divergent_buckets"].as_u64()), (Some(2), Some(0)));
+    // Stock per bucket is exported for operators.
+    let exported = allot_origin::telemetry::metrics().render();
+    assert!(
+        exported.contains(r#"allot_inventory_active_cards{product_id="rc",denomination_minor="1000"} 20"#),
+        "{exported}"
+    );
+    assert!(exported.contains(r#"allot_inventory_active_cards{product_id="rc",denomination_minor="2500"} 5"#));
 
     // Ids popped and never allocated (a crash), and ids allocated behind the cache's back.
     app.cache.pop("rc", 1000, 4).await.unwrap();

@@ -77,6 +77,14 @@ impl Job for Reconciler {
             let pool = &ctx.db.primary;
             let pg = postgres_counts(pool).await?;
             let buckets: usize = pg.values().map(Vec::len).sum();
+            // Stock per bucket, from the truth: operators see a sell-out coming.
+            for (product, counts) in &pg {
+                for (denomination_minor, n) in counts {
+                    metrics::gauge!("allot_inventory_active_cards", "product_id" => product.clone(),
+                        "denomination_minor" => denomination_minor.to_string())
+                    .set(*n as f64);
+                }
+            }
             let mut suspects = differing(cache, &pg).await?;
             if !suspects.is_empty() {
                 tokio::time::sleep(CONFIRM_AFTER).await;

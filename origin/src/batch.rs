@@ -207,8 +207,12 @@ async fn run(pool: &PgPool, jobs: Vec<Job>) {
             return;
         }
     };
+    let mut by_allocation: std::collections::HashMap<Uuid, Vec<&Row>> = std::collections::HashMap::new();
+    for r in &rows {
+        by_allocation.entry(r.0).or_default().push(r);
+    }
     for (item, reply) in jobs {
-        let mine: Vec<&Row> = rows.iter().filter(|r| r.0 == item.allocation_id).collect();
+        let mine = by_allocation.remove(&item.allocation_id).unwrap_or_default();
         let complete = mine.first().is_some_and(|r| r.1);
         let created_at = mine.first().and_then(|r| r.2);
         let outcome = match (complete, created_at) {

@@ -339,14 +339,22 @@ impl Engine {
             .denomination
             .to_minor(product.currency.exponent())
             .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
-        let product = match self.products.get_offering(&product.id, Some(denomination_minor)).await? {
-            Some(p) if p.denominations.contains(&denomination_minor) => p,
-            _ => {
-                return Err(ApiError::validation(
-                    "denomination",
-                    format!("{} is not offered for this product", product.currency.format_minor(denomination_minor)),
-                )
-                .into());
+        // Only a denomination the snapshot does not list needs a second look (an early reload).
+        let product = if product.denominations.contains(&denomination_minor) {
+            product
+        } else {
+            match self.products.get_offering(&product.id, Some(denomination_minor)).await? {
+                Some(p) if p.active && p.denominations.contains(&denomination_minor) => p,
+                _ => {
+                    return Err(ApiError::validation(
+                        "denomination",
+                        format!(
+                            "{} is not offered for this product",
+                            product.currency.format_minor(denomination_minor)
+                        ),
+                    )
+                    .into());
+                }
             }
         };
         let attempt = Attempt {

@@ -133,7 +133,7 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
   });
 
   test("a bad key is 401 at the edge: the origin never hears of it and the database is untouched", async () => {
-    const before = count("SELECT count(*) FROM allocations") + count("SELECT count(*) FROM idempotency_keys");
+    const before = count("SELECT count(*) FROM allocations") + count("SELECT count(*) FROM outbox");
     const linesBefore = origin.logs.length;
     for (const key of [withBadChecksum(origin.key), "allot_eu_nope"]) {
       const res = await allocate(edge, { key });
@@ -147,7 +147,7 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
     assert.equal(unknown.status, 401);
     assert.equal((await unknown.json()).error.code, "UNAUTHORIZED");
     await sleep(100);
-    const after = count("SELECT count(*) FROM allocations") + count("SELECT count(*) FROM idempotency_keys");
+    const after = count("SELECT count(*) FROM allocations") + count("SELECT count(*) FROM outbox");
     assert.equal(after, before);
     // Only the unknown key's request reached the origin (one access-log line, maybe with its span).
     assert.ok(origin.logs.length - linesBefore <= 3, origin.logs.slice(linesBefore).join("\n"));

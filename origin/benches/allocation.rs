@@ -19,6 +19,10 @@ use allot_shared::{Currency, Denomination, Region, signature};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+// The allocator the `allot` binary uses, so the server half runs as it does in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "bench-edge-secret-0123456789abcdef";
 const PRODUCTS: usize = 10;
 const DENOMINATIONS: usize = 10;

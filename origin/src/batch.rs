@@ -4,8 +4,8 @@
 //! Batches form only under load: a worker takes the first waiting request and whatever else is
 //! already queued (no waiting to fill a batch). Inside the statement each request stays
 //! all-or-nothing and idempotent on its own: the wanted cards are locked, only requests whose
-//! every card is still active go ahead, each key is inserted with `ON CONFLICT DO NOTHING`, and
-//! only the cards of the allocations actually inserted are claimed. Each request learns its own
+//! every card is still active go ahead, each allocation (with its key) is inserted with
+//! `ON CONFLICT DO NOTHING` on the live key, and only the cards of the allocations actually inserted are claimed. Each request learns its own
 //! outcome. If the statement fails as a whole (a deadlock between batches, say), every request
 //! in it is told so and takes the single-request path: no caller fails for another's sake.
 
@@ -39,25 +39,21 @@ WITH req AS (
 ), complete AS (
     SELECT r.* FROM req r
      WHERE r.quantity = (SELECT count(*) FROM live l WHERE l.allocation_id = r.allocation_id)
-), k AS (
-    INSERT INTO idempotency_keys (client_id, key, request_fingerprint, allocation_id)
-    SELECT client_id, key, fingerprint, allocation_id FROM complete
-    ON CONFLICT DO NOTHING
-    RETURNING allocation_id
 ), a AS (
-    INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference, idempotency_key)
-    SELECT c.allocation_id, c.client_id, c.product_id, c.denomination_minor, c.quantity, c.client_reference, c.key
-      FROM complete c JOIN k USING (allocation_id)
+    INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
+                             idempotency_key, request_fingerprint)
+    SELECT allocation_id, client_id, product_id, denomination_minor, quantity, client_reference, key, fingerprint
+      FROM complete
+    ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
     RETURNING id, created_at
 ), claimed AS (
     UPDATE inventories i
-       SET status = 'allocated', allocation_id = w.allocation_id, allocated_at = now(), updated_at = now()
+       SET status = 'allocated', allocation_id = w.allocation_id, allocation_position = w.position::smallint,
+           allocated_at = now(), updated_at = now()
       FROM want w JOIN a ON a.id = w.allocation_id
      WHERE i.id = w.card_id
-    RETURNING i.id, i.allocation_id, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at
-), items AS (
-    INSERT INTO allocation_items (allocation_id, position, card_id)
-    SELECT w.allocation_id, w.position::smallint, w.card_id FROM want w JOIN a ON a.id = w.allocation_id
+    RETURNING i.id, i.allocation_id, i.allocation_position, i.code_ciphertext, i.code_nonce, i.code_key_id,
+              i.expires_at
 ), events AS (
     INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
     SELECT 'allocation.created', c.allocation_id::text, c.event, c.trace_context
@@ -65,7 +61,7 @@ WITH req AS (
 )
 SELECT r.allocation_id,
        EXISTS (SELECT 1 FROM complete c WHERE c.allocation_id = r.allocation_id) AS complete,
-       a.created_at, cl.id, cl.code_ciphertext, cl.code_nonce, cl.code_key_id, cl.expires_at
+       a.created_at, cl.id, cl.allocation_position, cl.code_ciphertext, cl.code_nonce, cl.code_key_id, cl.expires_at
   FROM req r
   LEFT JOIN a ON a.id = r.allocation_id
   LEFT JOIN claimed cl ON cl.allocation_id = r.allocation_id";
@@ -162,6 +158,7 @@ type Row = (
     bool,
     Option<OffsetDateTime>,
     Option<i64>,
+    Option<i16>,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
     Option<String>,
@@ -224,14 +221,15 @@ async fn run(pool: &PgPool, jobs: Vec<Job>) {
                     .filter_map(|r| {
                         Some(ClaimedCard {
                             id: r.3?,
-                            code_ciphertext: r.4.clone()?,
-                            code_nonce: r.5.clone()?,
-                            code_key_id: r.6.clone()?,
-                            expires_at: r.7,
+                            position: r.4?,
+                            code_ciphertext: r.5.clone()?,
+                            code_nonce: r.6.clone()?,
+                            code_key_id: r.7.clone()?,
+                            expires_at: r.8,
                         })
                     })
                     .collect();
-                cards.sort_by_key(|c| item.card_ids.iter().position(|id| *id == c.id));
+                cards.sort_by_key(|c| c.position);
                 ItemOutcome::Created(created_at, cards)
             }
         };

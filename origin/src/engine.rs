@@ -4,17 +4,18 @@
 //! Fast path (the cache hands over exactly the ids asked for): the request joins a batch
 //! ([`crate::batch`]); one statement and one commit write every allocation waiting at that
 //! moment, each still all-or-nothing and idempotent on its own. Without batching (or when a
-//! batch fails as a whole) ONE autocommit statement per request inserts the idempotency row and
-//! the allocation, claims the ids with `UPDATE … WHERE id = ANY($ids) AND status = 'active'`,
-//! and inserts the items and the outbox event. A deferred constraint trigger requires every
-//! allocation to have exactly `quantity` items, so if any id was stale the statement rolls back
-//! by itself.
+//! batch fails as a whole) ONE autocommit statement per request inserts the allocation (which
+//! carries the Idempotency-Key and the request's fingerprint), claims the ids with
+//! `UPDATE … WHERE id = ANY($ids) AND status = 'active'` (each card records the allocation and
+//! its position in it), and inserts the outbox event. A deferred constraint trigger requires
+//! every allocation to have exactly `quantity` cards, so if any id was stale the statement rolls
+//! back by itself.
 //!
 //! Slow path (cache cold, short, stale or down): one transaction that claims what the cache
 //! gave, pops again for stale ids a bounded number of times, and takes the rest from Postgres
 //! with `FOR UPDATE SKIP LOCKED`.
 //!
-//! A concurrent duplicate blocks on the idempotency key's unique index until the first commits
+//! A concurrent duplicate blocks on the live key's unique index until the first commits
 //! and then replays it; a replay re-renders the stored allocation with the same renderer, so
 //! it is byte for byte the first response. Popped ids that end up unallocated are put back on
 //! every failure path.
@@ -92,6 +93,8 @@ pub struct Engine {
 pub struct ClaimedCard {
     /// Card id.
     pub id: i64,
+    /// Its place in the allocation (the order cards are listed in).
+    pub position: i16,
     /// Sealed code (and PIN).
     pub code_ciphertext: Vec<u8>,
     /// Its nonce.
@@ -114,40 +117,38 @@ struct AllocationHead<'a> {
 }
 
 /// The fast path: one statement, atomic on its own. `$9` holds exactly the ids wanted; if any
-/// is stale the allocations_items_complete trigger rolls everything back at commit. When the
-/// key already exists nothing is written and no row comes back.
+/// is stale the allocations_cards_complete trigger rolls everything back at commit. When the
+/// key is already live nothing is written and no row comes back.
 const FAST_ALLOCATION: &str = "
-WITH k AS (
-    INSERT INTO idempotency_keys (client_id, key, request_fingerprint, allocation_id)
-    VALUES ($1, $2, $3, $4)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-), a AS (
-    INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference, idempotency_key)
-    SELECT $4, $1, $5, $6, $7, $8, $2 FROM k
+WITH a AS (
+    INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
+                             idempotency_key, request_fingerprint)
+    VALUES ($4, $1, $5, $6, $7, $8, $2, $3)
+    ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
     RETURNING created_at
 ), c AS (
-    UPDATE inventories
-       SET status = 'allocated', allocation_id = $4, allocated_at = now(), updated_at = now()
-     WHERE id = ANY($9) AND status = 'active' AND product_id = $5 AND denomination_minor = $6
+    UPDATE inventories i
+       SET status = 'allocated', allocation_id = $4, allocation_position = (u.ord - 1)::smallint,
+           allocated_at = now(), updated_at = now()
+      FROM unnest($9::bigint[]) WITH ORDINALITY AS u(id, ord)
+     WHERE i.id = u.id AND i.status = 'active' AND i.product_id = $5 AND i.denomination_minor = $6
        AND EXISTS (SELECT 1 FROM a)
-    RETURNING id, code_ciphertext, code_nonce, code_key_id, expires_at
-), i AS (
-    INSERT INTO allocation_items (allocation_id, position, card_id)
-    SELECT $4, (u.ord - 1)::smallint, u.id
-      FROM unnest($9::bigint[]) WITH ORDINALITY AS u(id, ord) JOIN c ON c.id = u.id
+    RETURNING i.id, i.allocation_position, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at
 ), e AS (
     INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
     SELECT 'allocation.created', $4::text, $10, $11 FROM a
 )
-SELECT a.created_at, c.id, c.code_ciphertext, c.code_nonce, c.code_key_id, c.expires_at
+SELECT a.created_at, c.id, c.allocation_position, c.code_ciphertext, c.code_nonce, c.code_key_id, c.expires_at
   FROM a CROSS JOIN c";
 
+/// Claim the given ids (`$1`) that are still active; each takes the position `$5` + its index.
 const CLAIM_BY_ID: &str = "
-UPDATE inventories
-   SET status = 'allocated', allocation_id = $2, allocated_at = now(), updated_at = now()
- WHERE id = ANY($1) AND status = 'active' AND product_id = $3 AND denomination_minor = $4
-RETURNING id, code_ciphertext, code_nonce, code_key_id, expires_at";
+UPDATE inventories i
+   SET status = 'allocated', allocation_id = $2, allocation_position = ($5 + u.ord - 1)::smallint,
+       allocated_at = now(), updated_at = now()
+  FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord)
+ WHERE i.id = u.id AND i.status = 'active' AND i.product_id = $3 AND i.denomination_minor = $4
+RETURNING i.id, i.allocation_position AS position, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
 
 // A CTE with a locking clause runs exactly once. (As `WHERE id IN (subquery)` the planner may
 // rescan the LIMIT … SKIP LOCKED subquery per outer row and find nothing under concurrency.)
@@ -157,31 +158,26 @@ WITH picked AS (
      WHERE product_id = $3 AND denomination_minor = $4 AND status = 'active'
      LIMIT $1
        FOR UPDATE SKIP LOCKED
+), numbered AS (
+    SELECT id, row_number() OVER () AS n FROM picked
 )
 UPDATE inventories i
-   SET status = 'allocated', allocation_id = $2, allocated_at = now(), updated_at = now()
-  FROM picked
- WHERE i.id = picked.id
-RETURNING i.id, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
+   SET status = 'allocated', allocation_id = $2, allocation_position = ($5 + numbered.n - 1)::smallint,
+       allocated_at = now(), updated_at = now()
+  FROM numbered
+ WHERE i.id = numbered.id
+RETURNING i.id, i.allocation_position AS position, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
 
 const BEGIN_ALLOCATION: &str = "
-WITH k AS (
-    INSERT INTO idempotency_keys (client_id, key, request_fingerprint, allocation_id)
-    VALUES ($1, $2, $3, $4)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference, idempotency_key)
-SELECT $4, $1, $5, $6, $7, $8, $2 FROM k
+INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
+                         idempotency_key, request_fingerprint)
+VALUES ($4, $1, $5, $6, $7, $8, $2, $3)
+ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
 RETURNING created_at";
 
-const FINISH_ALLOCATION: &str = "
-WITH items AS (
-    INSERT INTO allocation_items (allocation_id, position, card_id)
-    SELECT $1, (t.ord - 1)::smallint, t.id FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, ord)
-)
+const ALLOCATION_EVENT: &str = "
 INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
-VALUES ('allocation.created', $1::text, $3, $4)";
+VALUES ('allocation.created', $1::text, $2, $3)";
 
 /// Format a timestamp the one way the API does (RFC 3339, UTC).
 pub fn format_time(t: OffsetDateTime) -> String {
@@ -468,7 +464,7 @@ impl Engine {
 
     /// One statement: the commit time and the claimed cards in the order the cache gave them.
     async fn single_statement(&self, a: &Attempt<'_>, ids: &[i64]) -> Result<FastOutcome, sqlx::Error> {
-        type Row = (OffsetDateTime, i64, Vec<u8>, Vec<u8>, String, Option<OffsetDateTime>);
+        type Row = (OffsetDateTime, i64, i16, Vec<u8>, Vec<u8>, String, Option<OffsetDateTime>);
         let result: Result<Vec<Row>, sqlx::Error> = Self::allocation_query(FAST_ALLOCATION, a)
             .bind(ids)
             .bind(a.event(ids))
@@ -477,21 +473,22 @@ impl Engine {
             .await;
         let rows = match result {
             Ok(rows) => rows,
-            Err(e) if is_constraint(&e, "allocations_items_complete") => return Ok(FastOutcome::Stale),
+            Err(e) if is_constraint(&e, "allocations_cards_complete") => return Ok(FastOutcome::Stale),
             Err(e) => return Err(e),
         };
         let Some(created_at) = rows.first().map(|r| r.0) else { return Ok(FastOutcome::KeyExists) };
         let mut cards: Vec<ClaimedCard> = rows
             .into_iter()
-            .map(|(_, id, code_ciphertext, code_nonce, code_key_id, expires_at)| ClaimedCard {
+            .map(|(_, id, position, code_ciphertext, code_nonce, code_key_id, expires_at)| ClaimedCard {
                 id,
+                position,
                 code_ciphertext,
                 code_nonce,
                 code_key_id,
                 expires_at,
             })
             .collect();
-        cards.sort_by_key(|c| ids.iter().position(|id| *id == c.id));
+        cards.sort_by_key(|c| c.position);
         Ok(FastOutcome::Created(created_at, cards))
     }
 
@@ -517,9 +514,8 @@ impl Engine {
             return Err(a.out_of_stock(claimed.len()));
         }
         let card_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        sqlx::query(FINISH_ALLOCATION)
+        sqlx::query(ALLOCATION_EVENT)
             .bind(a.allocation_id)
-            .bind(&card_ids)
             .bind(a.event(&card_ids))
             .bind(&a.trace_context)
             .execute(&mut *tx)
@@ -543,6 +539,8 @@ impl Engine {
         let mut stats = PopStats::default();
         let mut batch = start.given;
         let mut exhausted = start.cache_exhausted;
+        // Every id tried gets its own position, so positions stay unique with stale ids skipped.
+        let mut tried: i32 = 0;
         for round in 0..=MAX_POP_ROUNDS {
             if !batch.is_empty() {
                 let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_BY_ID)
@@ -550,8 +548,10 @@ impl Engine {
                     .bind(a.allocation_id)
                     .bind(&a.product.id)
                     .bind(a.denomination_minor)
+                    .bind(tried)
                     .fetch_all(&mut **tx)
                     .await?;
+                tried += batch.len() as i32;
                 // Stale ids (allocated or voided meanwhile) are simply dropped from the cache.
                 let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
                 pending.retain(|id| !batch.contains(id) || live.contains(id));
@@ -589,11 +589,13 @@ impl Engine {
                 .bind(a.allocation_id)
                 .bind(&a.product.id)
                 .bind(a.denomination_minor)
+                .bind(tried)
                 .fetch_all(&mut **tx)
                 .await?;
             stats.fallback_cards = rows.len() as u32;
             claimed.extend(rows);
         }
+        claimed.sort_by_key(|c| c.position);
         Ok((claimed, stats))
     }
 
@@ -604,7 +606,8 @@ impl Engine {
 
     async fn replay_inner(&self, a: &Attempt<'_>) -> Result<Outcome, AppError> {
         let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
-            "SELECT request_fingerprint, allocation_id FROM idempotency_keys WHERE client_id = $1 AND key = $2",
+            "SELECT request_fingerprint, id FROM allocations
+              WHERE client_id = $1 AND idempotency_key = $2 AND request_fingerprint IS NOT NULL",
         )
         .bind(a.caller.client_id)
         .bind(a.key)
@@ -625,7 +628,7 @@ impl Engine {
         match self.read_allocation(&self.db.primary, a.caller, allocation_id).await? {
             Some(body) => Ok(Outcome::Replayed(body)),
             None => {
-                Err(AppError::Internal(anyhow::anyhow!("idempotency key points at missing allocation {allocation_id}")))
+                Err(AppError::Internal(anyhow::anyhow!("allocation {allocation_id} vanished while being replayed")))
             }
         }
     }
@@ -709,9 +712,8 @@ impl Engine {
         };
         let currency = Currency::parse(&currency).map_err(|e| AppError::Internal(e.into()))?;
         let cards: Vec<ClaimedCard> = sqlx::query_as(
-            "SELECT inv.id, inv.code_ciphertext, inv.code_nonce, inv.code_key_id, inv.expires_at
-               FROM allocation_items i JOIN inventories inv ON inv.id = i.card_id
-              WHERE i.allocation_id = $1 ORDER BY i.position",
+            "SELECT id, allocation_position AS position, code_ciphertext, code_nonce, code_key_id, expires_at
+               FROM inventories WHERE allocation_id = $1 ORDER BY allocation_position",
         )
         .bind(id)
         .fetch_all(pool)

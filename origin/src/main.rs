@@ -11,6 +11,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+// glibc malloc took about a third of the server's own CPU under load (free-list consolidation
+// across threads); mimalloc cuts that and gave ~15% more allocations/s on the 2-core box.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// allot's regional origin. Configuration comes from environment variables (see README).
 #[derive(Parser)]
 #[command(name = "allot", version, about)]

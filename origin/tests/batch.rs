@@ -69,7 +69,7 @@ async fn each_request_in_a_batch_gets_its_own_outcome() {
         .unwrap();
     assert!(active.contains(&free[2]) && active.contains(&free[3]));
     assert_eq!(app.count("allocations", "").await, 1 + 3);
-    assert_eq!(app.count("allocation_items", "").await, 1 + 2 + 3 + 1);
+    assert_eq!(app.count("inventories", "allocation_id IS NOT NULL").await, 1 + 2 + 3 + 1);
     assert_eq!(app.count("outbox", "").await, 1 + 3);
     app.finish().await;
 }

@@ -453,7 +453,8 @@ async fn origin_killed_mid_load_and_restarted() {
     let requests = load.await.unwrap();
     // Each request ended with exactly one allocation, found by its key.
     let per_key: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT k.key, count(i.card_id) FROM idempotency_keys k JOIN allocation_items i USING (allocation_id) GROUP BY k.key",
+        "SELECT a.idempotency_key, count(i.id) FROM allocations a JOIN inventories i ON i.allocation_id = a.id
+          GROUP BY a.idempotency_key",
     )
     .fetch_all(&sys.pool)
     .await
@@ -514,7 +515,7 @@ async fn sigterm_mid_load_finishes_in_flight_requests_and_exits_zero() {
     // never accepted: it must not have allocated anything (the client retries it with its key).
     let not_delivered: Vec<usize> =
         requests.iter().enumerate().filter(|(_, r)| r.cut_off > 0 && r.status != 201).map(|(i, _)| i).collect();
-    let committed: HashSet<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+    let committed: HashSet<String> = sqlx::query_scalar("SELECT idempotency_key FROM allocations")
         .fetch_all(&sys.pool)
         .await
         .unwrap()

@@ -147,19 +147,29 @@ async fn schedulers_honour_database_overrides_and_share_ticks() {
 async fn housekeeping_expires_old_idempotency_keys_only() {
     let app = TestApp::spawn().await;
     app.product("hk", "USD", &["10.00"]).await;
-    app.load_cards("hk", 1000, 3).await;
+    app.load_cards("hk", 1000, 4).await;
     for i in 0..3 {
         let r = app.allocate(format!("hk-{i}"), r#"{"product_id":"hk","denomination":"10.00","quantity":1}"#).await;
         assert_eq!(r.status, 201);
     }
-    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key IN ('hk-0', 'hk-1')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE allocations SET created_at = now() - interval '25 hours' WHERE idempotency_key IN ('hk-0', 'hk-1')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let counts = run(&jobs::housekeeping::IdempotencyExpiry, &ctx(&app)).await;
-    assert_eq!(counts["deleted"], 2);
-    assert_eq!(app.count("idempotency_keys", "").await, 1);
+    assert_eq!(counts["expired"], 2);
+    assert_eq!(app.count("allocations", "request_fingerprint IS NOT NULL").await, 1, "one key still live");
     assert_eq!(app.count("allocations", "").await, 3, "allocations stay");
+    // An expired key is free again: the same key makes a new allocation, not a replay.
+    let again = app.allocate("hk-0", r#"{"product_id":"hk","denomination":"10.00","quantity":1}"#).await;
+    assert_eq!(again.status, 201);
+    assert!(again.headers.get("idempotent-replayed").is_none(), "a new allocation, not a replay");
+    assert_eq!(app.count("allocations", "idempotency_key = 'hk-0'").await, 2);
+    // A live key still replays.
+    let replay = app.allocate("hk-2", r#"{"product_id":"hk","denomination":"10.00","quantity":1}"#).await;
+    assert_eq!(replay.headers.get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
     app.finish().await;
 }
 

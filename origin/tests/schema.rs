@@ -31,8 +31,6 @@ async fn every_migration_goes_up_down_and_up_again() {
         "products",
         "inventories",
         "allocations",
-        "allocation_items",
-        "idempotency_keys",
         "outbox",
         "scheduled_jobs",
         "job_runs",
@@ -48,6 +46,83 @@ async fn every_migration_goes_up_down_and_up_again() {
     assert!(tables(&pool).await.is_empty(), "downs remove everything");
     assert_eq!(db::migrate_up(&pool).await.unwrap(), total);
     assert_eq!(tables(&pool).await, full);
+    pool.close().await;
+    common::drop_database(&name).await;
+}
+
+/// Migration 5 folds the key and item tables into allocations and inventories: every
+/// allocation keeps its live key, fingerprint and cards in order, both ways.
+#[tokio::test]
+async fn folding_keys_and_items_keeps_every_allocation_both_ways() {
+    let name = common::empty_database().await;
+    let pool = pool(&name).await;
+    db::migrate_up(&pool).await.unwrap();
+    db::migrate_down(&pool, 1).await.unwrap();
+    let seed = [
+        "INSERT INTO clients (id, name, region) VALUES ('00000000-0000-4000-8000-000000000001', 'c', 'eu')",
+        "INSERT INTO products (id, name, currency) VALUES ('p', 'p', 'USD')",
+        "INSERT INTO product_denominations VALUES ('p', 1000)",
+        "INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest)
+         SELECT 'p', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(g::text::bytea)
+           FROM generate_series(1, 5) g",
+        // One transaction (one simple query): the deferred check sees allocations and items together.
+        // Allocation 1: live key, cards 3 then 1. Allocation 2: its key already expired.
+        "INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key)
+         VALUES ('00000000-0000-7000-8000-000000000001', '00000000-0000-4000-8000-000000000001', 'p', 1000, 2, 'live'),
+                ('00000000-0000-7000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'p', 1000, 1, 'gone');
+         UPDATE inventories SET status = 'allocated', allocated_at = now(),
+                allocation_id = CASE WHEN id = 2 THEN '00000000-0000-7000-8000-000000000002'::uuid
+                                     ELSE '00000000-0000-7000-8000-000000000001'::uuid END
+          WHERE id IN (1, 2, 3);
+         INSERT INTO allocation_items VALUES ('00000000-0000-7000-8000-000000000001', 0, 3),
+                                            ('00000000-0000-7000-8000-000000000001', 1, 1),
+                                            ('00000000-0000-7000-8000-000000000002', 0, 2);
+         INSERT INTO idempotency_keys (client_id, key, request_fingerprint, allocation_id)
+         VALUES ('00000000-0000-4000-8000-000000000001', 'live', sha256('f'), '00000000-0000-7000-8000-000000000001')",
+    ];
+    for sql in seed {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+    }
+    db::migrate_up(&pool).await.unwrap();
+    let keys: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT idempotency_key, request_fingerprint IS NOT DISTINCT FROM sha256('f') FROM allocations ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(keys, [("live".to_owned(), true), ("gone".to_owned(), false)]);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM allocations WHERE request_fingerprint IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        1,
+        "the expired key stays expired"
+    );
+    let cards: Vec<(uuid::Uuid, i16, i64)> = sqlx::query_as(
+        "SELECT allocation_id, allocation_position, id FROM inventories WHERE allocation_id IS NOT NULL
+          ORDER BY allocation_id, allocation_position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let (a1, a2) = (
+        "00000000-0000-7000-8000-000000000001".parse().unwrap(),
+        "00000000-0000-7000-8000-000000000002".parse().unwrap(),
+    );
+    assert_eq!(cards, [(a1, 0, 3), (a1, 1, 1), (a2, 0, 2)]);
+
+    db::migrate_down(&pool, 1).await.unwrap();
+    let items: Vec<(uuid::Uuid, i16, i64)> = sqlx::query_as(
+        "SELECT allocation_id, position, card_id FROM allocation_items ORDER BY allocation_id, position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(items, cards);
+    let keys: Vec<(String, uuid::Uuid)> =
+        sqlx::query_as("SELECT key, allocation_id FROM idempotency_keys").fetch_all(&pool).await.unwrap();
+    assert_eq!(keys, [("live".to_owned(), a1)]);
     pool.close().await;
     common::drop_database(&name).await;
 }
@@ -88,10 +163,20 @@ async fn constraints_make_impossible_states_impossible() {
     let e =
         sqlx::query("UPDATE inventories SET allocation_id = $2 WHERE id = $1").bind(free).bind(alloc).execute(p).await;
     assert!(err(e).contains("inventories_allocation_matches_status"));
-    // A card belongs to at most one allocation.
-    let e = sqlx::query("INSERT INTO allocation_items VALUES ($1, 5, $2)").bind(alloc).bind(taken).execute(p).await;
-    assert!(err(e).contains("allocation_items_card_once"));
-    // An allocation has exactly its quantity of items (checked at commit).
+    // An allocated card has a place in its allocation, and no two cards share one.
+    let e = sqlx::query("UPDATE inventories SET allocation_position = NULL WHERE id = $1").bind(taken).execute(p).await;
+    assert!(err(e).contains("inventories_allocation_matches_status"));
+    let e = sqlx::query(
+        "UPDATE inventories SET status = 'allocated', allocation_id = $2, allocation_position = 0, allocated_at = now()
+          WHERE id = $1",
+    )
+    .bind(free)
+    .bind(alloc)
+    .execute(p)
+    .await;
+    assert!(err(e).contains("inventories_allocation_cards"));
+    // An allocation has exactly its quantity of cards (checked at commit): one card short, and
+    // one card too many.
     let e = sqlx::query(
         "INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key)
          VALUES ($1, $2, 'c', 1000, 1, 'bare')",
@@ -100,7 +185,39 @@ async fn constraints_make_impossible_states_impossible() {
     .bind(app.client_id)
     .execute(p)
     .await;
-    assert!(err(e).contains("items"));
+    assert!(err(e).contains("has 0 of its 1 cards"));
+    let extra = uuid::Uuid::now_v7();
+    let mut tx = p.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key)
+         VALUES ($1, $2, 'c', 1000, 1, 'two')",
+    )
+    .bind(extra)
+    .bind(app.client_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE inventories SET status = 'allocated', allocation_id = $1, allocation_position = g.n, allocated_at = now()
+           FROM (SELECT id, row_number() OVER () AS n FROM inventories WHERE status = 'active' LIMIT 2) g
+          WHERE inventories.id = g.id",
+    )
+    .bind(extra)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let e = tx.commit().await.unwrap_err().to_string();
+    assert!(e.contains("has 2 of its 1 cards"), "{e}");
+    // An allocation's denomination is one its product offers.
+    let e = sqlx::query(
+        "INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key)
+         VALUES ($1, $2, 'c', 777, 1, 'odd')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(app.client_id)
+    .execute(p)
+    .await;
+    assert!(err(e).contains("allocations_denomination_offered"));
     // The same code cannot be loaded twice.
     let dup = allot_origin::ops::NewCard { code: "SAME".into(), pin: None, expires_at: None };
     allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, std::slice::from_ref(&dup)).await.unwrap();
@@ -122,21 +239,25 @@ async fn the_fallback_uses_the_partial_index_on_skewed_data() {
     app.product("cold", "USD", &["10.00"]).await;
     let p = &app.pool;
     // 200k cards in one bucket, 90% already allocated; a little stock elsewhere.
-    // The allocation, its cards and its one item commit together (an allocation has exactly
-    // its quantity of items).
+    // The allocations and their cards commit together (an allocation has exactly its quantity
+    // of cards): 180 allocations of 1,000 cards each.
     let mut tx = p.begin().await.unwrap();
-    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key) VALUES ('00000000-0000-7000-8000-000000000001', $1, 'hot', 1000, 1, 'seed')")
+    sqlx::query("INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, idempotency_key)
+                 SELECT ('00000000-0000-7000-8000-' || lpad(a::text, 12, '0'))::uuid, $1, 'hot', 1000, 1000, 'seed-' || a
+                   FROM generate_series(0, 179) a")
         .bind(app.client_id).execute(&mut *tx).await.unwrap();
+    // Allocated card g (g % 10 <> 0) has rank r = g - g/10 - 1 among the allocated ones.
     sqlx::query(
-        "INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest, status, allocation_id, allocated_at)
+        "INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest,
+                                  status, allocation_id, allocation_position, allocated_at)
          SELECT 'hot', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(g::text::bytea),
                 CASE WHEN g % 10 = 0 THEN 'active' ELSE 'allocated' END,
-                CASE WHEN g % 10 = 0 THEN NULL ELSE '00000000-0000-7000-8000-000000000001'::uuid END,
+                CASE WHEN g % 10 = 0 THEN NULL
+                     ELSE ('00000000-0000-7000-8000-' || lpad(((g - g / 10 - 1) / 1000)::text, 12, '0'))::uuid END,
+                CASE WHEN g % 10 = 0 THEN NULL ELSE ((g - g / 10 - 1) % 1000)::smallint END,
                 CASE WHEN g % 10 = 0 THEN NULL ELSE now() END
            FROM generate_series(1, 200000) g",
     ).execute(&mut *tx).await.unwrap();
-    sqlx::query("INSERT INTO allocation_items SELECT '00000000-0000-7000-8000-000000000001', 0, min(id) FROM inventories WHERE status = 'allocated'")
-        .execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     sqlx::query("INSERT INTO inventories (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest)
                  SELECT 'cold', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(('c' || g)::bytea) FROM generate_series(1, 100) g")

@@ -6,22 +6,24 @@ use futures::future::BoxFuture;
 
 use super::{Counts, Job, JobContext};
 
-/// Rows deleted per statement, so no delete holds locks for long.
+/// Rows changed per statement, so no statement holds locks for long.
 const BATCH: i64 = 5_000;
 
-async fn delete_in_batches(ctx: &JobContext, sql: &'static str, older_than_secs: i64) -> anyhow::Result<u64> {
-    let mut deleted = 0;
+/// Run `sql` (`$1` = age in seconds, `$2` = batch size) until it changes fewer than a batch.
+async fn in_batches(ctx: &JobContext, sql: &'static str, older_than_secs: i64) -> anyhow::Result<u64> {
+    let mut changed = 0;
     loop {
         let n =
             sqlx::query(sql).bind(older_than_secs as f64).bind(BATCH).execute(&ctx.db.primary).await?.rows_affected();
-        deleted += n;
+        changed += n;
         if n < BATCH as u64 || ctx.shutdown.is_cancelled() {
-            return Ok(deleted);
+            return Ok(changed);
         }
     }
 }
 
-/// Deletes idempotency keys older than the retention (default 24 h).
+/// Expires Idempotency-Keys older than the retention (default 24 h): the allocation stays, its
+/// key stops being live (its fingerprint is cleared), so the key may be used again.
 pub struct IdempotencyExpiry;
 
 impl Job for IdempotencyExpiry {
@@ -35,16 +37,17 @@ impl Job for IdempotencyExpiry {
 
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>> {
         Box::pin(async move {
-            let n = delete_in_batches(
+            let n = in_batches(
                 ctx,
-                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
-                    SELECT ctid FROM idempotency_keys
-                     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+                "UPDATE allocations SET request_fingerprint = NULL WHERE id = ANY(ARRAY(
+                    SELECT id FROM allocations
+                     WHERE request_fingerprint IS NOT NULL AND created_at < now() - make_interval(secs => $1)
+                     LIMIT $2))",
                 ctx.config.idempotency_retention.as_secs() as i64,
             )
             .await?;
             let mut counts = Counts::new();
-            counts.insert("deleted".into(), n.into());
+            counts.insert("expired".into(), n.into());
             Ok(counts)
         })
     }
@@ -64,7 +67,7 @@ impl Job for JobHistoryPrune {
 
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>> {
         Box::pin(async move {
-            let n = delete_in_batches(
+            let n = in_batches(
                 ctx,
                 "DELETE FROM job_runs WHERE id = ANY(ARRAY(
                     SELECT id FROM job_runs

@@ -4,7 +4,8 @@
 //! For each path (the engine with its Valkey cache; Postgres alone, i.e. the fallback) and
 //! each layout (load spread over 100 product/denomination buckets; one hot bucket), at 1, 16
 //! and 64 concurrent clients: a fresh database, enough cards, an in-process `allot server`,
-//! then signed `POST /v1/allocations` of one card each for `ALLOT_BENCH_SECS` (default 10).
+//! then signed `POST /v1/allocations` of one card each: a 2 s warm-up (connections opened,
+//! statements prepared, plans cached), then `ALLOT_BENCH_SECS` (default 10) measured.
 //! Client and server share the machine, as they would on a 2-core box.
 //! `ALLOT_BATCH_WORKERS` (default 1, as in production; 0 = one statement per allocation).
 
@@ -26,6 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SECRET: &str = "bench-edge-secret-0123456789abcdef";
 const PRODUCTS: usize = 10;
 const DENOMINATIONS: usize = 10;
+/// Load before measuring starts: the first requests open connections and prepare statements.
+const WARM_UP: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -97,7 +100,7 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
     let cfg = Config::from_settings(&settings).unwrap();
 
     // Stock: enough that no run sells out (about 8k/s for the run, spread evenly).
-    let total = (8_000 * secs as usize).max(20_000);
+    let total = (8_000 * (secs + WARM_UP.as_secs()) as usize).max(20_000);
     let buckets: Vec<(String, &str)> = match s.layout {
         Layout::Spread => (0..PRODUCTS)
             .flat_map(|p| {
@@ -140,10 +143,12 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
     let server_task = tokio::spawn(bound.serve(stop_server.clone()));
 
     let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
     let buckets = Arc::new(buckets);
     let mut tasks = Vec::new();
     for c in 0..s.clients {
-        let (stop, buckets, base, key) = (stop.clone(), buckets.clone(), base.clone(), key.clone());
+        let (stop, measuring, buckets, base, key) =
+            (stop.clone(), measuring.clone(), buckets.clone(), base.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let (mut ok, mut oos, mut errors, mut lat) = (0usize, 0usize, 0usize, Vec::with_capacity(100_000));
@@ -154,6 +159,7 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
                 let body = format!(r#"{{"product_id":"{p}","denomination":"{d}","quantity":1}}"#);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
                 let sig = signature::sign(SECRET.as_bytes(), now, "POST", "/v1/allocations", body.as_bytes());
+                let counted = measuring.load(Ordering::Relaxed);
                 let started = Instant::now();
                 let resp = http
                     .post(format!("{base}/v1/allocations"))
@@ -167,8 +173,10 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
                 match resp {
                     Ok(r) if r.status().as_u16() == 201 => {
                         let _ = r.bytes().await;
-                        lat.push(started.elapsed().as_micros() as u64);
-                        ok += 1;
+                        if counted {
+                            lat.push(started.elapsed().as_micros() as u64);
+                            ok += 1;
+                        }
                     }
                     Ok(r) if r.status().as_u16() == 409 => {
                         let _ = r.bytes().await;
@@ -180,9 +188,12 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
             (ok, oos, errors, lat)
         }));
     }
+    tokio::time::sleep(WARM_UP).await;
+    measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
+    let measured = started.elapsed().as_secs_f64();
     let mut out = Outcome { ok: 0, out_of_stock: 0, errors: 0, secs: 0.0, latencies_us: Vec::new() };
     for t in tasks {
         let (ok, oos, errors, lat) = t.await.unwrap();
@@ -191,7 +202,7 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
         out.errors += errors;
         out.latencies_us.extend(lat);
     }
-    out.secs = started.elapsed().as_secs_f64();
+    out.secs = measured;
     out.latencies_us.sort_unstable();
 
     stop_server.cancel();
@@ -216,7 +227,8 @@ fn main() {
     let card_keys = generate_card_key("bench1");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!(
-        "allocation benchmark: {secs} s per run, 1 card per request, signed HTTP, client and server in one process"
+        "allocation benchmark: {secs} s per run after a {} s warm-up, 1 card per request, signed HTTP, client and server in one process",
+        WARM_UP.as_secs()
     );
     println!("| path | layout | clients | allocations/s | p50 ms | p99 ms | p99.9 ms | out of stock | errors |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -232,6 +244,13 @@ fn main() {
                     continue;
                 }
                 let o = runtime.block_on(run(&s, secs, &card_keys));
+                if std::env::var("XDIST").is_ok() {
+                    let ps = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
+                    eprintln!(
+                        "XDIST {:?}",
+                        ps.iter().map(|p| (p, percentile(&o.latencies_us, *p))).collect::<Vec<_>>()
+                    );
+                }
                 println!(
                     "| {path_name} | {layout_name} | {clients} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
                     o.ok as f64 / o.secs,

@@ -6,6 +6,7 @@
 //! sold-out product is "warm and empty" rather than "cold". Everything here can be rebuilt from
 //! Postgres: an error from this module costs latency, never correctness.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -59,14 +60,14 @@ pub enum Popped {
     Ids(Vec<i64>),
 }
 
-/// The inventory cache client.
+/// The inventory cache client. Cloned per request, so its strings and scripts are shared.
 #[derive(Clone)]
 pub struct InventoryCache {
     conn: ConnectionManager,
-    prefix: String,
+    prefix: Arc<str>,
     timeout: Duration,
-    pop: Script,
-    put_back: Script,
+    pop: Arc<Script>,
+    put_back: Arc<Script>,
 }
 
 impl InventoryCache {
@@ -82,10 +83,10 @@ impl InventoryCache {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
-            prefix: prefix.to_owned(),
+            prefix: Arc::from(prefix),
             timeout,
-            pop: Script::new(POP_SCRIPT),
-            put_back: Script::new(PUT_BACK_SCRIPT),
+            pop: Arc::new(Script::new(POP_SCRIPT)),
+            put_back: Arc::new(Script::new(PUT_BACK_SCRIPT)),
         })
     }
 

@@ -1,5 +1,6 @@
 //! `allot server`: build the state, check the schema, serve both listeners, shut down gracefully.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use crate::catalogue::CatalogueService;
 use crate::config::{Config, SignatureMode};
 use crate::db;
 use crate::engine::Engine;
-use crate::http::{AppState, operator_router, public_router};
+use crate::http::{AppContext, AppState, operator_router, public_router};
 use crate::products::ProductDirectory;
 use crate::services::Services;
 
@@ -28,7 +29,7 @@ pub fn state_from(services: &Services) -> AppState {
         Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products).with_batching(config.batch_workers);
     let auth = Authenticator::new(db.primary.clone(), config.region.clone(), config.key_cache_ttl);
     let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
-    AppState { config, db, engine, auth, catalogue }
+    Arc::new(AppContext { config, db, engine, auth, catalogue })
 }
 
 /// Listeners bound and ready to serve.

@@ -19,9 +19,12 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::engine::Engine;
 
-/// Everything a handler may need.
-#[derive(Clone)]
-pub struct AppState {
+/// Everything a handler may need, shared: axum clones the state for every request and every
+/// middleware, and cloning this is one reference count.
+pub type AppState = Arc<AppContext>;
+
+/// The services behind the HTTP surface.
+pub struct AppContext {
     /// Validated configuration.
     pub config: Arc<Config>,
     /// Postgres pools.

@@ -1,13 +1,22 @@
-//! Batched fast-path allocations: concurrent requests whose ids the cache handed over are
-//! written by one statement and one commit, instead of one each.
+//! Batched fast-path allocations: concurrent requests share one Valkey round trip for their
+//! pops and one Postgres statement and commit for their writes, instead of one each.
 //!
-//! Batches form only under load: a worker takes the first waiting request and whatever else is
-//! already queued (no waiting to fill a batch). Inside the statement each request stays
-//! all-or-nothing and idempotent on its own: the wanted cards are locked, only requests whose
-//! every card is still active go ahead, each allocation (with its key) is inserted with
-//! `ON CONFLICT DO NOTHING` on the live key, and only the cards of the allocations actually inserted are claimed. Each request learns its own
-//! outcome. If the statement fails as a whole (a deadlock between batches, say), every request
-//! in it is told so and takes the single-request path: no caller fails for another's sake.
+//! Two stages, each taking whatever is queued when it becomes free (no waiting to fill a
+//! batch), so batches form only under load:
+//! - the popper pops ids for every waiting request in one pipeline (each pop atomic on its
+//!   own). A request the cache cannot serve exactly (cold, short, Valkey down) is handed back
+//!   at once with what was popped, for the engine's slow path;
+//! - the writer writes every popped request in one statement. Inside it each request stays
+//!   all-or-nothing and idempotent on its own: the wanted cards are locked, only requests whose
+//!   every card is still active go ahead, each allocation (with its key) is inserted with
+//!   `ON CONFLICT DO NOTHING` on the live key, and only the cards of the allocations actually
+//!   inserted are claimed. If the statement fails as a whole (a deadlock between batches, say),
+//!   every request in it is told so, with its ids, and is written alone: no caller fails for
+//!   another's sake.
+//!
+//! The popper runs while the writer's statement does, so a request's pop overlaps the write
+//! of the batch before it. Every outcome carries the ids popped for it, so the engine can put
+//! back whatever ends up unallocated.
 
 use std::sync::Arc;
 
@@ -16,9 +25,10 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::cache::{CacheError, InventoryCache, Popped};
 use crate::engine::ClaimedCard;
 
-/// Largest number of requests in one statement.
+/// Largest number of requests in one pipeline or statement.
 const MAX_BATCH: usize = 64;
 
 const BATCH_ALLOCATION: &str = "
@@ -80,63 +90,74 @@ pub struct Item {
     pub product_id: String,
     /// Denomination in minor units.
     pub denomination_minor: i64,
-    /// Cards asked for (= `card_ids.len()`).
+    /// Cards asked for.
     pub quantity: i32,
     /// The caller's reference.
     pub client_reference: Option<String>,
-    /// The outbox event's payload.
+    /// The outbox event's payload; the batcher adds `card_ids`.
     pub event: serde_json::Value,
     /// The trace context for the outbox.
     pub trace_context: Option<String>,
-    /// The ids the cache handed over, in order.
-    pub card_ids: Vec<i64>,
+    /// The request's span: the batch's pop and commit spans are its children.
+    pub span: tracing::Span,
 }
 
-/// How one request in a batch ended.
+/// How one request in a batch ended. Every variant but `Created` and `NotPopped` carries the
+/// ids popped for the request, none of them allocated.
 #[derive(Debug)]
 pub enum ItemOutcome {
     /// Committed: the commit time and the cards in the order the cache gave them.
     Created(OffsetDateTime, Vec<ClaimedCard>),
-    /// The key already existed; nothing was written for this request.
-    KeyExists,
+    /// The key was already live; nothing was written for this request.
+    KeyExists(Vec<i64>),
     /// Some id was no longer active; nothing was written for this request.
-    Stale,
-    /// The batch failed as a whole; nothing was written; take the single-request path.
-    BatchFailed(String),
+    Stale(Vec<i64>),
+    /// The statement failed as a whole; nothing was written; write this request alone.
+    BatchFailed(Vec<i64>, String),
+    /// The cache did not hand over exactly the ids wanted (cold, short, or down); what it did
+    /// hand over is in `Popped::Ids`.
+    NotPopped(Result<Popped, CacheError>),
 }
 
-type Job = (Item, oneshot::Sender<ItemOutcome>);
+type Reply = oneshot::Sender<ItemOutcome>;
+type Job = (Item, Reply);
+type PoppedJob = (Item, Vec<i64>, Reply);
 
-/// Runs batch statements on a few workers.
+/// The two stages: one popper, and `writers` statement writers.
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Job>,
 }
 
+/// Take the first waiting entry (waiting for one) and whatever else is queued, up to a batch.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 impl Batcher {
-    /// Start `workers` batch workers on `pool`.
-    pub fn start(pool: PgPool, workers: usize) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..workers.max(1) {
-            let (pool, rx) = (pool.clone(), rx.clone());
+    /// Start the popper on `cache` and `writers` writers on `pool`.
+    pub fn start(pool: PgPool, cache: InventoryCache, writers: usize) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (popped_tx, popped_rx) = mpsc::unbounded_channel::<PoppedJob>();
+        tokio::spawn(async move {
+            while let Some(jobs) = next_batch(&mut rx).await {
+                pop(&cache, jobs, &popped_tx).await;
+            }
+        });
+        let popped_rx = Arc::new(Mutex::new(popped_rx));
+        for _ in 0..writers.max(1) {
+            let (pool, popped_rx) = (pool.clone(), popped_rx.clone());
             tokio::spawn(async move {
                 loop {
-                    let mut jobs = Vec::new();
-                    {
-                        let mut rx = rx.lock().await;
-                        match rx.recv().await {
-                            Some(j) => jobs.push(j),
-                            None => return,
-                        }
-                        while jobs.len() < MAX_BATCH {
-                            match rx.try_recv() {
-                                Ok(j) => jobs.push(j),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    run(&pool, jobs).await;
+                    let Some(jobs) = next_batch(&mut *popped_rx.lock().await).await else { return };
+                    write(&pool, jobs).await;
                 }
             });
         }
@@ -145,11 +166,45 @@ impl Batcher {
 
     /// Submit one request and wait for its outcome.
     pub async fn submit(&self, item: Item) -> ItemOutcome {
+        let stopped = || ItemOutcome::NotPopped(Err(CacheError::new("the batcher has stopped".into())));
         let (tx, rx) = oneshot::channel();
         if self.tx.send((item, tx)).is_err() {
-            return ItemOutcome::BatchFailed("the batcher has stopped".into());
+            return stopped();
         }
-        rx.await.unwrap_or_else(|_| ItemOutcome::BatchFailed("the batch worker went away".into()))
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+}
+
+/// Pop for every job in one round trip; pass on the ones served exactly, answer the rest.
+async fn pop(cache: &InventoryCache, jobs: Vec<Job>, popped_tx: &mpsc::UnboundedSender<PoppedJob>) {
+    let spans: Vec<tracing::Span> = jobs
+        .iter()
+        .map(|(item, _)| {
+            tracing::info_span!(parent: &item.span, "inventory.pop", popped = tracing::field::Empty,
+                cold = tracing::field::Empty, batch = jobs.len())
+        })
+        .collect();
+    let asks: Vec<(&str, i64, usize)> =
+        jobs.iter().map(|(i, _)| (i.product_id.as_str(), i.denomination_minor, i.quantity as usize)).collect();
+    let result = cache.pop_many(&asks).await;
+    let mut answers: Vec<Result<Popped, CacheError>> = match result {
+        Ok(popped) => popped.into_iter().map(Ok).collect(),
+        Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+    };
+    for (((item, reply), answer), span) in jobs.into_iter().zip(answers.drain(..)).zip(spans) {
+        span.record("cold", matches!(answer, Ok(Popped::Cold)));
+        span.record("popped", if let Ok(Popped::Ids(ids)) = &answer { ids.len() } else { 0 });
+        match answer {
+            Ok(Popped::Ids(ids)) if ids.len() == item.quantity as usize => {
+                if let Err(mpsc::error::SendError((item, ids, reply))) = popped_tx.send((item, ids, reply)) {
+                    drop(item);
+                    let _ = reply.send(ItemOutcome::BatchFailed(ids, "the batch writer has stopped".into()));
+                }
+            }
+            other => {
+                let _ = reply.send(ItemOutcome::NotPopped(other));
+            }
+        }
     }
 }
 
@@ -165,41 +220,51 @@ type Row = (
     Option<OffsetDateTime>,
 );
 
-async fn run(pool: &PgPool, jobs: Vec<Job>) {
-    let items: Vec<&Item> = jobs.iter().map(|(i, _)| i).collect();
+/// Write every popped job in one statement and tell each how it ended.
+async fn write(pool: &PgPool, mut jobs: Vec<PoppedJob>) {
+    let spans: Vec<tracing::Span> = jobs
+        .iter()
+        .map(|(item, ids, _)| {
+            tracing::info_span!(parent: &item.span, "inventory.commit", path = "batch", cards = ids.len(),
+                batch = jobs.len())
+        })
+        .collect();
     let mut want_alloc = Vec::new();
     let mut want_card = Vec::new();
     let mut want_pos = Vec::new();
-    for it in &items {
-        for (pos, id) in it.card_ids.iter().enumerate() {
-            want_alloc.push(it.allocation_id);
+    for (item, ids, _) in &mut jobs {
+        for (pos, id) in ids.iter().enumerate() {
+            want_alloc.push(item.allocation_id);
             want_card.push(*id);
             want_pos.push(pos as i32);
         }
+        item.event["card_ids"] = serde_json::json!(ids);
     }
+    let items: Vec<&Item> = jobs.iter().map(|(i, _, _)| i).collect();
     let result: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(BATCH_ALLOCATION)
         .bind(items.iter().map(|i| i.client_id).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.key.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.fingerprint.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.fingerprint.as_slice()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.allocation_id).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.product_id.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.product_id.as_str()).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.denomination_minor).collect::<Vec<_>>())
         .bind(items.iter().map(|i| i.quantity).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.client_reference.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.event.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.trace_context.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.client_reference.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| &i.event).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.trace_context.as_deref()).collect::<Vec<_>>())
         .bind(&want_alloc)
         .bind(&want_card)
         .bind(&want_pos)
         .fetch_all(pool)
         .await;
     metrics::histogram!("allot_allocation_batch_size").record(jobs.len() as f64);
+    drop(spans);
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {
             let msg = e.to_string();
-            for (_, reply) in jobs {
-                let _ = reply.send(ItemOutcome::BatchFailed(msg.clone()));
+            for (_, ids, reply) in jobs {
+                let _ = reply.send(ItemOutcome::BatchFailed(ids, msg.clone()));
             }
             return;
         }
@@ -208,13 +273,13 @@ async fn run(pool: &PgPool, jobs: Vec<Job>) {
     for r in &rows {
         by_allocation.entry(r.0).or_default().push(r);
     }
-    for (item, reply) in jobs {
+    for (item, ids, reply) in jobs {
         let mine = by_allocation.remove(&item.allocation_id).unwrap_or_default();
         let complete = mine.first().is_some_and(|r| r.1);
         let created_at = mine.first().and_then(|r| r.2);
         let outcome = match (complete, created_at) {
-            (false, _) => ItemOutcome::Stale,
-            (true, None) => ItemOutcome::KeyExists,
+            (false, _) => ItemOutcome::Stale(ids),
+            (true, None) => ItemOutcome::KeyExists(ids),
             (true, Some(created_at)) => {
                 let mut cards: Vec<ClaimedCard> = mine
                     .iter()

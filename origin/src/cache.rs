@@ -41,13 +41,23 @@ return redis.call('ZADD', KEYS[1], unpack(ARGV))
 const CHUNK: usize = 1000;
 
 /// A cache failure: Valkey is down, slow or answered something unexpected.
-#[derive(Debug, thiserror::Error)]
-#[error("cache: {0}")]
-pub struct CacheError(String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cache: {message}")]
+pub struct CacheError {
+    message: String,
+    no_script: bool,
+}
+
+impl CacheError {
+    /// An error that did not come from Valkey itself.
+    pub fn new(message: String) -> Self {
+        Self { message, no_script: false }
+    }
+}
 
 impl From<redis::RedisError> for CacheError {
     fn from(e: redis::RedisError) -> Self {
-        CacheError(e.to_string())
+        Self { no_script: e.code() == Some("NOSCRIPT"), message: e.to_string() }
     }
 }
 
@@ -58,6 +68,17 @@ pub enum Popped {
     Cold,
     /// Up to the requested number of ids, removed from the set.
     Ids(Vec<i64>),
+}
+
+fn parse_pop(reply: Option<Vec<String>>) -> Result<Popped, CacheError> {
+    match reply {
+        None => Ok(Popped::Cold),
+        Some(members) => members
+            .iter()
+            .map(|m| m.parse::<i64>().map_err(|_| CacheError::new(format!("unexpected member {m:?}"))))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Popped::Ids),
+    }
 }
 
 /// The inventory cache client. Cloned per request, so its strings and scripts are shared.
@@ -98,7 +119,7 @@ impl InventoryCache {
     async fn bounded<T>(&self, f: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, CacheError> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(CacheError(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(CacheError::new(format!("no answer within {:?}", self.timeout))),
         }
     }
 
@@ -116,14 +137,33 @@ impl InventoryCache {
         let span = tracing::Span::current();
         span.record("cold", reply.is_none());
         span.record("popped", reply.as_ref().map_or(0, Vec::len));
-        match reply {
-            None => Ok(Popped::Cold),
-            Some(members) => members
-                .iter()
-                .map(|m| m.parse::<i64>().map_err(|_| CacheError(format!("unexpected member {m:?}"))))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Popped::Ids),
+        parse_pop(reply)
+    }
+
+    /// Several pops in one round trip: a pipeline of the pop script, each pop atomic on its own.
+    /// `asks` holds (product, denomination in minor units, how many); the answers are in order.
+    pub async fn pop_many(&self, asks: &[(&str, i64, usize)]) -> Result<Vec<Popped>, CacheError> {
+        let keys: Vec<String> = asks.iter().map(|(product_id, _, _)| self.key(product_id)).collect();
+        let mut pipe = redis::pipe();
+        for (key, (_, denomination_minor, n)) in keys.iter().zip(asks) {
+            let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
+            pipe.invoke_script(self.pop.key(key).arg(*denomination_minor).arg(*n).arg(at));
         }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Option<Vec<String>>> = match self.bounded(pipe.query_async(&mut conn)).await {
+            // Valkey restarted and forgot the script: a pipeline does not load it by itself.
+            Err(e) if e.no_script => {
+                let _: String =
+                    self.bounded(redis::cmd("SCRIPT").arg("LOAD").arg(POP_SCRIPT).query_async(&mut conn)).await?;
+                self.bounded(pipe.query_async(&mut conn)).await
+            }
+            other => other,
+        }
+        .inspect_err(|_| metrics::gauge!("allot_valkey_up").set(0.0))?;
+        if replies.len() != asks.len() {
+            return Err(CacheError::new(format!("{} answers to {} pops", replies.len(), asks.len())));
+        }
+        replies.into_iter().map(parse_pop).collect()
     }
 
     /// Put ids back into a built set (compensation, newly loaded cards). Returns how many were

@@ -2,7 +2,8 @@
 //! truth and the Valkey sorted set as a way to hand each request distinct card ids.
 //!
 //! Fast path (the cache hands over exactly the ids asked for): the request joins a batch
-//! ([`crate::batch`]); one statement and one commit write every allocation waiting at that
+//! ([`crate::batch`]); one Valkey pipeline pops for every request waiting, and one statement
+//! and one commit write every popped allocation waiting at that
 //! moment, each still all-or-nothing and idempotent on its own. Without batching (or when a
 //! batch fails as a whole) ONE autocommit statement per request inserts the allocation (which
 //! carries the Idempotency-Key and the request's fingerprint), claims the ids with
@@ -35,7 +36,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::{Batcher, Item, ItemOutcome};
-use crate::cache::{InventoryCache, Popped};
+use crate::cache::{CacheError, InventoryCache, Popped};
 use crate::crypto::{CardSecret, KeyRing, card_aad};
 use crate::db::Db;
 use crate::error::AppError;
@@ -213,6 +214,23 @@ impl Attempt<'_> {
         }
     }
 
+    /// This request's part of a batch (the batcher pops its ids and completes the event).
+    fn batch_item(&self) -> Item {
+        Item {
+            client_id: self.caller.client_id,
+            key: self.key.to_owned(),
+            fingerprint: self.fingerprint.to_vec(),
+            allocation_id: self.allocation_id,
+            product_id: self.product.id.clone(),
+            denomination_minor: self.denomination_minor,
+            quantity: self.req.quantity as i32,
+            client_reference: self.req.client_reference.clone(),
+            event: self.event(&[]),
+            trace_context: self.trace_context.clone(),
+            span: tracing::Span::current(),
+        }
+    }
+
     /// The outbox event: ids only, never codes.
     fn event(&self, card_ids: &[i64]) -> serde_json::Value {
         serde_json::json!({
@@ -264,9 +282,13 @@ impl Engine {
         Self { db, cache, keys, products, batcher: None, last_cache_warning: Arc::new(AtomicU64::new(0)) }
     }
 
-    /// Write fast-path allocations in batches with `workers` concurrent statements.
+    /// Pop and write fast-path allocations in batches, with `workers` concurrent statements
+    /// (only with a cache: without one every allocation takes the slow path).
     pub fn with_batching(mut self, workers: usize) -> Self {
-        self.batcher = (workers > 0).then(|| Batcher::start(self.db.primary.clone(), workers));
+        self.batcher = match &self.cache {
+            Some(cache) if workers > 0 => Some(Batcher::start(self.db.primary.clone(), cache.clone(), workers)),
+            _ => None,
+        };
         self
     }
 
@@ -377,43 +399,92 @@ impl Engine {
 
     async fn allocate_with(&self, a: &Attempt<'_>, pending: &mut Vec<i64>) -> Result<Outcome, AppError> {
         let wanted = a.req.quantity as usize;
-        let start = match &self.cache {
-            None => Start { given: Vec::new(), cache_exhausted: true },
-            Some(cache) => match cache.pop(&a.product.id, a.denomination_minor, wanted).await {
-                Ok(Popped::Ids(ids)) if ids.len() == wanted => {
+        let start = match (&self.cache, &self.batcher) {
+            (None, _) => Start { given: Vec::new(), cache_exhausted: true },
+            // Pop and write together with whatever else is waiting.
+            (Some(_), Some(batcher)) => match batcher.submit(a.batch_item()).await {
+                ItemOutcome::Created(created_at, cards) => {
+                    metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(wanted as u64);
+                    return Ok(Outcome::Created(self.render(&a.head(created_at), &cards)?));
+                }
+                ItemOutcome::KeyExists(ids) => {
                     pending.extend_from_slice(&ids);
-                    let span = tracing::info_span!("inventory.commit", path = "fast", cards = wanted);
-                    match self.fast_path(a, &ids).instrument(span).await {
-                        Ok(FastOutcome::Created(created_at, cards)) => {
-                            // Committed: whatever happens next, these ids are spent.
-                            pending.clear();
-                            metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(wanted as u64);
-                            return Ok(Outcome::Created(self.render(&a.head(created_at), &cards)?));
-                        }
-                        // The key exists: nothing was written; the ids go back.
-                        Ok(FastOutcome::KeyExists) => return self.replay(a).await,
-                        // Some id was stale; nothing was written. Sort it out in a transaction.
-                        Ok(FastOutcome::Stale) => Start { given: ids, cache_exhausted: false },
-                        Err(e) => return Err(e.into()),
+                    return self.replay(a).await;
+                }
+                ItemOutcome::Stale(ids) => {
+                    pending.extend_from_slice(&ids);
+                    Start { given: ids, cache_exhausted: false }
+                }
+                ItemOutcome::BatchFailed(ids, why) => {
+                    tracing::debug!(error = %why, "allocation batch failed; writing this allocation alone");
+                    pending.extend_from_slice(&ids);
+                    match self.write_alone(a, ids, pending).await {
+                        Ok(done) => return done,
+                        Err(start) => start,
                     }
                 }
-                Ok(Popped::Ids(ids)) => {
-                    pending.extend_from_slice(&ids);
-                    Start { given: ids, cache_exhausted: true }
-                }
-                Ok(Popped::Cold) => {
-                    metrics::counter!("allot_cache_pops_total", "outcome" => "miss").increment(1);
-                    Start { given: Vec::new(), cache_exhausted: true }
-                }
-                Err(e) => {
-                    metrics::counter!("allot_cache_pops_total", "outcome" => "miss").increment(1);
-                    self.warn_cache(&e);
-                    Start { given: Vec::new(), cache_exhausted: true }
-                }
+                ItemOutcome::NotPopped(popped) => self.short_start(popped, pending),
             },
+            (Some(cache), None) => {
+                let popped = cache.pop(&a.product.id, a.denomination_minor, wanted).await;
+                match popped {
+                    Ok(Popped::Ids(ids)) if ids.len() == wanted => {
+                        pending.extend_from_slice(&ids);
+                        match self.write_alone(a, ids, pending).await {
+                            Ok(done) => return done,
+                            Err(start) => start,
+                        }
+                    }
+                    other => self.short_start(other, pending),
+                }
+            }
         };
         let span = tracing::info_span!("inventory.commit", path = "slow", cards = wanted);
         self.slow_path(a, start, pending).instrument(span).await
+    }
+
+    /// Where the slow path starts when the cache did not hand over exactly the ids wanted.
+    fn short_start(&self, popped: Result<Popped, CacheError>, pending: &mut Vec<i64>) -> Start {
+        match popped {
+            Ok(Popped::Ids(ids)) => {
+                pending.extend_from_slice(&ids);
+                Start { given: ids, cache_exhausted: true }
+            }
+            Ok(Popped::Cold) => {
+                metrics::counter!("allot_cache_pops_total", "outcome" => "miss").increment(1);
+                Start { given: Vec::new(), cache_exhausted: true }
+            }
+            Err(e) => {
+                metrics::counter!("allot_cache_pops_total", "outcome" => "miss").increment(1);
+                self.warn_cache(&e);
+                Start { given: Vec::new(), cache_exhausted: true }
+            }
+        }
+    }
+
+    /// Write exactly the ids the cache gave with one statement of this request's own: the
+    /// finished outcome, or (some id was stale) where the slow path starts.
+    async fn write_alone(
+        &self,
+        a: &Attempt<'_>,
+        ids: Vec<i64>,
+        pending: &mut Vec<i64>,
+    ) -> Result<Result<Outcome, AppError>, Start> {
+        let wanted = ids.len();
+        let span = tracing::info_span!("inventory.commit", path = "fast", cards = wanted);
+        match self.single_statement(a, &ids).instrument(span).await {
+            Ok(FastOutcome::Created(created_at, cards)) => {
+                // Committed: whatever happens next, these ids are spent.
+                pending.clear();
+                metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(wanted as u64);
+                Ok(self.render(&a.head(created_at), &cards).map(Outcome::Created))
+            }
+            // The key is live: nothing was written; the ids go back.
+            Ok(FastOutcome::KeyExists) => Ok(self.replay(a).await),
+            // Some id was stale; nothing was written. Sort it out in a transaction.
+            Ok(FastOutcome::Stale) => Err(Start { given: ids, cache_exhausted: false }),
+            Err(e) => Ok(Err(e.into())),
+        }
     }
 
     /// A query over the eight parameters both paths start with (`$1`…`$8`): the key row and the
@@ -431,35 +502,6 @@ impl Engine {
             .bind(a.denomination_minor)
             .bind(a.req.quantity as i32)
             .bind(&a.req.client_reference)
-    }
-
-    /// The fast path: batched with concurrent requests when batching is on, else (or when the
-    /// batch as a whole failed) one statement of its own.
-    async fn fast_path(&self, a: &Attempt<'_>, ids: &[i64]) -> Result<FastOutcome, sqlx::Error> {
-        if let Some(batcher) = &self.batcher {
-            let item = Item {
-                client_id: a.caller.client_id,
-                key: a.key.to_owned(),
-                fingerprint: a.fingerprint.to_vec(),
-                allocation_id: a.allocation_id,
-                product_id: a.product.id.clone(),
-                denomination_minor: a.denomination_minor,
-                quantity: a.req.quantity as i32,
-                client_reference: a.req.client_reference.clone(),
-                event: a.event(ids),
-                trace_context: a.trace_context.clone(),
-                card_ids: ids.to_vec(),
-            };
-            match batcher.submit(item).await {
-                ItemOutcome::Created(created_at, cards) => return Ok(FastOutcome::Created(created_at, cards)),
-                ItemOutcome::KeyExists => return Ok(FastOutcome::KeyExists),
-                ItemOutcome::Stale => return Ok(FastOutcome::Stale),
-                ItemOutcome::BatchFailed(why) => {
-                    tracing::debug!(error = %why, "allocation batch failed; writing this allocation alone");
-                }
-            }
-        }
-        self.single_statement(a, ids).await
     }
 
     /// One statement: the commit time and the claimed cards in the order the cache gave them.

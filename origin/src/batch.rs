@@ -20,7 +20,10 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgPool, Postgres};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -155,9 +158,19 @@ impl Batcher {
         for _ in 0..writers.max(1) {
             let (pool, popped_rx) = (pool.clone(), popped_rx.clone());
             tokio::spawn(async move {
+                // A writer keeps one connection (one warm backend), and gives it back when the
+                // pool closes so shutdown is not kept waiting.
+                let mut conn: Option<PoolConnection<Postgres>> = None;
                 loop {
-                    let Some(jobs) = next_batch(&mut *popped_rx.lock().await).await else { return };
-                    write(&pool, jobs).await;
+                    let jobs = {
+                        let mut rx = popped_rx.lock().await;
+                        tokio::select! {
+                            jobs = next_batch(&mut rx) => jobs,
+                            _ = pool.close_event() => None,
+                        }
+                    };
+                    let Some(jobs) = jobs else { return };
+                    write(&pool, &mut conn, jobs).await;
                 }
             });
         }
@@ -220,8 +233,31 @@ type Row = (
     Option<OffsetDateTime>,
 );
 
+/// The batch statement over these requests and their wanted cards.
+fn statement<'q>(
+    items: &'q [&'q Item],
+    want_alloc: &'q [Uuid],
+    want_card: &'q [i64],
+    want_pos: &'q [i32],
+) -> QueryAs<'q, Postgres, Row, PgArguments> {
+    sqlx::query_as(BATCH_ALLOCATION)
+        .bind(items.iter().map(|i| i.client_id).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.fingerprint.as_slice()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.allocation_id).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.product_id.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.denomination_minor).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.quantity).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.client_reference.as_deref()).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| &i.event).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.trace_context.as_deref()).collect::<Vec<_>>())
+        .bind(want_alloc)
+        .bind(want_card)
+        .bind(want_pos)
+}
+
 /// Write every popped job in one statement and tell each how it ended.
-async fn write(pool: &PgPool, mut jobs: Vec<PoppedJob>) {
+async fn write(pool: &PgPool, conn: &mut Option<PoolConnection<Postgres>>, mut jobs: Vec<PoppedJob>) {
     let spans: Vec<tracing::Span> = jobs
         .iter()
         .map(|(item, ids, _)| {
@@ -241,22 +277,21 @@ async fn write(pool: &PgPool, mut jobs: Vec<PoppedJob>) {
         item.event["card_ids"] = serde_json::json!(ids);
     }
     let items: Vec<&Item> = jobs.iter().map(|(i, _, _)| i).collect();
-    let result: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(BATCH_ALLOCATION)
-        .bind(items.iter().map(|i| i.client_id).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.fingerprint.as_slice()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.allocation_id).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.product_id.as_str()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.denomination_minor).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.quantity).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.client_reference.as_deref()).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| &i.event).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.trace_context.as_deref()).collect::<Vec<_>>())
-        .bind(&want_alloc)
-        .bind(&want_card)
-        .bind(&want_pos)
-        .fetch_all(pool)
-        .await;
+    let connection = match conn.take() {
+        Some(c) => Ok(c),
+        None => pool.acquire().await,
+    };
+    let result: Result<Vec<Row>, sqlx::Error> = match connection {
+        Err(e) => Err(e),
+        Ok(mut c) => {
+            let rows = statement(&items, &want_alloc, &want_card, &want_pos).fetch_all(&mut *c).await;
+            // Keep the connection unless it failed (it may be broken); the pool replaces it.
+            if rows.is_ok() {
+                *conn = Some(c);
+            }
+            rows
+        }
+    };
     metrics::histogram!("allot_allocation_batch_size").record(jobs.len() as f64);
     drop(spans);
     let rows = match result {

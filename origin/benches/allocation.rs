@@ -99,8 +99,8 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
     );
     let cfg = Config::from_settings(&settings).unwrap();
 
-    // Stock: enough that no run sells out (about 8k/s for the run, spread evenly).
-    let total = (8_000 * (secs + WARM_UP.as_secs()) as usize).max(20_000);
+    // Stock: enough that no run sells out (12k/s for the run, spread evenly).
+    let total = (12_000 * (secs + WARM_UP.as_secs()) as usize).max(20_000);
     let buckets: Vec<(String, &str)> = match s.layout {
         Layout::Spread => (0..PRODUCTS)
             .flat_map(|p| {

@@ -22,10 +22,20 @@ use prost::Message;
 
 const SECRET: &str = "observability-edge-secret-0123456789";
 
+/// A child process stopped when dropped: SIGTERM first, so the edge's node process can stop
+/// its workerd (a SIGKILL would orphan it), then SIGKILL after 5 s.
 struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -244,13 +244,6 @@ fn main() {
                     continue;
                 }
                 let o = runtime.block_on(run(&s, secs, &card_keys));
-                if std::env::var("XDIST").is_ok() {
-                    let ps = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
-                    eprintln!(
-                        "XDIST {:?}",
-                        ps.iter().map(|p| (p, percentile(&o.latencies_us, *p))).collect::<Vec<_>>()
-                    );
-                }
                 println!(
                     "| {path_name} | {layout_name} | {clients} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
                     o.ok as f64 / o.secs,

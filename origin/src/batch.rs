@@ -199,18 +199,16 @@ async fn pop(cache: &InventoryCache, jobs: Vec<Job>, popped_tx: &mpsc::Unbounded
         .collect();
     let asks: Vec<(&str, i64, usize)> =
         jobs.iter().map(|(i, _)| (i.product_id.as_str(), i.denomination_minor, i.quantity as usize)).collect();
-    let result = cache.pop_many(&asks).await;
-    let mut answers: Vec<Result<Popped, CacheError>> = match result {
+    let answers: Vec<Result<Popped, CacheError>> = match cache.pop_many(&asks).await {
         Ok(popped) => popped.into_iter().map(Ok).collect(),
         Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
     };
-    for (((item, reply), answer), span) in jobs.into_iter().zip(answers.drain(..)).zip(spans) {
+    for (((item, reply), answer), span) in jobs.into_iter().zip(answers).zip(spans) {
         span.record("cold", matches!(answer, Ok(Popped::Cold)));
         span.record("popped", if let Ok(Popped::Ids(ids)) = &answer { ids.len() } else { 0 });
         match answer {
             Ok(Popped::Ids(ids)) if ids.len() == item.quantity as usize => {
-                if let Err(mpsc::error::SendError((item, ids, reply))) = popped_tx.send((item, ids, reply)) {
-                    drop(item);
+                if let Err(mpsc::error::SendError((_, ids, reply))) = popped_tx.send((item, ids, reply)) {
                     let _ = reply.send(ItemOutcome::BatchFailed(ids, "the batch writer has stopped".into()));
                 }
             }
@@ -221,6 +219,8 @@ async fn pop(cache: &InventoryCache, jobs: Vec<Job>, popped_tx: &mpsc::Unbounded
     }
 }
 
+/// One row of the batch statement: the request, whether it was complete, its commit time, and
+/// one claimed card.
 type Row = (
     Uuid,
     bool,

@@ -126,18 +126,11 @@ impl InventoryCache {
     /// Atomically take up to `n` ids of one denomination out of a product's set.
     #[tracing::instrument(name = "inventory.pop", skip(self), fields(popped = tracing::field::Empty, cold = tracing::field::Empty))]
     pub async fn pop(&self, product_id: &str, denomination_minor: i64, n: usize) -> Result<Popped, CacheError> {
-        let mut conn = self.conn.clone();
-        let mut inv = self.pop.key(self.key(product_id));
-        // A fraction in [0, 1): where in the denomination's members to start.
-        let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
-        inv.arg(denomination_minor).arg(n).arg(at);
-        let reply: Option<Vec<String>> = self.bounded(inv.invoke_async(&mut conn)).await.inspect_err(|_| {
-            metrics::gauge!("allot_valkey_up").set(0.0);
-        })?;
+        let popped = self.pop_many(&[(product_id, denomination_minor, n)]).await?.remove(0);
         let span = tracing::Span::current();
-        span.record("cold", reply.is_none());
-        span.record("popped", reply.as_ref().map_or(0, Vec::len));
-        parse_pop(reply)
+        span.record("cold", popped == Popped::Cold);
+        span.record("popped", if let Popped::Ids(ids) = &popped { ids.len() } else { 0 });
+        Ok(popped)
     }
 
     /// Several pops in one round trip: a pipeline of the pop script, each pop atomic on its own.
@@ -146,6 +139,7 @@ impl InventoryCache {
         let keys: Vec<String> = asks.iter().map(|(product_id, _, _)| self.key(product_id)).collect();
         let mut pipe = redis::pipe();
         for (key, (_, denomination_minor, n)) in keys.iter().zip(asks) {
+            // A fraction in [0, 1): where in the denomination's members to start.
             let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
             pipe.invoke_script(self.pop.key(key).arg(*denomination_minor).arg(*n).arg(at));
         }
@@ -153,8 +147,7 @@ impl InventoryCache {
         let replies: Vec<Option<Vec<String>>> = match self.bounded(pipe.query_async(&mut conn)).await {
             // Valkey restarted and forgot the script: a pipeline does not load it by itself.
             Err(e) if e.no_script => {
-                let _: String =
-                    self.bounded(redis::cmd("SCRIPT").arg("LOAD").arg(POP_SCRIPT).query_async(&mut conn)).await?;
+                self.bounded(self.pop.load_async(&mut conn)).await?;
                 self.bounded(pipe.query_async(&mut conn)).await
             }
             other => other,

@@ -585,14 +585,7 @@ impl Engine {
         let mut tried: i32 = 0;
         for round in 0..=MAX_POP_ROUNDS {
             if !batch.is_empty() {
-                let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_BY_ID)
-                    .bind(&batch)
-                    .bind(a.allocation_id)
-                    .bind(&a.product.id)
-                    .bind(a.denomination_minor)
-                    .bind(tried)
-                    .fetch_all(&mut **tx)
-                    .await?;
+                let rows = Self::claim_query(CLAIM_BY_ID, &batch, a, tried).fetch_all(&mut **tx).await?;
                 tried += batch.len() as i32;
                 // Stale ids (allocated or voided meanwhile) are simply dropped from the cache.
                 let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
@@ -626,19 +619,26 @@ impl Engine {
         if claimed.len() < wanted {
             stats.fallback = true;
             let need = (wanted - claimed.len()) as i64;
-            let rows: Vec<ClaimedCard> = sqlx::query_as(CLAIM_FROM_POSTGRES)
-                .bind(need)
-                .bind(a.allocation_id)
-                .bind(&a.product.id)
-                .bind(a.denomination_minor)
-                .bind(tried)
-                .fetch_all(&mut **tx)
-                .await?;
+            let rows = Self::claim_query(CLAIM_FROM_POSTGRES, need, a, tried).fetch_all(&mut **tx).await?;
             stats.fallback_cards = rows.len() as u32;
             claimed.extend(rows);
         }
         claimed.sort_by_key(|c| c.position);
         Ok((claimed, stats))
+    }
+
+    /// A claim statement: `$1` (the ids, or how many), then the allocation, the bucket, and the
+    /// position the first claimed card takes.
+    fn claim_query<'q, T>(
+        sql: &'static str,
+        first: T,
+        a: &'q Attempt<'q>,
+        tried: i32,
+    ) -> QueryAs<'q, Postgres, ClaimedCard, PgArguments>
+    where
+        T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        sqlx::query_as(sql).bind(first).bind(a.allocation_id).bind(&a.product.id).bind(a.denomination_minor).bind(tried)
     }
 
     /// The key exists: same request → the stored allocation, re-rendered; else a mismatch.

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::engine::Caller;
+use crate::allocation::Caller;
 use crate::error::AppError;
 
 /// Largest number of cached keys before the cache is cleared (bounds memory under junk).

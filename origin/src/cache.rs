@@ -15,20 +15,37 @@ use redis::{AsyncCommands, Script};
 /// The member that marks a set as built; its score 0 is never a denomination.
 pub const SENTINEL: &str = "built";
 
-// Takes a contiguous run of up to n members of score d starting at a random rank (ARGV[3] is a
+// Takes a contiguous run of n members of score d starting at a random rank (ARGV[3] is a
 // random fraction from the caller): concurrent requests then claim cards far apart in the table
-// instead of neighbours on the same heap pages. Every step is O(log N + n).
+// instead of neighbours on the same heap pages. A missing set is cold (false); a built set with
+// fewer than n members of score d pops nothing and answers how many it has, or -1 when a
+// request with the same Idempotency-Key holds ids (KEYS[2], set here on every pop for ARGV[4]
+// ms): a duplicate in flight may be about to allocate, so "out of stock" would be wrong. Every
+// step is O(log N + n).
 const POP_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local d = ARGV[1]
+local n = tonumber(ARGV[2])
 local count = redis.call('ZCOUNT', KEYS[1], d, d)
-if count == 0 then return {} end
-local n = math.min(tonumber(ARGV[2]), count)
+if count < n then
+  if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+  return count
+end
 local first = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. d)
 local start = first + math.floor((count - n + 1) * tonumber(ARGV[3]))
 local ids = redis.call('ZRANGE', KEYS[1], start, start + n - 1)
 redis.call('ZREM', KEYS[1], unpack(ids))
+if KEYS[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[4]) end
 return ids
+";
+
+/// How long a pop marks its Idempotency-Key as held (longer than any request lives).
+const KEY_HELD_MS: u64 = 20_000;
+
+// Releases a rebuild lock only if this instance still holds it.
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 ";
 
 // Only into a built set: adding to a missing key would make a partial set look complete.
@@ -64,20 +81,71 @@ impl From<redis::RedisError> for CacheError {
 /// What a pop found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Popped {
-    /// The product's set has not been built (or was flushed).
+    /// The product's set has not been built (or was flushed): only Postgres knows.
     Cold,
-    /// Up to the requested number of ids, removed from the set.
+    /// The set is built and holds fewer cards of the denomination than asked for; nothing
+    /// was taken.
+    Short {
+        /// How many it holds.
+        available: u64,
+    },
+    /// Exactly the requested number of ids, removed from the set.
     Ids(Vec<i64>),
+    /// The set is short, but a request with the same Idempotency-Key holds ids: only Postgres
+    /// can say whether that one allocates.
+    KeyHeld,
 }
 
-fn parse_pop(reply: Option<Vec<String>>) -> Result<Popped, CacheError> {
+/// One pop: a bucket, how many, and the request's key (client and Idempotency-Key), if any.
+#[derive(Debug, Clone, Copy)]
+pub struct PopArgs<'a> {
+    /// Product.
+    pub product_id: &'a str,
+    /// Denomination in minor units.
+    pub denomination_minor: i64,
+    /// How many ids.
+    pub quantity: usize,
+    /// The request's client and Idempotency-Key, marked as holding ids while it does.
+    pub key: Option<(uuid::Uuid, &'a str)>,
+}
+
+fn parse_pop(reply: redis::Value) -> Result<Popped, CacheError> {
+    let member = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
+        _ => None,
+    };
     match reply {
-        None => Ok(Popped::Cold),
-        Some(members) => members
+        redis::Value::Nil => Ok(Popped::Cold),
+        redis::Value::Int(-1) => Ok(Popped::KeyHeld),
+        redis::Value::Int(n) => Ok(Popped::Short { available: n.max(0) as u64 }),
+        redis::Value::Array(members) => members
             .iter()
-            .map(|m| m.parse::<i64>().map_err(|_| CacheError::new(format!("unexpected member {m:?}"))))
+            .map(|m| member(m).ok_or_else(|| CacheError::new(format!("unexpected member {m:?}"))))
             .collect::<Result<Vec<_>, _>>()
             .map(Popped::Ids),
+        other => Err(CacheError::new(format!("unexpected pop reply {other:?}"))),
+    }
+}
+
+/// What the cache knows of a product's set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheState {
+    /// Built: pops are served from it, and a short set answers out of stock.
+    Warm,
+    /// Missing, and nobody is rebuilding it: allocations go to Postgres.
+    Cold,
+    /// Missing, and an instance holds the rebuild lock.
+    Rebuilding,
+}
+
+impl CacheState {
+    /// The state's name in health output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheState::Warm => "warm",
+            CacheState::Cold => "cold",
+            CacheState::Rebuilding => "rebuilding",
+        }
     }
 }
 
@@ -89,6 +157,7 @@ pub struct InventoryCache {
     timeout: Duration,
     pop: Arc<Script>,
     put_back: Arc<Script>,
+    unlock: Arc<Script>,
 }
 
 impl InventoryCache {
@@ -108,6 +177,7 @@ impl InventoryCache {
             timeout,
             pop: Arc::new(Script::new(POP_SCRIPT)),
             put_back: Arc::new(Script::new(PUT_BACK_SCRIPT)),
+            unlock: Arc::new(Script::new(UNLOCK_SCRIPT)),
         })
     }
 
@@ -123,10 +193,22 @@ impl InventoryCache {
         }
     }
 
-    /// Atomically take up to `n` ids of one denomination out of a product's set.
+    /// The marker of a client's Idempotency-Key holding ids of a product (same slot).
+    fn key_held_key(&self, product_id: &str, client_id: uuid::Uuid, key: &str) -> String {
+        format!("{}:inv:{{p{}}}:held:{}:{}", self.prefix, product_id, client_id.simple(), key)
+    }
+
+    /// The lock key an instance holds while it rebuilds a product's set (same slot).
+    fn rebuild_lock_key(&self, product_id: &str) -> String {
+        format!("{}:inv:{{p{}}}:rebuilding", self.prefix, product_id)
+    }
+
+    /// Atomically take exactly `n` ids of one denomination out of a product's set, or say
+    /// why not (cold, or short).
     #[tracing::instrument(name = "inventory.pop", skip(self), fields(popped = tracing::field::Empty, cold = tracing::field::Empty))]
     pub async fn pop(&self, product_id: &str, denomination_minor: i64, n: usize) -> Result<Popped, CacheError> {
-        let popped = self.pop_many(&[(product_id, denomination_minor, n)]).await?.remove(0);
+        let ask = PopArgs { product_id, denomination_minor, quantity: n, key: None };
+        let popped = self.pop_many(&[ask]).await?.remove(0);
         let span = tracing::Span::current();
         span.record("cold", popped == Popped::Cold);
         span.record("popped", if let Popped::Ids(ids) = &popped { ids.len() } else { 0 });
@@ -134,17 +216,20 @@ impl InventoryCache {
     }
 
     /// Several pops in one round trip: a pipeline of the pop script, each pop atomic on its own.
-    /// `asks` holds (product, denomination in minor units, how many); the answers are in order.
-    pub async fn pop_many(&self, asks: &[(&str, i64, usize)]) -> Result<Vec<Popped>, CacheError> {
-        let keys: Vec<String> = asks.iter().map(|(product_id, _, _)| self.key(product_id)).collect();
+    /// The answers are in the order of `asks`.
+    pub async fn pop_many(&self, asks: &[PopArgs<'_>]) -> Result<Vec<Popped>, CacheError> {
         let mut pipe = redis::pipe();
-        for (key, (_, denomination_minor, n)) in keys.iter().zip(asks) {
+        for ask in asks {
             // A fraction in [0, 1): where in the denomination's members to start.
             let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
-            pipe.invoke_script(self.pop.key(key).arg(*denomination_minor).arg(*n).arg(at));
+            let mut inv = self.pop.key(self.key(ask.product_id));
+            if let Some((client_id, key)) = ask.key {
+                inv.key(self.key_held_key(ask.product_id, client_id, key));
+            }
+            pipe.invoke_script(inv.arg(ask.denomination_minor).arg(ask.quantity).arg(at).arg(KEY_HELD_MS));
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<Option<Vec<String>>> = match self.bounded(pipe.query_async(&mut conn)).await {
+        let replies: Vec<redis::Value> = match self.bounded(pipe.query_async(&mut conn)).await {
             // Valkey restarted and forgot the script: a pipeline does not load it by itself.
             Err(e) if e.no_script => {
                 self.bounded(self.pop.load_async(&mut conn)).await?;
@@ -212,6 +297,43 @@ impl InventoryCache {
         pipe.atomic().persist(&tmp).ignore().rename(&tmp, &live).ignore();
         self.bounded(pipe.query_async::<()>(&mut conn)).await?;
         Ok(())
+    }
+
+    /// Take the product's rebuild lock for `ttl` if nobody holds it; the token releases it.
+    pub async fn lock_rebuild(&self, product_id: &str, ttl: Duration) -> Result<Option<String>, CacheError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut conn = self.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(self.rebuild_lock_key(product_id)).arg(&token).arg("NX").arg("PX").arg(ttl.as_millis() as u64);
+        let taken: Option<String> = self.bounded(set.query_async(&mut conn)).await?;
+        Ok(taken.map(|_| token))
+    }
+
+    /// Release a rebuild lock taken with `token` (a lock that expired meanwhile is left alone).
+    pub async fn unlock_rebuild(&self, product_id: &str, token: &str) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.unlock.key(self.rebuild_lock_key(product_id));
+        inv.arg(token);
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// The state of each product's set, in order, in one round trip.
+    pub async fn states(&self, product_ids: &[String]) -> Result<Vec<CacheState>, CacheError> {
+        let mut pipe = redis::pipe();
+        for p in product_ids {
+            pipe.exists(self.key(p)).exists(self.rebuild_lock_key(p));
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<bool> = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(reply
+            .chunks(2)
+            .map(|pair| match pair {
+                [true, _] => CacheState::Warm,
+                [false, true] => CacheState::Rebuilding,
+                _ => CacheState::Cold,
+            })
+            .collect())
     }
 
     /// Whether Valkey answers `PING` within the timeout.

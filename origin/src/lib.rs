@@ -4,7 +4,9 @@
 //! - [`db`]: Postgres pools, embedded migrations, the schema check
 //! - [`cache`]: the Valkey sorted-set inventory cache
 //! - [`crypto`]: AES-256-GCM encryption of card codes and stored responses
-//! - [`engine`]: idempotent, all-or-nothing allocations ([`batch`]: many in one statement)
+//! - [`allocation`]: idempotent, all-or-nothing allocations (start at its `mod.rs`)
+//! - [`coalescer`]: batches any `In → Out` under load (the allocation path's two stages)
+//! - [`rebuilder`]: single-flight rebuilds of cold cache sets
 //! - [`products`], [`catalogue`]: the product directory and the public catalogue
 //! - [`auth`]: API key verification
 //! - [`http`]: routers, middleware and handlers
@@ -16,20 +18,21 @@
 //! - [`error`]: the one error type and its HTTP mapping
 //! - [`telemetry`]: structured logging
 
+pub mod allocation;
 pub mod auth;
-pub mod batch;
 pub mod cache;
 pub mod catalogue;
+pub mod coalescer;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod demo;
-pub mod engine;
 pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod ops;
 pub mod products;
+pub mod rebuilder;
 pub mod relay;
 pub mod server;
 pub mod services;

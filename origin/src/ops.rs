@@ -193,6 +193,7 @@ pub async fn load_cards(
         ids.extend(batch_ids);
     }
     tx.commit().await?;
+    refresh_planner_statistics(pool).await;
     audit(
         pool,
         "operator",
@@ -207,6 +208,15 @@ pub async fn load_cards(
         tracing::warn!(error = %e, "loaded cards not added to the cache; the reconciler will add them");
     }
     Ok(ids)
+}
+
+/// After a bulk load the planner's statistics are stale (on a new region, absent) until
+/// autoanalyze runs, tens of seconds later; meanwhile it may plan the allocation statements
+/// as if the tables were empty, and allocations crawl. So a load ends with ANALYZE.
+async fn refresh_planner_statistics(pool: &PgPool) {
+    if let Err(e) = sqlx::query("ANALYZE inventories, allocations").execute(pool).await {
+        tracing::warn!(error = %e, "ANALYZE after the load failed; autoanalyze will catch up");
+    }
 }
 
 /// Rebuild one product's cache set from Postgres's active cards; returns how many.

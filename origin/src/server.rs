@@ -7,11 +7,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::allocation::Engine;
 use crate::auth::Authenticator;
 use crate::catalogue::CatalogueService;
 use crate::config::{Config, SignatureMode};
 use crate::db;
-use crate::engine::Engine;
 use crate::http::{AppContext, AppState, operator_router, public_router};
 use crate::products::ProductDirectory;
 use crate::services::Services;
@@ -25,8 +25,7 @@ pub fn build_state(cfg: Config) -> anyhow::Result<AppState> {
 pub fn state_from(services: &Services) -> AppState {
     let Services { config, db, cache } = services.clone();
     let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
-    let engine =
-        Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products).with_batching(config.batch_workers);
+    let engine = Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products, config.batch_workers);
     let auth = Authenticator::new(db.primary.clone(), config.region.clone(), config.key_cache_ttl);
     let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
     Arc::new(AppContext { config, db, engine, auth, catalogue })

@@ -3,36 +3,38 @@
 
 mod common;
 
-use allot_origin::batch::{Batcher, Item, ItemOutcome};
+use std::sync::Arc;
+
+use allot_origin::allocation::pop::{PopAsk, PopStage};
+use allot_origin::allocation::request::NewAllocation;
+use allot_origin::allocation::write::{WriteAsk, WriteStage, Written};
 use allot_origin::cache::Popped;
+use allot_origin::coalescer::Coalescer;
+use allot_shared::Currency;
 use common::TestApp;
 use uuid::Uuid;
 
-fn item(app: &TestApp, key: &str, product: &str, denomination_minor: i64, quantity: i32) -> Item {
-    Item {
+fn allocation(app: &TestApp, key: &str, product: &str, denomination_minor: i64, quantity: u32) -> Arc<NewAllocation> {
+    Arc::new(NewAllocation {
+        id: Uuid::now_v7(),
         client_id: app.client_id,
         key: key.to_owned(),
-        fingerprint: vec![7; 32],
-        allocation_id: Uuid::now_v7(),
+        fingerprint: [7; 32],
         product_id: product.into(),
+        currency: Currency::parse("USD").unwrap(),
         denomination_minor,
         quantity,
         client_reference: None,
-        event: serde_json::json!({"key": key}),
         trace_context: None,
-        span: tracing::Span::none(),
-    }
+    })
 }
 
-fn kind(o: &ItemOutcome) -> &'static str {
+fn kind(o: &Written) -> &'static str {
     match o {
-        ItemOutcome::Created(..) => "created",
-        ItemOutcome::KeyExists(_) => "key exists",
-        ItemOutcome::Stale(_) => "stale",
-        ItemOutcome::NotPopped(Ok(Popped::Cold)) => "cold",
-        ItemOutcome::NotPopped(Ok(Popped::Ids(_))) => "short",
-        ItemOutcome::NotPopped(Err(e)) => panic!("cache failed: {e}"),
-        ItemOutcome::BatchFailed(_, e) => panic!("batch failed: {e}"),
+        Written::Created(..) => "created",
+        Written::KeyExists => "key exists",
+        Written::Stale => "stale",
+        Written::Failed(e) => panic!("batch failed: {e}"),
     }
 }
 
@@ -55,27 +57,50 @@ async fn each_request_in_a_batch_gets_its_own_outcome() {
         .await
         .unwrap();
 
-    let batcher = Batcher::start(app.pool.clone(), app.cache.clone(), 1);
-    let jobs = vec![
-        item(&app, "good-1", "b", 1000, 2),
-        item(&app, "stale", "b", 2000, 2),
-        item(&app, "used", "b", 1000, 1),
-        item(&app, "good-2", "b", 1000, 3),
-        item(&app, "short", "b", 3000, 2),
-        item(&app, "cold", "cold", 1000, 1),
-        item(&app, "twice", "b", 1000, 1),
-        item(&app, "twice", "b", 1000, 1),
+    let asks = [
+        allocation(&app, "good-1", "b", 1000, 2),
+        allocation(&app, "stale", "b", 2000, 2),
+        allocation(&app, "used", "b", 1000, 1),
+        allocation(&app, "good-2", "b", 1000, 3),
+        allocation(&app, "short", "b", 3000, 2),
+        allocation(&app, "cold", "cold", 1000, 1),
+        allocation(&app, "twice", "b", 1000, 1),
+        allocation(&app, "twice", "b", 1000, 1),
     ];
-    let outcomes = futures::future::join_all(jobs.into_iter().map(|j| batcher.submit(j))).await;
+    // Stage one: every pop in one pipeline. A short set pops nothing; a cold one says so.
+    let popper = Coalescer::start(64, std::future::pending(), PopStage::new(app.cache.clone()));
+    let pops = futures::future::join_all(
+        asks.iter().map(|a| popper.submit(PopAsk { allocation: a.clone(), span: tracing::Span::none() })),
+    )
+    .await;
+    let pops: Vec<Popped> = pops.into_iter().map(|p| p.unwrap().unwrap()).collect();
+    assert_eq!(pops[4], Popped::Short { available: 1 }, "the one 30.00 card stays in the set");
+    assert_eq!(pops[5], Popped::Cold);
+    // 15 cards, one allocated over HTTP above; 10 popped now.
+    assert_eq!(app.cached_ids("b").await.len(), 14 - 10, "the others popped exactly what they asked for");
+
+    // Stage two: every popped request in one statement, each with its own outcome.
+    // It keeps a connection: it stops (and gives it back) when the pool closes.
+    let writer = Coalescer::start(64, app.pool.close_event(), WriteStage::new(app.pool.clone()));
+    let popped: Vec<(usize, Vec<i64>)> = pops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| if let Popped::Ids(ids) = p { Some((i, ids.clone())) } else { None })
+        .collect();
+    let written = futures::future::join_all(popped.iter().map(|(i, ids)| {
+        writer.submit(WriteAsk { allocation: asks[*i].clone(), ids: ids.clone(), span: tracing::Span::none() })
+    }))
+    .await;
+    let outcomes: Vec<Written> = written.into_iter().map(Result::unwrap).collect();
     let kinds: Vec<&str> = outcomes.iter().map(kind).collect();
-    assert_eq!(kinds[..6], ["created", "stale", "key exists", "created", "short", "cold"]);
+    assert_eq!(kinds[..4], ["created", "stale", "key exists", "created"]);
     // Two requests with one key: exactly one allocation.
-    assert_eq!(kinds[6..].iter().filter(|k| **k == "created").count(), 1, "{kinds:?}");
-    assert_eq!(kinds[6..].iter().filter(|k| **k == "key exists").count(), 1, "{kinds:?}");
+    assert_eq!(kinds[4..].iter().filter(|k| **k == "created").count(), 1, "{kinds:?}");
+    assert_eq!(kinds[4..].iter().filter(|k| **k == "key exists").count(), 1, "{kinds:?}");
 
     // Created: the cards asked for, listed in their positions, each now the allocation's.
     for (o, n) in [(&outcomes[0], 2), (&outcomes[3], 3)] {
-        let ItemOutcome::Created(_, cards) = o else { unreachable!() };
+        let Written::Created(_, cards) = o else { unreachable!() };
         assert_eq!(cards.iter().map(|c| c.position).collect::<Vec<_>>(), (0..n).collect::<Vec<i16>>());
         let ids: Vec<i64> = cards.iter().map(|c| c.id).collect();
         let owners: i64 = sqlx::query_scalar(
@@ -96,17 +121,13 @@ async fn each_request_in_a_batch_gets_its_own_outcome() {
         .unwrap();
         assert_eq!(event_ids, serde_json::json!(ids));
     }
-    // The others carry the ids popped for them, none allocated: the caller puts them back.
-    let ItemOutcome::Stale(stale) = &outcomes[1] else { unreachable!() };
-    assert_eq!(stale.len(), 2);
+    // Nothing was written for the others: the ids popped for them are still active, but
+    // the stale one, for the caller to put back.
+    let stale = &popped[1].1;
     assert!(stale.contains(&twenties[1]));
-    let ItemOutcome::KeyExists(used_ids) = &outcomes[2] else { unreachable!() };
-    let ItemOutcome::NotPopped(Ok(Popped::Ids(short))) = &outcomes[4] else { unreachable!() };
-    assert_eq!(short.len(), 1, "the one 30.00 card");
-    let unwritten: Vec<i64> =
-        stale.iter().chain(used_ids).chain(short).copied().filter(|id| *id != twenties[1]).collect();
-    assert_eq!(unwritten.len(), 3);
-    assert_eq!(app.count("inventories", &format!("status = 'active' AND id IN ({})", join(&unwritten))).await, 3);
+    let unwritten: Vec<i64> = stale.iter().chain(&popped[2].1).copied().filter(|id| *id != twenties[1]).collect();
+    assert_eq!(unwritten.len(), 2);
+    assert_eq!(app.count("inventories", &format!("status = 'active' AND id IN ({})", join(&unwritten))).await, 2);
 
     assert_eq!(app.count("allocations", "").await, 1 + 3);
     assert_eq!(app.count("inventories", "allocation_id IS NOT NULL").await, 1 + 2 + 3 + 1);

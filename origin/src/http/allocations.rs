@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::engine::{Caller, Outcome};
+use crate::allocation::{Caller, Outcome};
 use crate::error::AppError;
 
 fn json(status: StatusCode, body: Bytes) -> Response {

@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::cache::CacheState;
 
 /// How long any one check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,7 +62,7 @@ fn check(
         observed_value: Some(value),
         observed_unit: Some(unit.to_owned()),
         status,
-        time: Some(crate::engine::format_time(time::OffsetDateTime::now_utc())),
+        time: Some(crate::allocation::format_time(time::OffsetDateTime::now_utc())),
         output,
     }]
 }
@@ -97,6 +98,41 @@ async fn valkey(st: &AppState) -> Option<Vec<HealthCheck>> {
         c[0].output = c[0].output.take().map(|o| format!("{o}; allocating from Postgres (degraded)"));
     }
     Some(c)
+}
+
+/// Each product's cache set: warm (pass), rebuilding or cold (warn: allocations of that product
+/// go to Postgres meanwhile).
+async fn cache_sets(st: &AppState) -> Option<Vec<HealthCheck>> {
+    let cache = st.engine.cache()?;
+    let probe = async {
+        let products: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(&st.db.primary).await?;
+        let states = cache.states(&products).await?;
+        Ok::<_, anyhow::Error>(products.into_iter().zip(states).collect::<Vec<_>>())
+    };
+    let now = crate::allocation::format_time(time::OffsetDateTime::now_utc());
+    Some(match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(sets)) => sets
+            .into_iter()
+            .map(|(product, state)| HealthCheck {
+                component_id: Some(product),
+                component_type: Some("component".to_owned()),
+                observed_value: Some(serde_json::json!(state.as_str())),
+                observed_unit: None,
+                status: if state == CacheState::Warm { HealthStatus::Pass } else { HealthStatus::Warn },
+                time: Some(now.clone()),
+                output: (state != CacheState::Warm).then(|| "allocations of this product go to Postgres".to_owned()),
+            })
+            .collect(),
+        Ok(Err(e)) => check("component", HealthStatus::Warn, serde_json::Value::Null, "", Some(e.to_string())),
+        Err(_) => check(
+            "component",
+            HealthStatus::Warn,
+            serde_json::Value::Null,
+            "",
+            Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+        ),
+    })
 }
 
 /// Age of the reconciler's last success, when the reconciler exists.
@@ -158,8 +194,8 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 /// Every dependency, in parallel.
 pub async fn health(State(st): State<AppState>) -> Response {
     let replica = async { if st.db.has_replica { Some(postgres(&st.db.replica).await) } else { None } };
-    let (primary, replica, vk, reconcile) =
-        tokio::join!(postgres(&st.db.primary), replica, valkey(&st), reconcile_age(&st));
+    let (primary, replica, vk, sets, reconcile) =
+        tokio::join!(postgres(&st.db.primary), replica, valkey(&st), cache_sets(&st), reconcile_age(&st));
     let mut checks = BTreeMap::new();
     checks.insert("postgres:primary".to_owned(), primary);
     if let Some(r) = replica {
@@ -177,6 +213,9 @@ pub async fn health(State(st): State<AppState>) -> Response {
     }
     if let Some(v) = vk {
         checks.insert("valkey".to_owned(), v);
+    }
+    if let Some(s) = sets.filter(|s| !s.is_empty()) {
+        checks.insert("valkey:products".to_owned(), s);
     }
     if let Some(r) = reconcile {
         checks.insert("jobs:reconcile".to_owned(), r);

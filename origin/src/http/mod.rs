@@ -13,11 +13,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::allocation::Engine;
 use crate::auth::Authenticator;
 use crate::catalogue::CatalogueService;
 use crate::config::Config;
 use crate::db::Db;
-use crate::engine::Engine;
 
 /// Everything a handler may need, shared: axum clones the state for every request and every
 /// middleware, and cloning this is one reference count.

@@ -50,7 +50,9 @@ async fn differing(
         let denominations: Vec<i64> = buckets.iter().map(|(d, _)| *d).collect();
         let cached = cache.counts(product, &denominations).await?;
         let diffs: Vec<(i64, u64, Option<u64>)> = match cached {
-            None => buckets.iter().filter(|(_, n)| *n > 0).map(|(d, n)| (*d, *n, None)).collect(),
+            // A missing set is rebuilt even when the product is sold out: built and empty, it
+            // answers "out of stock" without a Postgres transaction.
+            None => buckets.iter().map(|(d, n)| (*d, *n, None)).collect(),
             Some(c) => {
                 buckets.iter().zip(c).filter(|((_, n), c)| n != c).map(|((d, n), c)| (*d, *n, Some(c))).collect()
             }

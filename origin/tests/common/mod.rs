@@ -156,6 +156,8 @@ pub struct TestApp {
     pub key: String,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The server's shared state (its engine, for what HTTP does not show).
+    pub state: allot_origin::http::AppState,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -237,13 +239,23 @@ impl TestApp {
         let key = ops::issue_key(&pool, client_id, Some("test")).await.unwrap().expose();
 
         let state = server::build_state(config.clone()).unwrap();
-        let bound = server::bind(state).await.expect("server binds");
+        let bound = server::bind(state.clone()).await.expect("server binds");
         let base = format!("http://{}", bound.public_addr);
         let operator = format!("http://{}", bound.operator_addr);
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(bound.serve(shutdown.clone()));
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-        Self { base, operator, db_name, pool, cache, prefix, config, client_id, key, http, shutdown, server }
+        Self { base, operator, db_name, pool, cache, prefix, config, client_id, key, http, state, shutdown, server }
+    }
+
+    /// A second server on the same database and cache prefix (another instance of the
+    /// region), sharing this app's key; it stops with the runtime.
+    pub async fn twin(&self) -> (String, allot_origin::http::AppState) {
+        let state = server::build_state(self.config.clone()).unwrap();
+        let bound = server::bind(state.clone()).await.expect("twin binds");
+        let base = format!("http://{}", bound.public_addr);
+        tokio::spawn(bound.serve(self.shutdown.clone()));
+        (base, state)
     }
 
     /// Stop the server and drop the database and cache keys.
@@ -302,9 +314,22 @@ impl TestApp {
 
     /// Send a request as the edge would forward it: signed, with `key` as the API key.
     pub async fn send(&self, method: &str, path: &str, key: Option<&str>, idem: Option<&str>, body: &[u8]) -> Reply {
+        self.send_to(&self.base, method, path, key, idem, body).await
+    }
+
+    /// [`Self::send`] to the server at `base` (a twin, say).
+    pub async fn send_to(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        idem: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
         let mut req = self
             .http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{}", self.base, path))
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}{path}"))
             .header(allot_shared::headers::SIGNATURE, self.sign(method, path, body));
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));

@@ -1,0 +1,117 @@
+//! Every statement of the allocation path, side by side, each written once.
+//!
+//! The allocation row carries the Idempotency-Key and the request's fingerprint; its unique
+//! partial index on (client_id, idempotency_key) is what a concurrent duplicate waits on. A
+//! deferred constraint trigger (`allocations_cards_complete`) requires every allocation to
+//! have exactly `quantity` cards at commit.
+
+/// The fast write, for one request or many: `$1`–`$10` are one array per request field, and
+/// `$11`–`$13` the wanted cards as (allocation, card, position). Each request stays
+/// all-or-nothing and idempotent on its own: its cards are locked, it goes ahead only if every
+/// one is still active, its allocation is inserted with `ON CONFLICT DO NOTHING` on the live
+/// key, and only the cards of allocations actually inserted are claimed. One row comes back per
+/// request that is not complete or not inserted, and one per claimed card.
+pub const WRITE_POPPED: &str = "
+WITH req AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::bigint[], $7::int[],
+                         $8::text[], $9::jsonb[], $10::text[])
+        AS r(client_id, key, fingerprint, allocation_id, product_id, denomination_minor, quantity,
+             client_reference, event, trace_context)
+), want AS (
+    SELECT * FROM unnest($11::uuid[], $12::bigint[], $13::int[]) AS w(allocation_id, card_id, position)
+), live AS (
+    SELECT w.allocation_id, i.id
+      FROM want w
+      JOIN req r ON r.allocation_id = w.allocation_id
+      JOIN inventories i ON i.id = w.card_id
+     WHERE i.status = 'active' AND i.product_id = r.product_id AND i.denomination_minor = r.denomination_minor
+       FOR UPDATE OF i
+), complete AS (
+    SELECT r.* FROM req r
+     WHERE r.quantity = (SELECT count(*) FROM live l WHERE l.allocation_id = r.allocation_id)
+), a AS (
+    INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
+                             idempotency_key, request_fingerprint)
+    SELECT allocation_id, client_id, product_id, denomination_minor, quantity, client_reference, key, fingerprint
+      FROM complete
+    ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
+    RETURNING id, created_at
+), claimed AS (
+    UPDATE inventories i
+       SET status = 'allocated', allocation_id = w.allocation_id, allocation_position = w.position::smallint,
+           allocated_at = now(), updated_at = now()
+      FROM want w JOIN a ON a.id = w.allocation_id
+     WHERE i.id = w.card_id
+    RETURNING i.id, i.allocation_id, i.allocation_position, i.code_ciphertext, i.code_nonce, i.code_key_id,
+              i.expires_at
+), events AS (
+    INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
+    SELECT 'allocation.created', c.allocation_id::text, c.event, c.trace_context
+      FROM complete c JOIN a ON a.id = c.allocation_id
+)
+SELECT r.allocation_id,
+       EXISTS (SELECT 1 FROM complete c WHERE c.allocation_id = r.allocation_id) AS complete,
+       a.created_at, cl.id, cl.allocation_position, cl.code_ciphertext, cl.code_nonce, cl.code_key_id, cl.expires_at
+  FROM req r
+  LEFT JOIN a ON a.id = r.allocation_id
+  LEFT JOIN claimed cl ON cl.allocation_id = r.allocation_id";
+
+/// The slow path's first statement: the allocation row with its key; no row back when the
+/// key is already live. Parameters: client, key, fingerprint, allocation, product,
+/// denomination, quantity, client reference.
+pub const INSERT_ALLOCATION: &str = "
+INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
+                         idempotency_key, request_fingerprint)
+VALUES ($4, $1, $5, $6, $7, $8, $2, $3)
+ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
+RETURNING created_at";
+
+/// Claim whichever of the ids `$1` are still active (row `$1` or a count, then the allocation,
+/// the bucket, and the position the first card takes).
+pub const CLAIM_BY_ID: &str = "
+UPDATE inventories i
+   SET status = 'allocated', allocation_id = $2, allocation_position = ($5 + u.ord - 1)::smallint,
+       allocated_at = now(), updated_at = now()
+  FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord)
+ WHERE i.id = u.id AND i.status = 'active' AND i.product_id = $3 AND i.denomination_minor = $4
+RETURNING i.id, i.allocation_position AS position, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
+
+/// Claim up to `$1` active cards of the bucket that nobody else has locked.
+// A CTE with a locking clause runs exactly once. (As `WHERE id IN (subquery)` the planner may
+// rescan the LIMIT … SKIP LOCKED subquery per outer row and find nothing under concurrency.)
+pub const CLAIM_FROM_POSTGRES: &str = "
+WITH picked AS (
+    SELECT id FROM inventories
+     WHERE product_id = $3 AND denomination_minor = $4 AND status = 'active'
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), numbered AS (
+    SELECT id, row_number() OVER () AS n FROM picked
+)
+UPDATE inventories i
+   SET status = 'allocated', allocation_id = $2, allocation_position = ($5 + numbered.n - 1)::smallint,
+       allocated_at = now(), updated_at = now()
+  FROM numbered
+ WHERE i.id = numbered.id
+RETURNING i.id, i.allocation_position AS position, i.code_ciphertext, i.code_nonce, i.code_key_id, i.expires_at";
+
+/// The outbox event of a slow-path allocation.
+pub const INSERT_EVENT: &str = "
+INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
+VALUES ('allocation.created', $1::text, $2, $3)";
+
+/// The live allocation behind a client's key, with the fingerprint it was made with.
+pub const LIVE_KEY: &str = "
+SELECT request_fingerprint, id FROM allocations
+ WHERE client_id = $1 AND idempotency_key = $2 AND request_fingerprint IS NOT NULL";
+
+/// An allocation's head, to its owner only.
+pub const ALLOCATION_HEAD: &str = "
+SELECT a.product_id, a.denomination_minor, a.quantity, a.client_reference, a.created_at, p.currency
+  FROM allocations a JOIN products p ON p.id = a.product_id
+ WHERE a.id = $1 AND a.client_id = $2";
+
+/// An allocation's cards, in their positions.
+pub const ALLOCATION_CARDS: &str = "
+SELECT id, allocation_position AS position, code_ciphertext, code_nonce, code_key_id, expires_at
+  FROM inventories WHERE allocation_id = $1 ORDER BY allocation_position";

@@ -217,6 +217,20 @@ async fn allocates_correctly_with_valkey_down() {
     app.finish().await;
 }
 
+/// Allocate pairs of "stale" cards one request at a time (keys `st-<i>`), collecting the card
+/// ids, until a request is refused; it must be refused as out of stock.
+async fn allocate_pairs_until_out_of_stock(app: &TestApp, i: &mut usize, got: &mut Vec<i64>) {
+    loop {
+        *i += 1;
+        let r = app.allocate(format!("st-{i}"), body("stale", "10.00", 2)).await;
+        if r.status != 201 {
+            assert_eq!(r.error_code(), "OUT_OF_STOCK");
+            return;
+        }
+        got.extend(card_ids(&r));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allocates_correctly_from_a_cache_full_of_stale_ids() {
     let app = TestApp::spawn().await;
@@ -236,28 +250,12 @@ async fn allocates_correctly_from_a_cache_full_of_stale_ids() {
     // number of times), and takes the rest from Postgres; stale ids leave the cache.
     let mut got: Vec<i64> = Vec::new();
     let mut i = 0;
-    loop {
-        i += 1;
-        let r = app.allocate(format!("st-{i}"), body("stale", "10.00", 2)).await;
-        if r.status != 201 {
-            assert_eq!(r.error_code(), "OUT_OF_STOCK");
-            break;
-        }
-        got.extend(card_ids(&r));
-    }
+    allocate_pairs_until_out_of_stock(&app, &mut i, &mut got).await;
     // Drained of stale ids, the warm set says "out of stock" without asking Postgres, until
     // it is rebuilt (the reconciler's job; done by hand here).
     assert!(app.cached_ids("stale").await.is_empty());
     app.rebuild_cache("stale").await;
-    loop {
-        i += 1;
-        let r = app.allocate(format!("st-{i}"), body("stale", "10.00", 2)).await;
-        if r.status != 201 {
-            assert_eq!(r.error_code(), "OUT_OF_STOCK");
-            break;
-        }
-        got.extend(card_ids(&r));
-    }
+    allocate_pairs_until_out_of_stock(&app, &mut i, &mut got).await;
     let unique: HashSet<i64> = got.iter().copied().collect();
     assert_eq!(unique.len(), got.len(), "no card twice");
     assert_eq!(unique, fresh.iter().copied().collect::<HashSet<_>>(), "only live cards, each once");

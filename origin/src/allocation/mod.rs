@@ -8,8 +8,7 @@
 //!    after checking only that the key is not one to replay. A cold set starts a single-flight
 //!    rebuild ([`crate::rebuilder`]) and the request goes to Postgres;
 //! 3. **write** the popped ids with every request waiting, in one statement and one commit
-//!    ([`write`]), each request all-or-nothing and **idempotent** on its own: a live key
-//!    replays the stored allocation;
+//!    ([`write`]), each all-or-nothing and idempotent on its own (a live key replays);
 //! 4. or **claim** in one transaction when the cache could not serve exactly (stale ids, cold,
 //!    Valkey down): cache ids first, then Postgres with `SKIP LOCKED` ([`claim`]);
 //! 5. **render** the body ([`render`]), the same way for replays;
@@ -38,7 +37,7 @@ use self::pop::{PopAsk, PopStage};
 use self::popped::PoppedIds;
 pub use self::render::{ClaimedCard, format_time};
 use self::request::NewAllocation;
-use self::write::{WriteAsk, WriteStage, Written};
+use self::write::{BatchFailed, WriteAsk, WriteStage, Written};
 use crate::cache::{CacheError, InventoryCache, Popped};
 use crate::coalescer::Coalescer;
 use crate::crypto::KeyRing;
@@ -77,7 +76,7 @@ pub struct Engine {
     products: ProductDirectory,
     rebuilder: Option<CacheRebuilder>,
     popper: Option<Coalescer<PopAsk, Result<Popped, CacheError>>>,
-    writers: Arc<[Coalescer<WriteAsk, Written>]>,
+    writers: Arc<[Coalescer<WriteAsk, Result<Written, BatchFailed>>]>,
     next_writer: Arc<AtomicUsize>,
     last_cache_warning: Arc<AtomicU64>,
 }
@@ -185,7 +184,7 @@ impl Engine {
         match self.pop(a).await {
             Some(Ok(Popped::Ids(ids))) => {
                 popped.hold(&ids);
-                match self.write(a, &ids).await {
+                match self.write(a, &ids).await? {
                     Written::Created(created_at, cards) => {
                         popped.spend(&ids);
                         metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(ids.len() as u64);
@@ -193,7 +192,6 @@ impl Engine {
                     }
                     Written::KeyExists => return self.replay(a).await,
                     Written::Stale => cache_for_claim = self.cache.as_ref(),
-                    Written::Failed(e) => return Err(AppError::Internal(anyhow::anyhow!("allocation write: {e}"))),
                 }
             }
             Some(Ok(Popped::Short { available })) => return self.out_of_stock_unless_replay(a, available).await,
@@ -232,35 +230,35 @@ impl Engine {
     }
 
     /// Write exactly the popped ids; with a batch writer if there is one, else alone.
-    async fn write(&self, a: &Arc<NewAllocation>, ids: &[i64]) -> Written {
+    async fn write(&self, a: &Arc<NewAllocation>, ids: &[i64]) -> Result<Written, AppError> {
         let ask = || WriteAsk { allocation: a.clone(), ids: ids.to_vec(), span: tracing::Span::current() };
         if self.writers.is_empty() {
-            return self.write_alone(ask()).await;
+            return Ok(self.write_alone(ask()).await?);
         }
         let writer = &self.writers[self.next_writer.fetch_add(1, Ordering::Relaxed) % self.writers.len()];
         match writer.submit(ask()).await {
             // The batch failed as a whole (a deadlock between batches, say): no caller fails for
-            // another's sake, so this one is written alone.
-            Ok(Written::Failed(why)) => {
+            // another's sake, so this one is written alone, and its own error is the answer.
+            Ok(Err(why)) => {
                 tracing::debug!(error = %why, "allocation batch failed; writing this allocation alone");
-                self.write_alone(ask()).await
+                Ok(self.write_alone(ask()).await?)
             }
-            Ok(written) => written,
-            Err(stopped) => Written::Failed(stopped.to_string()),
+            Ok(Ok(written)) => Ok(written),
+            // The writer stops only when the pool closes (shutdown).
+            Err(_stopped) => Err(sqlx::Error::PoolClosed.into()),
         }
     }
 
     /// A batch of one on a connection of its own.
-    async fn write_alone(&self, ask: WriteAsk) -> Written {
+    async fn write_alone(&self, ask: WriteAsk) -> Result<Written, sqlx::Error> {
         let span = tracing::info_span!("inventory.commit", path = "fast", cards = ask.ids.len(), batch = 1);
         let written = async {
             let mut conn = self.db.primary.acquire().await?;
             write::write_popped(&mut conn, std::slice::from_ref(&ask)).await
         };
-        match written.instrument(span).await {
-            Ok(mut outcomes) => outcomes.pop().unwrap_or(Written::Failed("no outcome".into())),
-            Err(e) => Written::Failed(e.to_string()),
-        }
+        let mut outcomes = written.instrument(span).await?;
+        debug_assert_eq!(outcomes.len(), 1, "one outcome for one request");
+        Ok(outcomes.pop().unwrap_or(Written::Stale))
     }
 
     /// The set is built and short: `409` with nothing written, unless the key is live.

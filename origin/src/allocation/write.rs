@@ -33,9 +33,10 @@ pub enum Written {
     KeyExists,
     /// Some id was no longer active.
     Stale,
-    /// The statement failed as a whole (for every request in it).
-    Failed(String),
 }
+
+/// The batch statement failed as a whole (the same error for every request in it).
+pub type BatchFailed = String;
 
 /// One row of [`sql::WRITE_POPPED`]: the request, whether it was complete, its commit time, and
 /// one claimed card.
@@ -125,8 +126,8 @@ impl WriteStage {
     }
 }
 
-impl BatchHandler<WriteAsk, Written> for WriteStage {
-    async fn handle(&mut self, batch: Vec<WriteAsk>) -> Vec<Written> {
+impl BatchHandler<WriteAsk, Result<Written, BatchFailed>> for WriteStage {
+    async fn handle(&mut self, batch: Vec<WriteAsk>) -> Vec<Result<Written, BatchFailed>> {
         let spans: Vec<tracing::Span> = batch
             .iter()
             .map(|ask| {
@@ -150,6 +151,9 @@ impl BatchHandler<WriteAsk, Written> for WriteStage {
             }
         };
         drop(spans);
-        result.unwrap_or_else(|e| batch.iter().map(|_| Written::Failed(e.to_string())).collect())
+        match result {
+            Ok(written) => written.into_iter().map(Ok).collect(),
+            Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
+        }
     }
 }

@@ -100,6 +100,11 @@ async fn valkey(st: &AppState) -> Option<Vec<HealthCheck>> {
     Some(c)
 }
 
+/// A component check that could not observe its value.
+fn component_warning(unit: &str, output: String) -> Vec<HealthCheck> {
+    check("component", HealthStatus::Warn, serde_json::Value::Null, unit, Some(output))
+}
+
 /// Each product's cache set: warm (pass), rebuilding or cold (warn: allocations of that product
 /// go to Postgres meanwhile).
 async fn cache_sets(st: &AppState) -> Option<Vec<HealthCheck>> {
@@ -124,14 +129,8 @@ async fn cache_sets(st: &AppState) -> Option<Vec<HealthCheck>> {
                 output: (state != CacheState::Warm).then(|| "allocations of this product go to Postgres".to_owned()),
             })
             .collect(),
-        Ok(Err(e)) => check("component", HealthStatus::Warn, serde_json::Value::Null, "", Some(e.to_string())),
-        Err(_) => check(
-            "component",
-            HealthStatus::Warn,
-            serde_json::Value::Null,
-            "",
-            Some(format!("no answer within {CHECK_TIMEOUT:?}")),
-        ),
+        Ok(Err(e)) => component_warning("", e.to_string()),
+        Err(_) => component_warning("", format!("no answer within {CHECK_TIMEOUT:?}")),
     })
 }
 
@@ -158,21 +157,11 @@ async fn reconcile_age(st: &AppState) -> Option<Vec<HealthCheck>> {
             let output = stale.then(|| format!("the last successful reconcile was {age:.0} s ago"));
             check("component", status, serde_json::json!((age * 10.0).round() / 10.0), "s", output)
         }
-        Ok(Ok((None, _))) => check(
-            "component",
-            HealthStatus::Warn,
-            serde_json::Value::Null,
-            "s",
-            Some("the reconciler has never succeeded (is `allot cron` running?)".into()),
-        ),
-        Ok(Err(e)) => check("component", HealthStatus::Warn, serde_json::Value::Null, "s", Some(e.to_string())),
-        Err(_) => check(
-            "component",
-            HealthStatus::Warn,
-            serde_json::Value::Null,
-            "s",
-            Some(format!("no answer within {CHECK_TIMEOUT:?}")),
-        ),
+        Ok(Ok((None, _))) => {
+            component_warning("s", "the reconciler has never succeeded (is `allot cron` running?)".into())
+        }
+        Ok(Err(e)) => component_warning("s", e.to_string()),
+        Err(_) => component_warning("s", format!("no answer within {CHECK_TIMEOUT:?}")),
     })
 }
 

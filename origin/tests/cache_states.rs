@@ -68,6 +68,18 @@ async fn a_sold_out_bucket_answers_from_the_cache_and_still_replays() {
     let other = app.allocate("so-1", body("so", 2)).await;
     assert_eq!(other.status, 422);
     assert_eq!(other.error_code(), "IDEMPOTENCY_MISMATCH");
+
+    // Many at once (their key lookups share statements): each gets its own answer.
+    let keys: Vec<String> = (0..40).map(|i| if i == 17 { "so-1".to_owned() } else { format!("so-x{i}") }).collect();
+    let replies = join_all(keys.iter().map(|k| app.allocate(k, body("so", 3)))).await;
+    for (k, r) in keys.iter().zip(&replies) {
+        if k == "so-1" {
+            assert_eq!(r.body, first.body, "the live key replays");
+        } else {
+            assert_eq!(r.error_code(), "OUT_OF_STOCK", "{k}");
+        }
+    }
+    assert_eq!(app.count("allocations", "").await, 1, "nothing written");
     app.finish().await;
 }
 

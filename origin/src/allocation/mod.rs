@@ -33,13 +33,14 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use self::claim::Claimed;
-use self::pop::{PopAsk, PopStage};
+use self::pop::{PopAsk, PopStage, Popper};
 use self::popped::PoppedIds;
 pub use self::render::{ClaimedCard, format_time};
+use self::replay::{KeyLookup, KeyLookupStage};
 use self::request::NewAllocation;
-use self::write::{BatchFailed, WriteAsk, WriteStage, Written};
+use self::write::{WriteAsk, WriteStage, Writer, Written};
 use crate::cache::{CacheError, InventoryCache, Popped};
-use crate::coalescer::Coalescer;
+use crate::coalescer::{BatchHandler, Coalescer};
 use crate::crypto::KeyRing;
 use crate::db::Db;
 use crate::error::AppError;
@@ -48,6 +49,11 @@ use crate::rebuilder::CacheRebuilder;
 
 /// Largest number of requests in one pipeline or statement.
 const MAX_BATCH: usize = 64;
+
+/// A stage of the path, batching under load; it stops when the primary pool closes.
+fn coalesced<I: Send + 'static, O: Send + 'static>(db: &Db, stage: impl BatchHandler<I, O>) -> Coalescer<I, O> {
+    Coalescer::start(MAX_BATCH, db.primary.close_event(), stage)
+}
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +81,9 @@ pub struct Engine {
     keys: KeyRing,
     products: ProductDirectory,
     rebuilder: Option<CacheRebuilder>,
-    popper: Option<Coalescer<PopAsk, Result<Popped, CacheError>>>,
-    writers: Arc<[Coalescer<WriteAsk, Result<Written, BatchFailed>>]>,
+    popper: Option<Popper>,
+    writers: Arc<[Writer]>,
+    key_lookup: Option<KeyLookup>,
     next_writer: Arc<AtomicUsize>,
     last_cache_warning: Arc<AtomicU64>,
 }
@@ -92,13 +99,11 @@ impl Engine {
         writers: usize,
     ) -> Self {
         let coalesce = cache.is_some() && writers > 0;
-        let popper = cache
-            .clone()
-            .filter(|_| coalesce)
-            .map(|c| Coalescer::start(MAX_BATCH, db.primary.close_event(), PopStage::new(c)));
+        let popper = cache.clone().filter(|_| coalesce).map(|c| coalesced(&db, PopStage::new(c)));
         let writers: Arc<[_]> = (0..if coalesce { writers } else { 0 })
-            .map(|_| Coalescer::start(MAX_BATCH, db.primary.close_event(), WriteStage::new(db.primary.clone())))
+            .map(|_| coalesced(&db, WriteStage::new(db.primary.clone())))
             .collect();
+        let key_lookup = coalesce.then(|| coalesced(&db, KeyLookupStage::new(db.primary.clone())));
         let rebuilder = cache.clone().map(|c| CacheRebuilder::new(db.primary.clone(), c));
         Self {
             db,
@@ -108,6 +113,7 @@ impl Engine {
             rebuilder,
             popper,
             writers,
+            key_lookup,
             next_writer: Arc::default(),
             last_cache_warning: Arc::default(),
         }
@@ -262,9 +268,9 @@ impl Engine {
     }
 
     /// The set is built and short: `409` with nothing written, unless the key is live.
-    async fn out_of_stock_unless_replay(&self, a: &NewAllocation, available: u64) -> Result<Outcome, AppError> {
+    async fn out_of_stock_unless_replay(&self, a: &Arc<NewAllocation>, available: u64) -> Result<Outcome, AppError> {
         metrics::counter!("allot_cache_pops_total", "outcome" => "short").increment(1);
-        match replay::live_key(&self.db.primary, a).await? {
+        match replay::live_key_coalesced(self.key_lookup.as_ref(), &self.db.primary, a).await? {
             Some(live) => replay::replay_live(&self.db.primary, &self.keys, a, live).await,
             None => Err(a.out_of_stock(available)),
         }
@@ -288,13 +294,6 @@ impl Engine {
 
     /// An allocation as its owner sees it; `None` when it does not exist or is not theirs.
     pub async fn get_allocation(&self, caller: &Caller, id: Uuid) -> Result<Option<Bytes>, AppError> {
-        // The replica may lag behind a just-made allocation: fall back to the primary.
-        if let Some(body) = render::read_stored(&self.db.replica, &self.keys, caller.client_id, id).await? {
-            return Ok(Some(body));
-        }
-        if self.db.has_replica {
-            return render::read_stored(&self.db.primary, &self.keys, caller.client_id, id).await;
-        }
-        Ok(None)
+        render::read_for_owner(&self.db, &self.keys, caller.client_id, id).await
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::request::NewAllocation;
 use crate::cache::{CacheError, InventoryCache, PopArgs, Popped};
-use crate::coalescer::BatchHandler;
+use crate::coalescer::{BatchHandler, Coalescer};
 
 /// One request's pop: its allocation, and its span (the pop span is its child).
 pub struct PopAsk {
@@ -14,6 +14,9 @@ pub struct PopAsk {
     /// The request's span.
     pub span: tracing::Span,
 }
+
+/// The coalesced pop stage.
+pub type Popper = Coalescer<PopAsk, Result<Popped, CacheError>>;
 
 /// Pops for a batch of requests in one round trip.
 pub struct PopStage {

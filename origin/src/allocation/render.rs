@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::sql;
 use crate::crypto::{CardSecret, KeyRing, card_aad};
+use crate::db::Db;
 use crate::error::AppError;
 
 /// A card claimed for an allocation, still sealed.
@@ -104,4 +105,16 @@ pub async fn read_stored(pool: &PgPool, keys: &KeyRing, client_id: Uuid, id: Uui
         created_at,
     };
     Ok(Some(render(keys, &head, &cards)?))
+}
+
+/// A stored allocation for its owner, from the replica when there is one; the replica may lag
+/// behind a just-made allocation, so a miss there is asked of the primary.
+pub async fn read_for_owner(db: &Db, keys: &KeyRing, client_id: Uuid, id: Uuid) -> Result<Option<Bytes>, AppError> {
+    if let Some(body) = read_stored(&db.replica, keys, client_id, id).await? {
+        return Ok(Some(body));
+    }
+    if db.has_replica {
+        return read_stored(&db.primary, keys, client_id, id).await;
+    }
+    Ok(None)
 }

@@ -105,6 +105,13 @@ pub const LIVE_KEY: &str = "
 SELECT request_fingerprint, id FROM allocations
  WHERE client_id = $1 AND idempotency_key = $2 AND request_fingerprint IS NOT NULL";
 
+/// The live allocations behind many (client, key) pairs at once; `ord` numbers the pairs from 1.
+pub const LIVE_KEYS: &str = "
+SELECT k.ord, a.request_fingerprint, a.id
+  FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS k(client_id, key, ord)
+  JOIN allocations a
+    ON a.client_id = k.client_id AND a.idempotency_key = k.key AND a.request_fingerprint IS NOT NULL";
+
 /// An allocation's head, to its owner only.
 pub const ALLOCATION_HEAD: &str = "
 SELECT a.product_id, a.denomination_minor, a.quantity, a.client_reference, a.created_at, p.currency

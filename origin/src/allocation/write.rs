@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::render::ClaimedCard;
 use super::request::NewAllocation;
 use super::sql;
-use crate::coalescer::BatchHandler;
+use crate::coalescer::{BatchHandler, Coalescer};
 
 /// One request's write: its allocation and exactly the ids popped for it.
 pub struct WriteAsk {
@@ -37,6 +37,9 @@ pub enum Written {
 
 /// The batch statement failed as a whole (the same error for every request in it).
 pub type BatchFailed = String;
+
+/// The coalesced write stage.
+pub type Writer = Coalescer<WriteAsk, Result<Written, BatchFailed>>;
 
 /// One row of [`sql::WRITE_POPPED`]: the request, whether it was complete, its commit time, and
 /// one claimed card.

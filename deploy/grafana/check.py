@@ -24,6 +24,8 @@ METRICS = {
     "allot_allocation_duration_seconds": ("histogram", {"outcome"}),
     "allot_cache_pops_total": ("counter", {"outcome"}),
     "allot_cache_divergences_healed_total": ("counter", set()),
+    "allot_cache_rebuilds_total": ("counter", {"trigger"}),
+    "allot_allocation_batch_size": ("histogram", set()),
     "allot_inventory_active_cards": ("gauge", {"product_id", "denomination_minor"}),
     "allot_job_runs_total": ("counter", {"job_name", "outcome"}),
     "allot_job_duration_seconds": ("histogram", {"job_name"}),

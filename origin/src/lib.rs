@@ -3,7 +3,7 @@
 //! - [`config`]: settings from the environment, validated at start
 //! - [`db`]: Postgres pools, embedded migrations, the schema check
 //! - [`cache`]: the Valkey sorted-set inventory cache
-//! - [`crypto`]: AES-256-GCM encryption of card codes and stored responses
+//! - [`crypto`]: AES-256-GCM encryption of card codes
 //! - [`allocation`]: idempotent, all-or-nothing allocations (start at its `mod.rs`)
 //! - [`coalescer`]: batches any `In → Out` under load (the allocation path's two stages)
 //! - [`rebuilder`]: single-flight rebuilds of cold cache sets

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cache::InventoryCache;
+use crate::cache::{CacheState, InventoryCache};
 use crate::crypto::{CardSecret, KeyRing, card_aad};
 
 /// Rows per INSERT when loading cards.
@@ -203,11 +203,29 @@ pub async fn load_cards(
     )
     .await?;
     if let Some(cache) = cache
-        && let Err(e) = cache.put_back(product_id, denomination_minor, &ids).await
+        && let Err(e) = add_to_cache(pool, cache, product_id, denomination_minor, &ids).await
     {
         tracing::warn!(error = %e, "loaded cards not added to the cache; the reconciler will add them");
     }
     Ok(ids)
+}
+
+/// Newly loaded ids into the product's set: a built set takes them; a cold one (a new product,
+/// say) is built now, so the first requests after an import are served from the cache rather
+/// than from Postgres while a rebuild of the whole import runs.
+async fn add_to_cache(
+    pool: &PgPool,
+    cache: &InventoryCache,
+    product_id: &str,
+    denomination_minor: i64,
+    ids: &[i64],
+) -> anyhow::Result<()> {
+    let added = cache.put_back(product_id, denomination_minor, ids).await?;
+    if added == 0 && !ids.is_empty() && cache.states(&[product_id.to_owned()]).await?.first() == Some(&CacheState::Cold)
+    {
+        rebuild_product_cache(pool, cache, product_id).await?;
+    }
+    Ok(())
 }
 
 /// After a bulk load the planner's statistics are stale (on a new region, absent) until

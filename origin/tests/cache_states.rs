@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use allot_origin::ops::{self, NewCard};
 use common::{Reply, TestApp};
 use futures::future::join_all;
 
@@ -147,10 +148,17 @@ async fn a_cold_set_is_rebuilt_once_across_two_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn allocations_right_after_a_bulk_import_have_planner_statistics() {
+async fn allocations_right_after_a_bulk_import_are_served_warm_with_planner_statistics() {
     let app = TestApp::spawn().await;
     app.product("bulk", "USD", &["10.00"]).await;
-    let loaded = app.load_cards_db_only("bulk", 1000, 20_000).await;
+    // A new product: its set does not exist yet, so the load builds it after its commit.
+    let cards: Vec<NewCard> = (0..20_000)
+        .map(|i| NewCard { code: format!("BULK-{i}-{}", uuid::Uuid::new_v4().simple()), pin: None, expires_at: None })
+        .collect();
+    let loaded =
+        ops::load_cards(&app.pool, Some(&app.cache), &app.config.card_keys, "bulk", 1000, &cards).await.unwrap();
+    assert_eq!(health_state(&app, "bulk").await, "warm", "the import built the set");
+    assert_eq!(app.cached_ids("bulk").await.len(), 20_000);
     // The load ends with ANALYZE: the planner knows the table at once, not after autoanalyze.
     let (analyzed, estimate): (bool, f32) = sqlx::query_as(
         "SELECT last_analyze IS NOT NULL, (SELECT reltuples FROM pg_class WHERE relname = 'inventories')

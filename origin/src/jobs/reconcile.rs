@@ -39,29 +39,68 @@ async fn postgres_counts(pool: &sqlx::PgPool) -> anyhow::Result<Buckets> {
     Ok(out)
 }
 
-/// Products whose cache differs from Postgres, with (denomination, postgres, cache) per
-/// differing bucket (`None` for the cache when the set is missing).
-async fn differing(
-    cache: &InventoryCache,
-    pg: &Buckets,
-) -> anyhow::Result<BTreeMap<String, Vec<(i64, u64, Option<u64>)>>> {
+/// Every product's denominations (counts zero): what to read from the cache, cheaply.
+async fn bucket_layout(pool: &sqlx::PgPool) -> anyhow::Result<Buckets> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT product_id, denomination_minor FROM product_denominations ORDER BY 1, 2")
+            .fetch_all(pool)
+            .await?;
+    let mut out = Buckets::new();
+    for (p, d) in rows {
+        out.entry(p).or_default().push((d, 0));
+    }
+    Ok(out)
+}
+
+/// Each product's cache counts per denomination of `pg` (`None` for a missing set).
+async fn cache_counts(cache: &InventoryCache, pg: &Buckets) -> anyhow::Result<BTreeMap<String, Option<Vec<u64>>>> {
     let mut out = BTreeMap::new();
     for (product, buckets) in pg {
         let denominations: Vec<i64> = buckets.iter().map(|(d, _)| *d).collect();
-        let cached = cache.counts(product, &denominations).await?;
-        let diffs: Vec<(i64, u64, Option<u64>)> = match cached {
-            // A missing set is rebuilt even when the product is sold out: built and empty, it
-            // answers "out of stock" without a Postgres transaction.
-            None => buckets.iter().map(|(d, n)| (*d, *n, None)).collect(),
-            Some(c) => {
-                buckets.iter().zip(c).filter(|((_, n), c)| n != c).map(|((d, n), c)| (*d, *n, Some(c))).collect()
-            }
+        out.insert(product.clone(), cache.counts(product, &denominations).await?);
+    }
+    Ok(out)
+}
+
+/// Whether a bucket's Postgres count disagrees with the cache's counts read just before and
+/// just after it. Under load both fall while the counts are read (cards leave the cache when
+/// popped and Postgres when committed), so a count read between two cache reads that lies
+/// between them is in step; only a count outside that range is a divergence.
+pub fn diverges(postgres: u64, cache_before: u64, cache_after: u64) -> bool {
+    postgres < cache_before.min(cache_after) || postgres > cache_before.max(cache_after)
+}
+
+/// Products whose cache differs from Postgres, with (denomination, postgres, cache) per
+/// differing bucket (`None` for the cache when the set is missing). The cache is read before
+/// and after Postgres, so allocations in flight while the counts are taken are not divergences.
+async fn differing(
+    cache: &InventoryCache,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<(Buckets, BTreeMap<String, Vec<(i64, u64, Option<u64>)>>)> {
+    let before = cache_counts(cache, &bucket_layout(pool).await?).await?;
+    let pg = postgres_counts(pool).await?;
+    let after = cache_counts(cache, &pg).await?;
+    let mut out = BTreeMap::new();
+    for (product, buckets) in &pg {
+        let (b, a) = (before.get(product).cloned().flatten(), after.get(product).cloned().flatten());
+        let diffs: Vec<(i64, u64, Option<u64>)> = match (b, a) {
+            // Missing (or just rebuilt): a missing set is rebuilt even when the product is sold
+            // out, so it answers "out of stock" without a Postgres transaction.
+            (None, _) | (_, None) => buckets.iter().map(|(d, n)| (*d, *n, None)).collect(),
+            (Some(b), Some(a)) if b.len() == buckets.len() && a.len() == buckets.len() => buckets
+                .iter()
+                .zip(b.iter().zip(&a))
+                .filter(|((_, n), (b, a))| diverges(*n, **b, **a))
+                .map(|((d, n), (_, a))| (*d, *n, Some(*a)))
+                .collect(),
+            // A denomination was added between the reads: look again next tick.
+            _ => Vec::new(),
         };
         if !diffs.is_empty() {
             out.insert(product.clone(), diffs);
         }
     }
-    Ok(out)
+    Ok((pg, out))
 }
 
 impl Job for Reconciler {
@@ -77,7 +116,7 @@ impl Job for Reconciler {
         Box::pin(async move {
             let cache = ctx.cache.as_ref().ok_or_else(|| anyhow::anyhow!("no cache configured"))?;
             let pool = &ctx.db.primary;
-            let pg = postgres_counts(pool).await?;
+            let (pg, mut suspects) = differing(cache, pool).await?;
             let buckets: usize = pg.values().map(Vec::len).sum();
             // Stock per bucket, from the truth: operators see a sell-out coming.
             for (product, counts) in &pg {
@@ -87,11 +126,9 @@ impl Job for Reconciler {
                     .set(*n as f64);
                 }
             }
-            let mut suspects = differing(cache, &pg).await?;
             if !suspects.is_empty() {
                 tokio::time::sleep(CONFIRM_AFTER).await;
-                let pg = postgres_counts(pool).await?;
-                let again = differing(cache, &pg).await?;
+                let (_, again) = differing(cache, pool).await?;
                 suspects.retain(|p, _| again.contains_key(p));
                 for (p, diffs) in suspects.iter_mut() {
                     *diffs = again[p].clone();
@@ -115,5 +152,24 @@ impl Job for Reconciler {
             counts.insert("products_rebuilt".into(), (suspects.len() as u64).into());
             Ok(counts)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diverges;
+
+    #[test]
+    fn a_count_between_the_cache_reads_is_in_step() {
+        // Under load: the cache fell from 100 to 90 while Postgres was counted at 95.
+        assert!(!diverges(95, 100, 90));
+        assert!(!diverges(100, 100, 90));
+        assert!(!diverges(90, 100, 90));
+        // At rest, any difference counts.
+        assert!(diverges(101, 100, 100));
+        assert!(diverges(99, 100, 100));
+        // Outside the range the cache moved through: missing ids, or stale ones.
+        assert!(diverges(120, 100, 90));
+        assert!(diverges(80, 100, 90));
     }
 }

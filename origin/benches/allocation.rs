@@ -232,6 +232,7 @@ fn main() {
     );
     println!("| path | layout | clients | allocations/s | p50 ms | p99 ms | p99.9 ms | out of stock | errors |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut errors = 0;
     for path in [Path::Engine, Path::PostgresOnly] {
         for layout in [Layout::Spread, Layout::Hot] {
             for clients in [1, 16, 64] {
@@ -244,6 +245,7 @@ fn main() {
                     continue;
                 }
                 let o = runtime.block_on(run(&s, secs, &card_keys));
+                errors += o.errors;
                 println!(
                     "| {path_name} | {layout_name} | {clients} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
                     o.ok as f64 / o.secs,
@@ -256,4 +258,6 @@ fn main() {
             }
         }
     }
+    // A figure with errors in it is not a figure.
+    assert_eq!(errors, 0, "requests failed during the benchmark (the errors column)");
 }

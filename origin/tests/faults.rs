@@ -396,6 +396,8 @@ async fn audit(sys: &System, product: &str, requests: &[Request]) -> Audit {
 
 /// The invariants every fault must leave intact.
 fn assert_whole(a: &Audit, expected_successes: usize) {
+    // A fault may cost a 503 (retryable) while it lasts, never a 500.
+    assert!(!a.errors_by_code.keys().any(|k| k.starts_with("500")), "no 500 ever: {a:?}");
     assert_eq!(a.successes, expected_successes, "{a:?}");
     assert_eq!(a.allocated, expected_successes, "every success is one allocated card: {a:?}");
     assert_eq!(a.duplicates, 0, "{a:?}");

@@ -263,15 +263,25 @@ async fn the_fallback_uses_the_partial_index_on_skewed_data() {
                  SELECT 'cold', 1000, '\\x00', '\\x000000000000000000000000', 'k', sha256(('c' || g)::bytea) FROM generate_series(1, 100) g")
         .execute(p).await.unwrap();
     sqlx::query("ANALYZE inventories").execute(p).await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN SELECT id FROM inventories WHERE product_id = 'hot' AND denomination_minor = 1000 AND status = 'active'
-          LIMIT 20 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_all(p)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
-    assert!(plan.contains("inventories_active_bucket"), "fallback plan:\n{plan}");
-    assert!(!plan.contains("inventories_pkey"), "fallback plan:\n{plan}");
+    // The statement the slow path runs, with the parameters it binds (how many, the allocation,
+    // the bucket, the first position): not a hand-written copy of it.
+    let explain = format!("EXPLAIN {}", allot_origin::allocation::sql::CLAIM_FROM_POSTGRES);
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .bind(20_i64)
+        .bind(uuid::Uuid::now_v7())
+        .bind("hot")
+        .bind(1000_i64)
+        .bind(0_i32)
+        .fetch_all(p)
+        .await
+        .unwrap();
+    // The pick (the `picked` CTE) must walk the partial index of active cards, never the primary
+    // key past every allocated row; the UPDATE then finds each picked row by its key.
+    let pick: Vec<&String> =
+        plan.iter().skip_while(|l| !l.contains("CTE picked")).skip(1).take_while(|l| l.starts_with("    ")).collect();
+    let shown = plan.join("\n");
+    assert!(!pick.is_empty(), "no pick in the plan:\n{shown}");
+    assert!(pick.iter().any(|l| l.contains("inventories_active_bucket")), "fallback plan:\n{shown}");
+    assert!(!pick.iter().any(|l| l.contains("inventories_pkey")), "fallback plan:\n{shown}");
     app.finish().await;
 }

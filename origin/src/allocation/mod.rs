@@ -20,7 +20,7 @@ pub mod popped;
 pub mod render;
 mod replay;
 pub mod request;
-mod sql;
+pub mod sql;
 pub mod write;
 
 use std::sync::Arc;

@@ -336,6 +336,12 @@ impl InventoryCache {
             .collect())
     }
 
+    /// The state of one product's set.
+    pub async fn state(&self, product_id: &str) -> Result<CacheState, CacheError> {
+        let states = self.states(&[product_id.to_owned()]).await?;
+        Ok(states.first().copied().unwrap_or(CacheState::Cold))
+    }
+
     /// Whether Valkey answers `PING` within the timeout.
     pub async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();

@@ -221,8 +221,7 @@ async fn add_to_cache(
     ids: &[i64],
 ) -> anyhow::Result<()> {
     let added = cache.put_back(product_id, denomination_minor, ids).await?;
-    if added == 0 && !ids.is_empty() && cache.states(&[product_id.to_owned()]).await?.first() == Some(&CacheState::Cold)
-    {
+    if added == 0 && !ids.is_empty() && cache.state(product_id).await? == CacheState::Cold {
         rebuild_product_cache(pool, cache, product_id).await?;
     }
     Ok(())

@@ -73,7 +73,7 @@ impl CacheRebuilder {
             return Ok(());
         };
         // Another instance may have finished a rebuild just before this one took the lock.
-        if self.cache.states(&[product_id.to_owned()]).await?.first() == Some(&CacheState::Warm) {
+        if self.cache.state(product_id).await? == CacheState::Warm {
             self.cache.unlock_rebuild(product_id, &token).await?;
             return Ok(());
         }

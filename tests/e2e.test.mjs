@@ -6,7 +6,7 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startEdge, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
 import { stackEnv, startOrigin } from "./lib/origin-process.mjs";
-import { allocationBody, makeApiKey, randomHex, sign, withBadChecksum } from "./lib/allot.mjs";
+import { allocationBody, keyIdOf, makeApiKey, randomHex, sign, withBadChecksum } from "./lib/allot.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** The one denomination the concurrency test drains: seeded with exactly 100 cards. */
@@ -115,12 +115,14 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
       const edgeErr = (await viaEdge.json()).error;
       // The same request straight to the origin, signed the way the edge signs.
       const ts = Math.floor(Date.now() / 1000);
+      const idempotencyKey = randomHex();
+      const signed = { method: "POST", pathAndQuery: "/v1/allocations", keyId: keyIdOf(`Bearer ${origin.key}`) };
       const direct = await fetch(`${origin.url}/v1/allocations`, {
         method: "POST",
         headers: {
           authorization: `Bearer ${origin.key}`,
-          "idempotency-key": randomHex(),
-          "allot-signature": sign(origin.secret, ts, "POST", "/v1/allocations", Buffer.from(body)),
+          "idempotency-key": idempotencyKey,
+          "allot-signature": sign(origin.secret, ts, { ...signed, idempotencyKey, body: Buffer.from(body) }),
         },
         body,
       });

@@ -178,7 +178,7 @@ describe("edge worker routes", () => {
     assert.equal(req.method, "POST");
     assert.equal(req.url, "/v1/allocations");
     assert.ok(req.body.equals(Buffer.from(body, "utf8")), "body forwarded byte for byte");
-    verifySignature(req.headers["allot-signature"], SECRET, "POST", "/v1/allocations", req.body);
+    verifySignature(req.headers, SECRET, "POST", "/v1/allocations", req.body);
     assert.equal(req.headers.authorization, `Bearer ${euKey.key}`);
     assert.equal(req.headers["idempotency-key"], "order-42");
     assert.equal(req.headers["x-request-id"], "7f00aa11bb22cc33-FRA");
@@ -223,7 +223,7 @@ describe("edge worker routes", () => {
     assert.equal(req.method, "GET");
     assert.equal(req.url, "/v1/allocations/0192f0c1-7c7e-7000-8000-000000000001?expand=cards&x=%20y");
     assert.equal(req.body.length, 0);
-    verifySignature(req.headers["allot-signature"], SECRET, "GET", req.url, req.body);
+    verifySignature(req.headers, SECRET, "GET", req.url, req.body);
 
     res = await postAllocation(edge, { key: euKey.key });
     assert.equal(res.status, 201);
@@ -431,7 +431,7 @@ describe("origin failures: retry once, then 503 ORIGIN_UNAVAILABLE", () => {
     assert.equal(origin.requests.length, 2);
     for (const r of [a, b]) {
       assert.equal(r.headers["idempotency-key"], "retry-1");
-      verifySignature(r.headers["allot-signature"], SECRET, "POST", "/v1/allocations", r.body);
+      verifySignature(r.headers, SECRET, "POST", "/v1/allocations", r.body);
     }
     assert.ok(a.body.equals(b.body));
   });
@@ -546,7 +546,7 @@ describe("edge caches: /readyz and /v1/products", () => {
     assert.equal(count(eu, "/readyz"), 1);
     const [req] = eu.requests;
     assert.equal(req.headers.authorization, undefined, "no caller credentials on /readyz");
-    verifySignature(req.headers["allot-signature"], SECRET, "GET", "/readyz", req.body);
+    verifySignature(req.headers, SECRET, "GET", "/readyz", req.body);
   });
 
   test("/readyz?region= picks the origin; unknown and malformed regions are refused", async () => {

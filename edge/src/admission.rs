@@ -1,7 +1,6 @@
-//! Request checks before forwarding: body size, `Idempotency-Key`, and the allocation body,
+//! Request checks before forwarding: body size and the allocation body,
 //! with the shared crate so the edge answers exactly what the origin would.
 
-use allot_shared::ident::validate_idempotency_key;
 use allot_shared::{AllocationRequest, ApiError, ErrorCode, Limits};
 use futures_util::StreamExt;
 use worker::Request;
@@ -23,15 +22,6 @@ pub fn check_declared_length(content_length: Option<&str>, limits: &Limits) -> R
 /// `413` when the bytes actually received are over the limit.
 pub fn check_body_len(len: usize, limits: &Limits) -> Result<(), ApiError> {
     if len > limits.max_body_bytes { Err(too_large(limits)) } else { Ok(()) }
-}
-
-/// The `Idempotency-Key` of a POST: `400 IDEMPOTENCY_KEY_REQUIRED` when absent,
-/// `400 VALIDATION_FAILED` when malformed (the origin's messages).
-pub fn idempotency_key(header: Option<&str>) -> Result<&str, ApiError> {
-    let key = header
-        .ok_or_else(|| ApiError::new(ErrorCode::IdempotencyKeyRequired, "an Idempotency-Key header is required"))?;
-    validate_idempotency_key(key).map_err(|r| ApiError::validation("Idempotency-Key", r))?;
-    Ok(key)
 }
 
 /// Validate a `POST /v1/allocations` body exactly as the origin does.
@@ -74,16 +64,6 @@ mod tests {
         assert!(check_declared_length(Some("99999999999999999999999"), &l).is_ok()); // overflow: bytes decide
         assert!(check_body_len(100, &l).is_ok());
         assert_eq!(check_body_len(101, &l).unwrap_err().code, ErrorCode::PayloadTooLarge);
-    }
-
-    #[test]
-    fn idempotency_keys() {
-        assert_eq!(idempotency_key(Some("order-1")).unwrap(), "order-1");
-        assert_eq!(idempotency_key(None).unwrap_err().code, ErrorCode::IdempotencyKeyRequired);
-        let err = idempotency_key(Some("has space")).unwrap_err();
-        assert_eq!(err.code, ErrorCode::ValidationFailed);
-        assert_eq!(err.details.unwrap()["field"], "Idempotency-Key");
-        assert_eq!(idempotency_key(Some("")).unwrap_err().code, ErrorCode::ValidationFailed);
     }
 
     #[test]

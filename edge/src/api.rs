@@ -5,7 +5,7 @@
 //! (413), API key (401), key rate limit (429), a region this edge serves (403), actual size (413),
 //! `Idempotency-Key` (400), body (400). Only then is anything sent to an origin.
 
-use allot_shared::{ApiError, ApiKey, ErrorCode, Region, headers};
+use allot_shared::{ApiError, ApiKey, ErrorCode, Region, headers, request_headers};
 use worker::{Env, Method, Request};
 
 use crate::config::{self, Config};
@@ -13,7 +13,7 @@ use crate::context::RequestContext;
 use crate::reply::{EDGE_CACHE, Reply};
 use crate::route::Route;
 use crate::upstream::{self, Outbound};
-use crate::{admission, auth, edge_cache, platform, quota};
+use crate::{admission, edge_cache, platform, quota};
 
 /// How long a catalogue is reused at the edge (the origin says `max-age=5` too).
 pub const PRODUCTS_TTL_SECS: u32 = 5;
@@ -52,7 +52,7 @@ async fn check_key(
     cx: &mut RequestContext,
     now_ms: u64,
 ) -> Result<ApiKey, Reply> {
-    match auth::api_key(platform::header(req, "authorization").as_deref()) {
+    match request_headers::api_key(platform::header(req, "authorization").as_deref()) {
         Ok(key) => Ok(key),
         Err(e) => {
             if let Some(wait) = quota::record_auth_failure(env, &config.auth_fail_policy, cx.ip_key(), now_ms).await {
@@ -99,7 +99,7 @@ async fn admit_and_forward(
     let (method, body) = if route == Route::CreateAllocation {
         let body = admission::read_body(req, &config.limits).await.map_err(refuse)?;
         let idempotency_key = platform::header(req, headers::IDEMPOTENCY_KEY);
-        let idempotency_key = admission::idempotency_key(idempotency_key.as_deref()).map_err(refuse)?;
+        let idempotency_key = request_headers::idempotency_key(idempotency_key.as_deref()).map_err(refuse)?;
         admission::check_allocation_body(&body, &config.limits).map_err(refuse)?;
         headers.push((headers::IDEMPOTENCY_KEY, idempotency_key.to_owned()));
         headers.push(("content-type", "application/json".to_owned()));
@@ -107,7 +107,14 @@ async fn admit_and_forward(
     } else {
         (Method::Get, Vec::new())
     };
-    let out = Outbound { method, base: base.to_owned(), path_and_query: cx.path_and_query(), headers, body };
+    let out = Outbound {
+        method,
+        base: base.to_owned(),
+        path_and_query: cx.path_and_query(),
+        key_id: key.key_id().to_owned(),
+        headers,
+        body,
+    };
 
     let mut reply = if route == Route::ListProducts {
         let if_none_match = platform::header(req, "if-none-match");

@@ -130,6 +130,7 @@ pub async fn readyz(config: &Config, cx: &mut RequestContext) -> Reply {
         method: Method::Get,
         base: base.to_owned(),
         path_and_query: "/readyz".to_owned(),
+        key_id: String::new(),
         headers: cx.origin_headers(),
         body: Vec::new(),
     };

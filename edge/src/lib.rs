@@ -9,8 +9,9 @@
 //! - [`health`]     `/healthz` in the isolate, `/readyz` from the origin through the edge cache
 //! - [`api`]        the forwarded routes: the checks in order, then forwarding
 //!   - [`quota`]      rate limits per API key and per client IP on failed authentications
-//!   - [`auth`]       API key format and checksum
-//!   - [`admission`]  body size, `Idempotency-Key`, body validation (the shared crate's rules)
+//!   - API key format and checksum, and `Idempotency-Key`: `allot_shared::request_headers`, the
+//!     origin's own rules
+//!   - [`admission`]  body size and body validation (the shared crate's rules)
 //!   - [`upstream`]   signing, timeouts, one retry, passing the origin's answer back
 //!   - [`edge_cache`] the Cache API for `/readyz` and `/v1/products`
 //! - [`reply`]      responses as data, errors in the shared error body
@@ -20,7 +21,6 @@
 pub mod access_log;
 pub mod admission;
 pub mod api;
-pub mod auth;
 pub mod config;
 pub mod context;
 pub mod edge_cache;

@@ -33,10 +33,19 @@ pub struct Outbound {
     pub base: String,
     /// Path and query exactly as the origin will see them (and as signed).
     pub path_and_query: String,
+    /// The caller's API key id (signed, so a request cannot be resent under another key).
+    pub key_id: String,
     /// Headers besides the signature.
     pub headers: Vec<(&'static str, String)>,
     /// The body, byte for byte as the caller sent it.
     pub body: Vec<u8>,
+}
+
+impl Outbound {
+    /// A header set for the origin.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 /// An origin's answer.
@@ -117,9 +126,19 @@ pub async fn forward(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Forwarde
 
 /// One signed attempt; the timeout covers connecting, the headers and the whole body.
 pub async fn send_once(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Attempt {
-    // A fresh timestamp per attempt: a retry is signed again.
+    // A fresh timestamp and nonce per attempt: a retry is signed again, with a MAC of its own,
+    // so the origin's replay guard does not take the edge's retry for a replay.
     let ts = i64::try_from(platform::now_ms() / 1000).unwrap_or(0);
-    let sig = signature::sign(secret, ts, method_str(&out.method), &out.path_and_query, &out.body);
+    let nonce = hex::encode(platform::random::<16>());
+    let idempotency_key = out.header(headers::IDEMPOTENCY_KEY).unwrap_or("");
+    let signed = signature::Signed {
+        method: method_str(&out.method),
+        path_and_query: &out.path_and_query,
+        key_id: &out.key_id,
+        idempotency_key,
+        body: &out.body,
+    };
+    let sig = signature::sign(secret, ts, &nonce, &signed);
     let signal = AbortSignal::from(worker::web_sys::AbortSignal::timeout_with_u32(timeout_ms));
     let request = match build_request(out, &sig) {
         Ok(r) => r,

@@ -149,6 +149,7 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
     for c in 0..s.clients {
         let (stop, measuring, buckets, base, key) =
             (stop.clone(), measuring.clone(), buckets.clone(), base.clone(), key.clone());
+        let key_id = allot_shared::ApiKey::parse(&key).expect("an issued key parses").key_id().to_owned();
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let (mut ok, mut oos, mut errors, mut lat) = (0usize, 0usize, 0usize, Vec::with_capacity(100_000));
@@ -158,13 +159,21 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
                 let (p, d) = &buckets[(c * 7919 + i * 104_729) % buckets.len()];
                 let body = format!(r#"{{"product_id":"{p}","denomination":"{d}","quantity":1}}"#);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-                let sig = signature::sign(SECRET.as_bytes(), now, "POST", "/v1/allocations", body.as_bytes());
+                let idem = format!("c{c}-{i}");
+                let signed = signature::Signed {
+                    method: "POST",
+                    path_and_query: "/v1/allocations",
+                    key_id: &key_id,
+                    idempotency_key: &idem,
+                    body: body.as_bytes(),
+                };
+                let sig = signature::sign(SECRET.as_bytes(), now, &uuid::Uuid::new_v4().simple().to_string(), &signed);
                 let counted = measuring.load(Ordering::Relaxed);
                 let started = Instant::now();
                 let resp = http
                     .post(format!("{base}/v1/allocations"))
                     .header("authorization", format!("Bearer {key}"))
-                    .header("idempotency-key", format!("c{c}-{i}"))
+                    .header("idempotency-key", &idem)
                     .header("content-type", "application/json")
                     .header(allot_shared::headers::SIGNATURE, sig)
                     .body(body)

@@ -47,16 +47,9 @@ impl Authenticator {
         Self { pool, region, ttl, cache: Arc::new(Mutex::new(HashMap::new())) }
     }
 
-    /// Authenticate an `Authorization: Bearer <key>` header value.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AppError> {
-        let value =
-            authorization.ok_or_else(|| unauthorized("an API key is required: send Authorization: Bearer <key>"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?
-            .trim();
-        let key = ApiKey::parse(token).map_err(|e| unauthorized(&e.to_string()))?;
+    /// Authenticate a well-formed key (format and checksum were checked by
+    /// [`allot_shared::request_headers::api_key`]).
+    pub async fn authenticate(&self, key: &ApiKey) -> Result<Caller, AppError> {
         if key.region() != &self.region {
             return Err(unauthorized(&format!("this API key belongs to region {}, not {}", key.region(), self.region)));
         }

@@ -69,6 +69,13 @@ pub struct Config {
     pub signature_mode: SignatureMode,
     /// Largest accepted clock skew of a signature.
     pub signature_max_skew_secs: i64,
+    /// Whether version-1 signatures (which cover neither the API key nor the Idempotency-Key) are
+    /// accepted: only while edges are being upgraded; off by default.
+    pub signature_accept_v1: bool,
+    /// Connection limits and read timeouts of both listeners.
+    pub connections: ConnectionLimits,
+    /// Default requests per minute allowed to each client (operators may set one per client).
+    pub client_rate_limit_per_minute: u32,
     /// Public API listener.
     pub listen: SocketAddr,
     /// Operator listener (health, and later metrics); keep it private.
@@ -101,6 +108,18 @@ pub struct Config {
     pub idempotency_retention: Duration,
     /// How long job history is kept.
     pub job_history_retention: Duration,
+}
+
+/// What one slow or greedy peer may hold of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections per listener; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time from a connection's first byte (or the end of its last response) to a complete
+    /// request head; past it the peer gets `408` and the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Time to receive a whole request body; past it, `408 REQUEST_TIMEOUT`.
+    pub body_read_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -264,6 +283,41 @@ impl Config {
             return Err(ConfigError("ALLOT_MAX_BODY_BYTES must be from 256 to 1048576".into()));
         }
 
+        let signature_accept_v1 = match s.get("ALLOT_EDGE_SIGNATURE_V1").unwrap_or("refuse") {
+            "refuse" => false,
+            "accept" => true,
+            other => {
+                return Err(ConfigError(format!(
+                    "ALLOT_EDGE_SIGNATURE_V1={other} is invalid: use `refuse` (default) or `accept` (only while edges \
+                     that sign version 1 are being replaced)"
+                )));
+            }
+        };
+        let request_timeout = s.millis("ALLOT_REQUEST_TIMEOUT_MS", 15_000)?;
+        let connections = ConnectionLimits {
+            max_connections: s.parse("ALLOT_MAX_CONNECTIONS", 4096, "a number of connections")?,
+            header_read_timeout: s.millis("ALLOT_HEADER_READ_TIMEOUT_MS", 10_000)?,
+            body_read_timeout: s.millis("ALLOT_BODY_READ_TIMEOUT_MS", 10_000)?,
+        };
+        if connections.max_connections == 0 {
+            return Err(ConfigError("ALLOT_MAX_CONNECTIONS must be greater than 0".into()));
+        }
+        if connections.header_read_timeout.is_zero() || connections.body_read_timeout.is_zero() {
+            return Err(ConfigError("ALLOT_HEADER_READ_TIMEOUT_MS and ALLOT_BODY_READ_TIMEOUT_MS must be > 0".into()));
+        }
+        if connections.body_read_timeout >= request_timeout {
+            return Err(ConfigError(
+                "ALLOT_BODY_READ_TIMEOUT_MS must be less than ALLOT_REQUEST_TIMEOUT_MS: a slow body is the client's \
+                 fault (408), not the server's (503)"
+                    .into(),
+            ));
+        }
+        let client_rate_limit_per_minute: u32 =
+            s.parse("ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE", 600_000, "requests per minute")?;
+        if client_rate_limit_per_minute == 0 {
+            return Err(ConfigError("ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE must be greater than 0".into()));
+        }
+
         let db_pool_size: u32 = s.parse("ALLOT_DB_POOL_SIZE", 32, "a pool size")?;
         if db_pool_size == 0 {
             return Err(ConfigError("ALLOT_DB_POOL_SIZE must be greater than 0".into()));
@@ -278,6 +332,9 @@ impl Config {
             edge_secrets,
             signature_mode,
             signature_max_skew_secs: s.parse("ALLOT_SIGNATURE_MAX_SKEW_SECS", 60, "seconds")?,
+            signature_accept_v1,
+            connections,
+            client_rate_limit_per_minute,
             listen: s.parse("ALLOT_LISTEN", "127.0.0.1:8080".parse().expect("valid"), "host:port")?,
             operator_listen: s.parse("ALLOT_OPERATOR_LISTEN", "127.0.0.1:9090".parse().expect("valid"), "host:port")?,
             db_pool_size,
@@ -286,7 +343,7 @@ impl Config {
             idempotency_wait: s.millis("ALLOT_IDEMPOTENCY_WAIT_MS", 5_000)?,
             db_statement_timeout: s.millis("ALLOT_DB_STATEMENT_TIMEOUT_MS", 5_000)?,
             valkey_timeout: s.millis("ALLOT_VALKEY_TIMEOUT_MS", 250)?,
-            request_timeout: s.millis("ALLOT_REQUEST_TIMEOUT_MS", 15_000)?,
+            request_timeout,
             key_cache_ttl: s.millis("ALLOT_KEY_CACHE_TTL_MS", 5_000)?,
             limits,
             shutdown_timeout: s.millis("ALLOT_SHUTDOWN_TIMEOUT_MS", 25_000)?,

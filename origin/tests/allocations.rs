@@ -286,7 +286,7 @@ async fn catalogue_lists_denominations_with_availability_and_etag() {
             .get(format!("{}/v1/products", app.base))
             .header("authorization", format!("Bearer {}", app.key))
             .header("if-none-match", &etag)
-            .header(allot_shared::headers::SIGNATURE, app.sign("GET", "/v1/products", b""))
+            .header(allot_shared::headers::SIGNATURE, app.sign("GET", "/v1/products", Some(&app.key), None, b""))
             .send()
             .await
             .unwrap(),

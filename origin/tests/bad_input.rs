@@ -196,11 +196,15 @@ async fn bad_credentials_headers_and_routes_are_rejected() {
     )
     .await;
     assert_error(&unsigned, 401, "UNAUTHORIZED", "unsigned");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = common::unix_now();
+    let secret = common::EDGE_SECRET.as_bytes();
+    let key = Some(app.key.as_str());
+    let sign = |secret: &[u8], ts, idem, body| common::edge_signature(secret, ts, "POST", path, key, Some(idem), body);
     for (case, sig) in [
-        ("wrong secret", allot_shared::signature::sign(b"another-secret-entirely!", now, "POST", path, good)),
-        ("stale", allot_shared::signature::sign(common::EDGE_SECRET.as_bytes(), now - 600, "POST", path, good)),
-        ("other body", allot_shared::signature::sign(common::EDGE_SECRET.as_bytes(), now, "POST", path, b"{}")),
+        ("wrong secret", sign(b"another-secret-entirely!", now, "s2", good)),
+        ("stale", sign(secret, now - 600, "s2", good)),
+        ("other body", sign(secret, now, "s2", b"{}")),
+        ("other idempotency key", sign(secret, now, "s1", good)),
         ("garbage", "t=abc,v1=zz".to_owned()),
     ] {
         let r = common::read(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use allot_origin::config::generate_card_key;
 use allot_origin::crypto::KeyRing;
 use allot_origin::ops::{self, NewCard};
-use allot_shared::{Currency, Denomination, Region, signature};
+use allot_shared::{ApiKey, Currency, Denomination, Region, signature};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
@@ -255,14 +255,14 @@ async fn drive(
                 let body = format!(r#"{{"product_id":"{product}","denomination":"10.00","quantity":1}}"#);
                 let mut req = Request::default();
                 loop {
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-                    let sig = signature::sign(SECRET.as_bytes(), now, "POST", "/v1/allocations", body.as_bytes());
+                    let idem = format!("req-{i}");
+                    let sig = sign_allocation(&key, &idem, &body);
                     let url = format!("{}/v1/allocations", base.read().unwrap());
                     let t = Instant::now();
                     let r = http
                         .post(url)
                         .header("authorization", format!("Bearer {key}"))
-                        .header("idempotency-key", format!("req-{i}"))
+                        .header("idempotency-key", &idem)
                         .header("content-type", "application/json")
                         .header(allot_shared::headers::SIGNATURE, sig)
                         .body(body.clone())
@@ -614,4 +614,18 @@ async fn two_cron_processes_run_each_tick_once() {
         assert!((4..=8).contains(&ticks), "{job}: about one run per second over 6 s, got {ticks}");
     }
     assert!(rows.iter().all(|r| r.2 != "failed"), "{rows:?}");
+}
+
+/// The edge's version-2 signature over a `POST /v1/allocations`, with a fresh nonce.
+fn sign_allocation(key: &str, idem: &str, body: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let key_id = ApiKey::parse(key).expect("an issued key parses").key_id().to_owned();
+    let signed = signature::Signed {
+        method: "POST",
+        path_and_query: "/v1/allocations",
+        key_id: &key_id,
+        idempotency_key: idem,
+        body: body.as_bytes(),
+    };
+    signature::sign(SECRET.as_bytes(), now, &uuid::Uuid::new_v4().simple().to_string(), &signed)
 }

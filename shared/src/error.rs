@@ -25,6 +25,8 @@ pub enum ErrorCode {
     IdempotencyMismatch,
     /// The body is larger than allowed.
     PayloadTooLarge,
+    /// The request's headers or body did not arrive in time.
+    RequestTimeout,
     /// Too many requests; see `Retry-After`.
     RateLimited,
     /// The origin cannot serve right now; retry later.
@@ -35,7 +37,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::ValidationFailed,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -45,6 +47,7 @@ impl ErrorCode {
         ErrorCode::OutOfStock,
         ErrorCode::IdempotencyMismatch,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::RateLimited,
         ErrorCode::OriginUnavailable,
         ErrorCode::Internal,
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::IdempotencyInProgress | ErrorCode::OutOfStock => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::IdempotencyMismatch => 422,
@@ -78,6 +82,7 @@ impl ErrorCode {
             ErrorCode::OutOfStock => "OUT_OF_STOCK",
             ErrorCode::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::OriginUnavailable => "ORIGIN_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
@@ -196,6 +201,7 @@ mod tests {
             ("OUT_OF_STOCK", 409),
             ("IDEMPOTENCY_MISMATCH", 422),
             ("PAYLOAD_TOO_LARGE", 413),
+            ("REQUEST_TIMEOUT", 408),
             ("RATE_LIMITED", 429),
             ("ORIGIN_UNAVAILABLE", 503),
             ("INTERNAL", 500),

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod money;
 pub mod rate_limit;
 pub mod region;
+pub mod request_headers;
 pub mod signature;
 pub mod trace;
 

@@ -41,28 +41,47 @@ export function withBadChecksum(key) {
   return key.slice(0, i) + (key[i] === "a" ? "b" : "a") + key.slice(i + 1);
 }
 
-/** `allot-signature` value for a request (the shared scheme). */
-export function sign(secret, ts, method, pathAndQuery, body) {
-  const digest = createHash("sha256")
-    .update(body ?? Buffer.alloc(0))
-    .digest("hex");
-  const canonical = `allot-v1\n${ts}\n${method.toUpperCase()}\n${pathAndQuery}\n${digest}`;
-  return `t=${ts},v1=${createHmac("sha256", secret).update(canonical).digest("hex")}`;
+/** The API key id inside an `Authorization: Bearer allot_<region>_<key id>_…` value ("" if none). */
+export function keyIdOf(authorization) {
+  const m = /^bearer\s+allot_[a-z0-9-]+_([0-9A-Za-z]{16})_/i.exec((authorization ?? "").trim());
+  return m ? m[1] : "";
 }
 
 /**
- * Verify `allot-signature` over (timestamp, METHOD, path and query, SHA-256 of the body) with HMAC-SHA256.
- * Returns the timestamp; throws when the header is missing, malformed, stale (> maxSkew s) or wrong.
+ * `allot-signature` value (version 2) for a request: HMAC-SHA256 over
+ * `allot-v2\n<t>\n<nonce>\n<METHOD>\n<path and query>\n<key id>\n<Idempotency-Key>\n<hex SHA-256 of the body>`.
  */
-export function verifySignature(header, secret, method, pathAndQuery, body, maxSkewSecs = 60) {
-  const m = /^t=(\d{1,12}),v1=([0-9a-f]{64})$/.exec(header ?? "");
+export function sign(secret, ts, { method, pathAndQuery, keyId = "", idempotencyKey = "", body, nonce = randomHex(16) }) {
+  const digest = createHash("sha256")
+    .update(body ?? Buffer.alloc(0))
+    .digest("hex");
+  const canonical = `allot-v2\n${ts}\n${nonce}\n${method.toUpperCase()}\n${pathAndQuery}\n${keyId}\n${idempotencyKey}\n${digest}`;
+  return `t=${ts},n=${nonce},v2=${createHmac("sha256", secret).update(canonical).digest("hex")}`;
+}
+
+/**
+ * Verify the `allot-signature` of a forwarded request (Node's lower-case `headers`), covering the key
+ * id from its Authorization and its Idempotency-Key. Returns { ts, nonce }; throws when the header
+ * is missing, malformed, stale (> maxSkew s) or wrong.
+ */
+export function verifySignature(headers, secret, method, pathAndQuery, body, maxSkewSecs = 60) {
+  const header = headers["allot-signature"];
+  const m = /^t=(\d{1,12}),n=([0-9a-f]{32}),v2=([0-9a-f]{64})$/.exec(header ?? "");
   if (!m) throw new Error(`malformed allot-signature: ${header}`);
   const ts = Number(m[1]);
   const skew = Math.abs(Math.floor(Date.now() / 1000) - ts);
   if (skew > maxSkewSecs) throw new Error(`stale allot-signature (${skew} s)`);
-  const expected = Buffer.from(sign(secret, ts, method, pathAndQuery, body).split("v1=")[1], "hex");
-  if (!timingSafeEqual(expected, Buffer.from(m[2], "hex"))) throw new Error("allot-signature does not verify");
-  return ts;
+  const expected = sign(secret, ts, {
+    method,
+    pathAndQuery,
+    keyId: keyIdOf(headers.authorization),
+    idempotencyKey: headers["idempotency-key"] ?? "",
+    body,
+    nonce: m[2],
+  });
+  const want = Buffer.from(expected.split("v2=")[1], "hex");
+  if (!timingSafeEqual(want, Buffer.from(m[3], "hex"))) throw new Error("allot-signature does not verify");
+  return { ts, nonce: m[2] };
 }
 
 /** Parse a W3C traceparent (version 00) or return null. */

@@ -18,7 +18,7 @@ import os from "node:os";
 import path from "node:path";
 import { EDGE_BUILD_DIR, REPO_ROOT, startEdge, DEFAULT_RATELIMITS } from "./edge.mjs";
 import { startOrigin } from "./origin-process.mjs";
-import { allocationBody, randomHex, sign } from "./allot.mjs";
+import { allocationBody, keyIdOf, randomHex, sign } from "./allot.mjs";
 
 const SECONDS = Number(process.env.FIGURES_SECONDS ?? 2);
 const ROUNDS = Number(process.env.FIGURES_ROUNDS ?? 6);
@@ -205,13 +205,13 @@ async function addedLatency() {
       };
       if (p.signHere) {
         // What the edge does for the origin, done by the client: the signature.
-        headers["allot-signature"] = sign(
-          origin.secret,
-          Math.floor(Date.now() / 1000),
-          "POST",
-          "/v1/allocations",
-          Buffer.from(body),
-        );
+        headers["allot-signature"] = sign(origin.secret, Math.floor(Date.now() / 1000), {
+          method: "POST",
+          pathAndQuery: "/v1/allocations",
+          keyId: keyIdOf(headers.authorization),
+          idempotencyKey: headers["idempotency-key"],
+          body: Buffer.from(body),
+        });
       }
       const [status, lat] = await request(p.agent, new URL("/v1/allocations", p.base), {
         method: "POST",

@@ -1,8 +1,6 @@
 //! `POST /v1/allocations` and `GET /v1/allocations/{id}`.
 
-use allot_shared::{
-    AllocationRequest, ApiError, ErrorCode, headers, ident::validate_idempotency_key, trace::TraceParent,
-};
+use allot_shared::{AllocationRequest, ErrorCode, headers, request_headers, trace::TraceParent};
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -10,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::gate::joined;
 use crate::allocation::{Caller, Outcome};
 use crate::error::AppError;
 
@@ -24,12 +23,8 @@ pub async fn create(
     headers_in: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let key = headers_in
-        .get(headers::IDEMPOTENCY_KEY)
-        .ok_or_else(|| AppError::api(ErrorCode::IdempotencyKeyRequired, "an Idempotency-Key header is required"))?;
-    let key =
-        key.to_str().map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII characters only"))?;
-    validate_idempotency_key(key).map_err(|r| ApiError::validation("Idempotency-Key", r))?;
+    let key = joined(&headers_in, headers::IDEMPOTENCY_KEY);
+    let key = request_headers::idempotency_key(key.as_deref())?;
     let request = AllocationRequest::parse(&body, &st.config.limits)?;
     let trace = headers_in
         .get(headers::TRACEPARENT)

@@ -1,8 +1,8 @@
 //! Request ids, deadlines, panics, access logs, and the edge-signature + API-key gate.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use allot_shared::{ApiError, ErrorCode, headers, ident::is_valid_request_id, signature};
+use allot_shared::{ApiError, ErrorCode, headers, ident::is_valid_request_id};
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
@@ -10,9 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Span;
 
-use super::AppState;
-use crate::config::SignatureMode;
-use crate::error::{AppError, ErrorMarker, error_response};
+use crate::error::{ErrorMarker, error_response};
 
 /// The request's id, from the edge (validated) or made here.
 #[derive(Clone, Debug)]
@@ -109,45 +107,4 @@ pub async fn track_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("allot_http_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
-}
-
-fn unauthorized(message: String) -> AppError {
-    AppError::Api(ApiError::new(ErrorCode::Unauthorized, message))
-}
-
-/// Gate for the API: body limit, edge signature (unless explicitly off), then the API key.
-/// The caller is attached to the request for handlers.
-pub async fn edge_and_key(State(st): State<AppState>, req: Request, next: Next) -> Result<Response, AppError> {
-    let limit = st.config.limits.max_body_bytes;
-    let too_large = || AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes"));
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
-
-    if st.config.signature_mode == SignatureMode::Required {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let secrets: Vec<&[u8]> = st.config.edge_secrets.iter().map(Vec::as_slice).collect();
-        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let sig = parts.headers.get(headers::SIGNATURE).and_then(|v| v.to_str().ok());
-        signature::verify(
-            &secrets,
-            sig,
-            now,
-            st.config.signature_max_skew_secs,
-            parts.method.as_str(),
-            path_and_query,
-            &bytes,
-        )
-        .map_err(|e| unauthorized(e.to_string()))?;
-    }
-
-    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = st.auth.authenticate(authorization).await?;
-    let mut req = Request::from_parts(parts, Body::from(bytes));
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
 }

@@ -1,6 +1,7 @@
 //! The HTTP surface: the public API router and the operator router.
 
 pub mod allocations;
+pub mod gate;
 pub mod health;
 pub mod middleware;
 pub mod products;
@@ -56,7 +57,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/allocations", post(allocations::create))
         .route("/v1/allocations/{id}", get(allocations::get_one))
         .route("/v1/products", get(products::list))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::edge_and_key));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::edge_and_key));
     let router = Router::new().route("/livez", get(health::livez)).route("/readyz", get(health::readyz)).merge(api);
     common_layers(router, &state)
 }

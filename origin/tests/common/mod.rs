@@ -306,10 +306,9 @@ impl TestApp {
         ops::rebuild_product_cache(&self.pool, &self.cache, product).await.unwrap();
     }
 
-    /// Headers signed as the edge would sign them.
-    pub fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        signature::sign(EDGE_SECRET.as_bytes(), now, method, path, body)
+    /// The signature the edge would send for this request (key: the API key sent, if any).
+    pub fn sign(&self, method: &str, path: &str, key: Option<&str>, idem: Option<&str>, body: &[u8]) -> String {
+        edge_signature(EDGE_SECRET.as_bytes(), unix_now(), method, path, key, idem, body)
     }
 
     /// Send a request as the edge would forward it: signed, with `key` as the API key.
@@ -330,7 +329,7 @@ impl TestApp {
         let mut req = self
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}{path}"))
-            .header(allot_shared::headers::SIGNATURE, self.sign(method, path, body));
+            .header(allot_shared::headers::SIGNATURE, self.sign(method, path, key, idem, body));
         if let Some(k) = key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
@@ -396,4 +395,26 @@ pub async fn other_client_key(app: &TestApp) -> String {
 /// A well-formed key (valid checksum) that no database knows.
 pub fn unknown_key() -> String {
     ApiKey::new(Region::parse("eu").unwrap(), "ZZZZZZZZZZZZZZZZ", "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ").unwrap().expose()
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A version-2 edge signature with a fresh nonce; the key id is read from `key` as the origin
+/// reads it (none when `key` is not a well-formed API key).
+pub fn edge_signature(
+    secret: &[u8],
+    ts: i64,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    idem: Option<&str>,
+    body: &[u8],
+) -> String {
+    let key_id = key.and_then(|k| ApiKey::parse(k).ok()).map(|k| k.key_id().to_owned()).unwrap_or_default();
+    let signed =
+        signature::Signed { method, path_and_query: path, key_id: &key_id, idempotency_key: idem.unwrap_or(""), body };
+    signature::sign(secret, ts, &Uuid::new_v4().simple().to_string(), &signed)
 }

@@ -1,0 +1,116 @@
+//! The API gate: everything a request must pass before a handler runs, cheapest check first.
+//!
+//! 1. declared size (`413`) and the signature header's presence, format and freshness (`401`),
+//!    and the API key's format (`401`): headers only, before a byte of body is read;
+//! 2. the body, within its size (`413`) and its read timeout (`408`); a broken body is `400`;
+//! 3. the signature's MAC over method, path, key id, Idempotency-Key and body (`401`);
+//! 4. the API key in Postgres (`401`/`403`);
+//! 5. one Valkey round trip: the replay guard (a MAC seen before is `401`) and the client's
+//!    exact rate limit (`429`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use allot_shared::signature::{Presented, Signed};
+use allot_shared::{ApiError, ApiKey, ErrorCode, headers, request_headers};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::AppState;
+use crate::config::SignatureMode;
+use crate::error::AppError;
+
+fn unauthorized(message: String) -> AppError {
+    AppError::Api(ApiError::new(ErrorCode::Unauthorized, message))
+}
+
+/// A field's values joined as the edge's fetch API joins them (so both refuse duplicates alike);
+/// a value that is not visible ASCII reads as a single unreadable value.
+pub fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("\u{fffd}")).collect();
+    request_headers::join(values)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Gate for the API (see the module docs). The caller is attached to the request for handlers.
+pub async fn edge_and_key(State(st): State<AppState>, req: Request, next: Next) -> Result<Response, AppError> {
+    let (parts, body) = req.into_parts();
+    let limit = st.config.limits.max_body_bytes;
+    let too_large = || AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes"));
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+
+    let signature = match st.config.signature_mode {
+        SignatureMode::Required => {
+            let value = joined(&parts.headers, headers::SIGNATURE);
+            let presented = Presented::parse(value.as_deref()).map_err(|e| unauthorized(e.to_string()))?;
+            presented
+                .check_fresh(unix_now(), st.config.signature_max_skew_secs)
+                .map_err(|e| unauthorized(e.to_string()))?;
+            Some(presented)
+        }
+        SignatureMode::Off => None,
+    };
+    let key: ApiKey = request_headers::api_key(joined(&parts.headers, headers::AUTHORIZATION).as_deref())?;
+
+    let bytes = read_body(body, limit, st.config.connections.body_read_timeout).await?;
+
+    if let Some(presented) = &signature {
+        let idempotency_key = joined(&parts.headers, headers::IDEMPOTENCY_KEY).unwrap_or_default();
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let signed = Signed {
+            method: parts.method.as_str(),
+            path_and_query,
+            key_id: key.key_id(),
+            idempotency_key: &idempotency_key,
+            body: &bytes,
+        };
+        let secrets: Vec<&[u8]> = st.config.edge_secrets.iter().map(Vec::as_slice).collect();
+        presented.verify(&secrets, &signed, st.config.signature_accept_v1).map_err(|e| unauthorized(e.to_string()))?;
+    }
+
+    let caller = st.auth.authenticate(&key).await?;
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// The whole body within `limit` bytes and `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<axum::body::Bytes, AppError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(AppError::Api(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        ))),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => {
+            Err(AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes")))
+        }
+        // A body that ends early (a lying Content-Length) or broken chunked framing.
+        Ok(Err(_)) => Err(ApiError::validation("body", "could not be read (the connection failed mid-body)").into()),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// `Connection: close`, for answers after which the rest of the request cannot be trusted.
+pub fn close_connection(resp: &mut Response) {
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+}

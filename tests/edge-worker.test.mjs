@@ -5,6 +5,7 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startEdge, DEFAULT_BINDINGS, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
 import { startRecordingOrigin } from "./lib/recording-origin.mjs";
+import { rawRequest } from "./lib/raw-http.mjs";
 import {
   allocationBody,
   freePort,
@@ -429,11 +430,15 @@ describe("origin failures: retry once, then 503 ORIGIN_UNAVAILABLE", () => {
     await res.arrayBuffer();
     const [a, b] = await origin.waitForRequests(2);
     assert.equal(origin.requests.length, 2);
-    for (const r of [a, b]) {
+    const signed = [a, b].map((r) => {
       assert.equal(r.headers["idempotency-key"], "retry-1");
-      verifySignature(r.headers, SECRET, "POST", "/v1/allocations", r.body);
-    }
+      return verifySignature(r.headers, SECRET, "POST", "/v1/allocations", r.body);
+    });
     assert.ok(a.body.equals(b.body));
+    // Each attempt is signed afresh: another nonce, so another MAC, which a replay guard keyed on
+    // the MAC does not take for a replay.
+    assert.notEqual(signed[0].nonce, signed[1].nonce);
+    assert.notEqual(a.headers["allot-signature"], b.headers["allot-signature"]);
   });
 
   test("502 on a GET is retried too", async () => {
@@ -783,4 +788,339 @@ test("a misconfigured edge fails /healthz and /readyz and answers 500 on the API
   } finally {
     await edge.dispose();
   }
+});
+
+describe("request bodies: deadline and broken streams (raw HTTP to workerd)", () => {
+  let origin, edge;
+  const key = makeApiKey("eu").key;
+  const head = (extra = []) => [
+    ["authorization", `Bearer ${key}`],
+    ["idempotency-key", `raw-${randomHex()}`],
+    ["content-type", "application/json"],
+    ["cf-connecting-ip", "198.51.100.200"],
+    ...extra,
+  ];
+
+  before(async () => {
+    origin = await startRecordingOrigin(originReplies());
+    // A short server-side deadline; the clients below wait far longer, so load cannot flake them.
+    edge = await startEdge({ bindings: { ORIGINS: JSON.stringify({ eu: origin.url }), BODY_TIMEOUT_MS: "300" } });
+  });
+  after(async () => {
+    await edge?.dispose();
+    await origin?.close();
+  });
+
+  function assertShape(res, status, code) {
+    assert.equal(res.status, status, res.text());
+    assert.equal(res.headers["content-type"], "application/json");
+    const body = res.json();
+    assert.deepEqual(Object.keys(body), ["error"]);
+    const keys = Object.keys(body.error).filter((k) => k !== "details");
+    assert.deepEqual(keys.sort(), ["code", "message", "request_id"]);
+    assert.equal(body.error.code, code);
+    assert.equal(body.error.request_id, res.headers["x-request-id"]);
+    return body.error;
+  }
+
+  test("workerd hands the worker the body as it arrives (nothing buffers it first)", async () => {
+    // The premise of the tests below: with Content-Length 100 and 10 bytes sent, a worker is
+    // running and waiting on its stream. A complete small body on a held socket is answered.
+    origin.reset();
+    const body = allocationBody();
+    const res = await rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: head([["content-length", String(Buffer.byteLength(body))]]),
+      body,
+      then: "hold",
+    });
+    assert.equal(res.status, 201, res.text());
+    assert.equal(origin.requests.length, 1);
+  });
+
+  test("a declared body that never comes is 408 REQUEST_TIMEOUT, nothing forwarded", async () => {
+    origin.reset();
+    const res = await rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: head([["content-length", "100"]]),
+      then: "hold",
+    });
+    const err = assertShape(res, 408, "REQUEST_TIMEOUT");
+    assert.equal(err.message, "the body did not arrive within 300 ms");
+    assert.equal(res.headers["cache-control"], "no-store");
+    await sleep(200);
+    assert.equal(origin.requests.length, 0);
+  });
+
+  test("a body that stalls half-way is 408, by Content-Length or chunked", async () => {
+    origin.reset();
+    const partial = allocationBody().slice(0, 20);
+    const byLength = await rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: head([["content-length", "200"]]),
+      body: partial,
+      then: "hold",
+    });
+    assertShape(byLength, 408, "REQUEST_TIMEOUT");
+    const chunked = await rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: head([["transfer-encoding", "chunked"]]),
+      body: `${partial.length.toString(16)}\r\n${partial}\r\n`,
+      then: "hold",
+    });
+    assertShape(chunked, 408, "REQUEST_TIMEOUT");
+    // A trickle does not reset the deadline: it covers the whole body.
+    const trickle = rawTrickle(edge.url, head(), 8, 100);
+    assertShape(await trickle, 408, "REQUEST_TIMEOUT");
+    await sleep(200);
+    assert.equal(origin.requests.length, 0);
+  });
+
+  test("a body cut off by the client (half-close mid-body) stays 400 VALIDATION_FAILED", async () => {
+    origin.reset();
+    const res = await rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: head([["content-length", "200"]]),
+      body: allocationBody().slice(0, 20),
+      then: "end",
+    });
+    const err = assertShape(res, 400, "VALIDATION_FAILED");
+    assert.equal(err.message, "body: could not be read (the connection failed mid-body)");
+    assert.equal(err.details.field, "body");
+    await sleep(200);
+    assert.equal(origin.requests.length, 0);
+  });
+
+  test("the deadline does not touch a body that arrives in time, in pieces", async () => {
+    origin.reset();
+    const body = allocationBody();
+    const res = await rawTrickle(edge.url, head(), 2, 50, body);
+    assert.equal(res.status, 201, res.text());
+    const [req] = await origin.waitForRequests(1);
+    assert.ok(req.body.equals(Buffer.from(body)));
+  });
+});
+
+/**
+ * A chunked POST /v1/allocations written in `pieces` chunks `gapMs` apart. With `body`, the body is
+ * split into the pieces and terminated; without, junk pieces are sent and the body never ends.
+ */
+async function rawTrickle(base, headers, pieces, gapMs, body) {
+  const net = await import("node:net");
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(Number(url.port), url.hostname);
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error("trickle: no response after 30 s"));
+    }, 30_000);
+    sock.on("error", reject);
+    sock.on("data", async (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      const headEnd = buf.indexOf("\r\n\r\n");
+      if (headEnd < 0) return;
+      const m = /content-length:\s*(\d+)/i.exec(buf.subarray(0, headEnd).toString("latin1"));
+      const n = m ? Number(m[1]) : 0;
+      if (buf.length < headEnd + 4 + n) return;
+      clearTimeout(timer);
+      sock.destroy();
+      const text = buf.subarray(headEnd + 4, headEnd + 4 + n).toString("utf8");
+      const headers = {};
+      for (const line of buf.subarray(0, headEnd).toString("latin1").split("\r\n").slice(1)) {
+        const i = line.indexOf(":");
+        headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+      }
+      resolve({ status: Number(buf.subarray(9, 12).toString()), headers, text: () => text, json: () => JSON.parse(text) });
+    });
+    sock.on("connect", async () => {
+      const lines = ["POST /v1/allocations HTTP/1.1", `host: ${url.host}`, "transfer-encoding: chunked"];
+      for (const [n, v] of headers) lines.push(`${n}: ${v}`);
+      sock.write(`${lines.join("\r\n")}\r\n\r\n`);
+      const size = body ? Math.ceil(body.length / pieces) : 4;
+      for (let i = 0; i < pieces && !sock.destroyed; i++) {
+        const piece = body ? body.slice(i * size, (i + 1) * size) : "    ";
+        if (piece.length) sock.write(`${Buffer.byteLength(piece).toString(16)}\r\n${piece}\r\n`);
+        await sleep(gapMs);
+      }
+      if (body && !sock.destroyed) sock.write("0\r\n\r\n");
+    });
+  });
+}
+
+describe("rate-limit fields from the origin pass through", () => {
+  let origin, edge;
+  const key = makeApiKey("eu").key;
+  const originPolicy = '"client";q=50;w=60';
+
+  before(async () => {
+    origin = await startRecordingOrigin(originReplies());
+    edge = await startEdge({ bindings: { ORIGINS: JSON.stringify({ eu: origin.url }) } });
+  });
+  after(async () => {
+    await edge?.dispose();
+    await origin?.close();
+  });
+
+  test("an origin 429: status, body, Retry-After and RateLimit as sent; both policies, the edge's first", async () => {
+    origin.reset();
+    const body = {
+      error: { code: "RATE_LIMITED", message: "rate limit exceeded; retry in 17 s", request_id: "o-1" },
+    };
+    origin.respond({
+      status: 429,
+      headers: { "ratelimit-policy": originPolicy, ratelimit: '"client";r=0;t=17', "retry-after": "17" },
+      body,
+    });
+    const res = await postAllocation(edge, { key, ip: "198.51.100.50" });
+    assert.equal(res.status, 429);
+    assert.deepEqual(await res.json(), body);
+    assert.equal(res.headers.get("retry-after"), "17");
+    assert.equal(res.headers.get("ratelimit"), '"client";r=0;t=17');
+    assert.equal(res.headers.get("ratelimit-policy"), `"default";q=100;w=60, ${originPolicy}`);
+    assert.equal(origin.requests.length, 1, "a 429 is not retried");
+
+    // A GET too, and not counted as a failed authentication.
+    const got = await get(edge, "/v1/allocations/abc", { key, ip: "198.51.100.50" });
+    assert.equal(got.status, 429);
+    assert.equal(got.headers.get("ratelimit-policy"), `"default";q=100;w=60, ${originPolicy}`);
+    await got.arrayBuffer();
+    origin.respond(originReplies());
+  });
+
+  test("a success carrying the origin's fields passes them back too; without them only the edge's policy", async () => {
+    origin.reset();
+    origin.respond((req) => {
+      const r = allocated(req);
+      r.headers = { ...r.headers, "ratelimit-policy": originPolicy, ratelimit: '"client";r=41;t=30' };
+      return r;
+    });
+    const res = await postAllocation(edge, { key });
+    assert.equal(res.status, 201);
+    assert.equal(res.headers.get("ratelimit"), '"client";r=41;t=30');
+    assert.equal(res.headers.get("ratelimit-policy"), `"default";q=100;w=60, ${originPolicy}`);
+    await res.arrayBuffer();
+
+    origin.respond(originReplies());
+    const plain = await postAllocation(edge, { key });
+    assert.equal(plain.status, 201);
+    assert.equal(plain.headers.get("ratelimit"), null);
+    assert.equal(plain.headers.get("ratelimit-policy"), '"default";q=100;w=60');
+    await plain.arrayBuffer();
+  });
+
+  test("a cached catalogue does not replay the origin's quota state", async () => {
+    origin.reset();
+    const k = makeApiKey("eu").key;
+    origin.respond(
+      originReplies({
+        "/v1/products": () => ({
+          status: 200,
+          headers: {
+            "content-type": "application/json",
+            "cache-control": "max-age=5",
+            "ratelimit-policy": originPolicy,
+            ratelimit: '"client";r=9;t=5',
+          },
+          body: { products: [] },
+        }),
+      }),
+    );
+    const miss = await get(edge, "/v1/products", { key: k });
+    assert.equal(miss.headers.get("allot-edge-cache"), "miss");
+    assert.equal(miss.headers.get("ratelimit"), '"client";r=9;t=5');
+    await miss.arrayBuffer();
+    const hit = await get(edge, "/v1/products", { key: k });
+    assert.equal(hit.headers.get("allot-edge-cache"), "hit");
+    assert.equal(hit.headers.get("ratelimit"), null, "the origin was not asked: no origin state");
+    assert.equal(hit.headers.get("ratelimit-policy"), '"default";q=100;w=60');
+    await hit.arrayBuffer();
+    origin.respond(originReplies());
+  });
+});
+
+describe("Authorization and Idempotency-Key: duplicates and the Bearer scheme's case (raw HTTP)", () => {
+  let origin, edge;
+  const k = makeApiKey("eu");
+
+  before(async () => {
+    origin = await startRecordingOrigin(originReplies());
+    edge = await startEdge({ bindings: { ORIGINS: JSON.stringify({ eu: origin.url }) } });
+  });
+  after(async () => {
+    await edge?.dispose();
+    await origin?.close();
+  });
+
+  const post = (headers, body = allocationBody()) =>
+    rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: [["content-type", "application/json"], ["content-length", String(Buffer.byteLength(body))], ...headers],
+      body,
+    });
+
+  test("Authorization sent twice is 401, even when both are the same key", async () => {
+    origin.reset();
+    for (const second of [k.key, makeApiKey("eu").key]) {
+      const res = await post([
+        ["authorization", `Bearer ${k.key}`],
+        ["authorization", `Bearer ${second}`],
+        ["idempotency-key", randomHex()],
+        ["cf-connecting-ip", "198.51.100.60"],
+      ]);
+      assert.equal(res.status, 401, res.text());
+      const err = res.json().error;
+      assert.equal(err.code, "UNAUTHORIZED");
+      assert.equal(err.message, "send exactly one Authorization header, with one API key");
+    }
+    const got = await rawRequest(edge.url, {
+      path: "/v1/products",
+      headers: [
+        ["authorization", `Bearer ${k.key}`],
+        ["authorization", `Bearer ${k.key}`],
+        ["cf-connecting-ip", "198.51.100.60"],
+      ],
+    });
+    assert.equal(got.status, 401);
+    assert.equal(origin.requests.length, 0);
+  });
+
+  test("Idempotency-Key sent twice is 400 VALIDATION_FAILED naming the field", async () => {
+    origin.reset();
+    for (const second of ["order-1", "order-2"]) {
+      const res = await post([
+        ["authorization", `Bearer ${k.key}`],
+        ["idempotency-key", "order-1"],
+        ["idempotency-key", second],
+      ]);
+      assert.equal(res.status, 400, res.text());
+      const err = res.json().error;
+      assert.equal(err.code, "VALIDATION_FAILED");
+      assert.equal(err.message, "Idempotency-Key: must be sent once, as one value without ','");
+      assert.equal(err.details.field, "Idempotency-Key");
+    }
+    assert.equal(origin.requests.length, 0);
+  });
+
+  test("the Bearer scheme is case-insensitive; the origin gets the key as 'Bearer <key>', signed for its id", async () => {
+    origin.reset();
+    for (const scheme of ["BEARER", "bearer", "bEaReR"]) {
+      const res = await post([
+        ["authorization", `${scheme} ${k.key}`],
+        ["idempotency-key", randomHex()],
+      ]);
+      assert.equal(res.status, 201, res.text());
+    }
+    const reqs = await origin.waitForRequests(3);
+    for (const r of reqs) {
+      assert.equal(r.headers.authorization, `Bearer ${k.key}`);
+      verifySignature(r.headers, SECRET, "POST", "/v1/allocations", r.body);
+    }
+  });
 });

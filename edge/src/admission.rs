@@ -1,9 +1,12 @@
 //! Request checks before forwarding: body size and the allocation body,
 //! with the shared crate so the edge answers exactly what the origin would.
 
+use std::time::Duration;
+
 use allot_shared::{AllocationRequest, ApiError, ErrorCode, Limits};
 use futures_util::StreamExt;
-use worker::Request;
+use futures_util::future::{Either, select};
+use worker::{Delay, Request};
 
 fn too_large(limits: &Limits) -> ApiError {
     // The origin's wording (AllocationRequest::parse and its body-limit layer).
@@ -29,14 +32,27 @@ pub fn check_allocation_body(body: &[u8], limits: &Limits) -> Result<(), ApiErro
     AllocationRequest::parse(body, limits).map(|_| ())
 }
 
+/// `408 REQUEST_TIMEOUT` for a body that did not arrive in time (the origin's wording).
+pub fn body_timed_out(timeout_ms: u32) -> ApiError {
+    ApiError::new(ErrorCode::RequestTimeout, format!("the body did not arrive within {timeout_ms} ms"))
+}
+
 /// Read the request body, stopping with `413` as soon as it passes the limit (a chunked body
-/// has no `Content-Length` to check up front). A request without a body reads as empty.
-pub async fn read_body(req: &mut Request, limits: &Limits) -> Result<Vec<u8>, ApiError> {
+/// has no `Content-Length` to check up front), `408` when the whole body has not arrived within
+/// `timeout_ms` (one deadline for the body, not per chunk: a trickle cannot hold the isolate),
+/// and `400` when the stream breaks. A request without a body reads as empty.
+pub async fn read_body(req: &mut Request, limits: &Limits, timeout_ms: u32) -> Result<Vec<u8>, ApiError> {
     let Ok(mut stream) = req.stream() else {
         return Ok(Vec::new());
     };
+    let mut deadline = std::pin::pin!(Delay::from(Duration::from_millis(u64::from(timeout_ms))));
     let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = match select(stream.next(), deadline.as_mut()).await {
+            Either::Left((next, _)) => next,
+            Either::Right(_) => return Err(body_timed_out(timeout_ms)),
+        };
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|_| ApiError::validation("body", "could not be read (the connection failed mid-body)"))?;
         body.extend_from_slice(&chunk);
@@ -64,6 +80,13 @@ mod tests {
         assert!(check_declared_length(Some("99999999999999999999999"), &l).is_ok()); // overflow: bytes decide
         assert!(check_body_len(100, &l).is_ok());
         assert_eq!(check_body_len(101, &l).unwrap_err().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn body_timeouts_use_the_shared_shape() {
+        let err = body_timed_out(250);
+        assert_eq!((err.code, err.http_status()), (ErrorCode::RequestTimeout, 408));
+        assert_eq!(err.message, "the body did not arrive within 250 ms");
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! Checks run cheapest first and in the origin's order, so a request with several problems gets
 //! the same error from either: client IP blocked for failed authentications (429), declared size
-//! (413), API key (401), key rate limit (429), a region this edge serves (403), actual size (413),
-//! `Idempotency-Key` (400), body (400). Only then is anything sent to an origin.
+//! (413), API key (401), key rate limit (429), a region this edge serves (403), the body's
+//! arrival within `BODY_TIMEOUT_MS` (408) and actual size (413), `Idempotency-Key` (400), body
+//! (400). Only then is anything sent to an origin.
+//!
+//! `RateLimit-Policy` lists the edge's quota first and then the origin's, when the origin sent one;
+//! the origin's `RateLimit` state is passed back as it came.
 
 use allot_shared::{ApiError, ApiKey, ErrorCode, Region, headers, request_headers};
 use worker::{Env, Method, Request};
@@ -97,7 +101,7 @@ async fn admit_and_forward(
     let mut headers = cx.origin_headers();
     headers.push(("authorization", format!("Bearer {}", key.expose())));
     let (method, body) = if route == Route::CreateAllocation {
-        let body = admission::read_body(req, &config.limits).await.map_err(refuse)?;
+        let body = admission::read_body(req, &config.limits, config.body_timeout_ms).await.map_err(refuse)?;
         let idempotency_key = platform::header(req, headers::IDEMPOTENCY_KEY);
         let idempotency_key = request_headers::idempotency_key(idempotency_key.as_deref()).map_err(refuse)?;
         admission::check_allocation_body(&body, &config.limits).map_err(refuse)?;
@@ -129,7 +133,8 @@ async fn admit_and_forward(
     if reply.status == 401 {
         quota::record_auth_failure(env, &config.auth_fail_policy, cx.ip_key(), now_ms).await;
     }
-    reply.set_header(headers::RATELIMIT_POLICY, config.key_policy.policy_header());
+    let policy = upstream::policies(&config.key_policy.policy_header(), reply.header(headers::RATELIMIT_POLICY));
+    reply.set_header(headers::RATELIMIT_POLICY, policy);
     Ok(reply)
 }
 
@@ -157,7 +162,10 @@ async fn products(out: &Outbound, config: &Config, cx: &mut RequestContext, key:
     let reply = forward(out, config, cx).await;
     if reply.status == 200 {
         let mut stored = reply.clone();
-        stored.headers.retain(|(n, _)| n != headers::REQUEST_ID);
+        // A hit does not reach the origin, so the origin's quota fields would be stale there.
+        stored
+            .headers
+            .retain(|(n, _)| n != headers::REQUEST_ID && n != headers::RATELIMIT && n != headers::RATELIMIT_POLICY);
         if let Err(e) = edge_cache::put(&cache_key, &stored, PRODUCTS_TTL_SECS).await {
             warn("products not cached", &e);
         }

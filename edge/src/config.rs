@@ -31,6 +31,9 @@ pub const RL_AUTH_FAIL_LIMIT: &str = "RL_AUTH_FAIL_LIMIT";
 pub const RL_AUTH_FAIL_PERIOD: &str = "RL_AUTH_FAIL_PERIOD";
 /// Var: how long one origin attempt (connect, headers and body) may take, in milliseconds.
 pub const ORIGIN_TIMEOUT_MS: &str = "ORIGIN_TIMEOUT_MS";
+/// Var: how long the whole request body may take to arrive, in milliseconds (the origin's
+/// `ALLOT_BODY_READ_TIMEOUT_MS`); past it the caller gets `408 REQUEST_TIMEOUT`.
+pub const BODY_TIMEOUT_MS: &str = "BODY_TIMEOUT_MS";
 /// Secret: the HMAC key shared with the origins (`ALLOT_EDGE_SECRETS` there).
 pub const EDGE_SIGNING_SECRET: &str = "EDGE_SIGNING_SECRET";
 
@@ -41,6 +44,8 @@ pub const RL_AUTH_FAIL_BINDING: &str = "RL_AUTH_FAIL_IP";
 
 /// Default per-attempt origin timeout.
 pub const DEFAULT_ORIGIN_TIMEOUT_MS: u32 = 10_000;
+/// Default body timeout (the origin's default too).
+pub const DEFAULT_BODY_TIMEOUT_MS: u32 = 10_000;
 /// Shortest signing secret accepted (the origin's rule).
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -63,6 +68,8 @@ pub struct Config {
     pub auth_fail_policy: RateLimitPolicy,
     /// Per-attempt origin timeout in milliseconds.
     pub origin_timeout_ms: u32,
+    /// How long the request body may take to arrive, in milliseconds.
+    pub body_timeout_ms: u32,
     /// HMAC key for `allot-signature`.
     pub signing_secret: Vec<u8>,
 }
@@ -77,6 +84,7 @@ impl std::fmt::Debug for Config {
             .field("key_policy", &self.key_policy)
             .field("auth_fail_policy", &self.auth_fail_policy)
             .field("origin_timeout_ms", &self.origin_timeout_ms)
+            .field("body_timeout_ms", &self.body_timeout_ms)
             .field("signing_secret", &"<redacted>")
             .finish()
     }
@@ -176,6 +184,7 @@ impl Config {
             window_secs: number(&get, RL_AUTH_FAIL_PERIOD, 60, 1..=86_400)?,
         };
         let origin_timeout_ms = number(&get, ORIGIN_TIMEOUT_MS, DEFAULT_ORIGIN_TIMEOUT_MS, 50..=60_000)?;
+        let body_timeout_ms = number(&get, BODY_TIMEOUT_MS, DEFAULT_BODY_TIMEOUT_MS, 50..=60_000)?;
         let secret = get(EDGE_SIGNING_SECRET)
             .ok_or_else(|| ConfigError(format!("secret {EDGE_SIGNING_SECRET} is not set (wrangler secret put)")))?;
         if secret.len() < MIN_SECRET_LEN {
@@ -188,6 +197,7 @@ impl Config {
             key_policy,
             auth_fail_policy,
             origin_timeout_ms,
+            body_timeout_ms,
             signing_secret: secret.into_bytes(),
         })
     }
@@ -245,6 +255,7 @@ mod tests {
         assert_eq!(c.key_policy.policy_header(), "\"default\";q=100;w=60");
         assert_eq!(c.auth_fail_policy.policy_header(), "\"auth-failures\";q=20;w=60");
         assert_eq!(c.origin_timeout_ms, DEFAULT_ORIGIN_TIMEOUT_MS);
+        assert_eq!(c.body_timeout_ms, DEFAULT_BODY_TIMEOUT_MS);
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 
@@ -258,7 +269,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_configs() {
-        let cases: [(&str, Option<&str>, &str); 12] = [
+        let cases: [(&str, Option<&str>, &str); 15] = [
             (ORIGINS, None, "ORIGINS is not set"),
             (ORIGINS, Some("[]"), "JSON object"),
             (ORIGINS, Some("{}"), "names no region"),
@@ -270,6 +281,9 @@ mod tests {
             (DEFAULT_REGION, None, "required"),
             (MAX_QUANTITY, Some("lots"), "must be a number"),
             (RL_KEY_PERIOD, Some("0"), "from 1 to"),
+            (BODY_TIMEOUT_MS, Some("soon"), "BODY_TIMEOUT_MS must be a number"),
+            (BODY_TIMEOUT_MS, Some("10"), "BODY_TIMEOUT_MS must be from 50 to 60000"),
+            (BODY_TIMEOUT_MS, Some("60001"), "from 50 to 60000"),
             (EDGE_SIGNING_SECRET, Some("short"), "at least 16"),
         ];
         for (name, value, want) in cases {

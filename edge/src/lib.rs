@@ -11,7 +11,7 @@
 //!   - [`quota`]      rate limits per API key and per client IP on failed authentications
 //!   - API key format and checksum, and `Idempotency-Key`: `allot_shared::request_headers`, the
 //!     origin's own rules
-//!   - [`admission`]  body size and body validation (the shared crate's rules)
+//!   - [`admission`]  body deadline, body size and body validation (the shared crate's rules)
 //!   - [`upstream`]   signing, timeouts, one retry, passing the origin's answer back
 //!   - [`edge_cache`] the Cache API for `/readyz` and `/v1/products`
 //! - [`reply`]      responses as data, errors in the shared error body

@@ -21,8 +21,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub const UNAVAILABLE_RETRY_AFTER: u32 = 2;
 
 /// Origin response headers passed back to the caller (the body and status always are).
-const PASSED_BACK: [&str; 6] =
-    ["content-type", headers::IDEMPOTENT_REPLAYED, "etag", "cache-control", headers::RETRY_AFTER, "location"];
+/// `RateLimit-Policy` is passed back only to be merged with the edge's own (see [`policies`]).
+const PASSED_BACK: [&str; 8] = [
+    "content-type",
+    headers::IDEMPOTENT_REPLAYED,
+    "etag",
+    "cache-control",
+    headers::RETRY_AFTER,
+    "location",
+    headers::RATELIMIT,
+    headers::RATELIMIT_POLICY,
+];
 
 /// One request to an origin, before signing.
 #[derive(Debug, Clone)]
@@ -196,6 +205,16 @@ pub fn pass_back(a: &Answer, request_id: &str) -> Reply {
     reply.with_header(headers::REQUEST_ID, request_id)
 }
 
+/// The `RateLimit-Policy` the caller gets: the edge's policy, then the origin's when it sent one,
+/// as one structured-field list (draft-ietf-httpapi-ratelimit-headers: each layer names its own
+/// quota, and `RateLimit` refers to one of them by name).
+pub fn policies(edge: &str, origin: Option<&str>) -> String {
+    match origin.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(o) => format!("{edge}, {o}"),
+        None => edge.to_owned(),
+    }
+}
+
 /// `503 ORIGIN_UNAVAILABLE` with `Retry-After`.
 pub fn unavailable(region: &str, request_id: &str) -> Reply {
     let err =
@@ -241,11 +260,40 @@ mod tests {
         assert_eq!(r.header("idempotent-replayed"), Some("true"));
         assert_eq!(r.header("x-request-id"), Some("req-1"));
         assert_eq!(r.header("set-cookie"), None);
+        assert_eq!(r.header("ratelimit"), None);
         for last in [answer(503), Attempt::Unreachable, Attempt::TimedOut] {
             let r = reply_for(&Forwarded { last, attempts: 2 }, "eu", "req-1");
             assert_eq!(r.status, 503);
             assert_eq!(r.header("retry-after"), Some("2"));
             assert_eq!(r.error_code, Some(ErrorCode::OriginUnavailable));
         }
+    }
+
+    #[test]
+    fn passes_back_the_origins_rate_limit_fields() {
+        let limited = Attempt::Answered(Answer {
+            status: 429,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("ratelimit-policy".into(), "\"client\";q=50;w=60".into()),
+                ("ratelimit".into(), "\"client\";r=0;t=17".into()),
+                ("retry-after".into(), "17".into()),
+            ],
+            body: br#"{"error":{"code":"RATE_LIMITED","message":"slow down"}}"#.to_vec(),
+        });
+        let r = reply_for(&Forwarded { last: limited, attempts: 1 }, "eu", "req-1");
+        assert_eq!(r.status, 429);
+        assert_eq!(r.error_code, Some(ErrorCode::RateLimited));
+        assert_eq!(r.header("ratelimit"), Some("\"client\";r=0;t=17"));
+        assert_eq!(r.header("ratelimit-policy"), Some("\"client\";q=50;w=60"));
+        assert_eq!(r.header("retry-after"), Some("17"));
+    }
+
+    #[test]
+    fn lists_the_edge_policy_first_then_the_origins() {
+        let edge = "\"default\";q=100;w=60";
+        assert_eq!(policies(edge, None), edge);
+        assert_eq!(policies(edge, Some("  ")), edge);
+        assert_eq!(policies(edge, Some("\"client\";q=50;w=60")), "\"default\";q=100;w=60, \"client\";q=50;w=60");
     }
 }

@@ -33,6 +33,7 @@ export const DEFAULT_BINDINGS = Object.freeze({
   RL_AUTH_FAIL_LIMIT: "20",
   RL_AUTH_FAIL_PERIOD: "60",
   ORIGIN_TIMEOUT_MS: "10000",
+  BODY_TIMEOUT_MS: "10000",
   EDGE_SIGNING_SECRET: "test-edge-signing-secret",
 });
 

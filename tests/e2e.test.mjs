@@ -6,7 +6,17 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startEdge, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
 import { stackEnv, startOrigin } from "./lib/origin-process.mjs";
-import { allocationBody, keyIdOf, makeApiKey, randomHex, sign, withBadChecksum } from "./lib/allot.mjs";
+import http from "node:http";
+import {
+  allocationBody,
+  keyIdOf,
+  makeApiKey,
+  randomHex,
+  sign,
+  signedRequest,
+  withBadChecksum,
+} from "./lib/allot.mjs";
+import { rawRequest } from "./lib/raw-http.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** The one denomination the concurrency test drains: seeded with exactly 100 cards. */
@@ -195,6 +205,168 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
       assert.equal(count(`SELECT count(*) FROM allocations WHERE client_reference LIKE '${marker}-%'`), 5);
     } finally {
       await limited.dispose();
+    }
+  });
+
+  /** A raw POST /v1/allocations to the edge (repeated header lines kept as written). */
+  function rawToEdge(headers, body = allocationBody(OTHER)) {
+    return rawRequest(edge.url, {
+      method: "POST",
+      path: "/v1/allocations",
+      headers: [["content-type", "application/json"], ["content-length", String(Buffer.byteLength(body))], ...headers],
+      body,
+    });
+  }
+  /** The same straight to the origin, signed as the edge signs. */
+  function toOrigin(req) {
+    return signedRequest(origin.url, { secret: origin.secret, body: allocationBody(OTHER), ...req });
+  }
+  const errorOf = (res) => {
+    const body = res.json();
+    assert.deepEqual(Object.keys(body), ["error"], res.text());
+    assert.equal(res.headers["content-type"], "application/json");
+    return { status: res.status, code: body.error.code, message: body.error.message };
+  };
+  const written = () =>
+    count("SELECT count(*) FROM allocations") +
+    count("SELECT count(*) FROM outbox") +
+    count("SELECT count(*) FROM inventories WHERE status <> 'active'");
+
+  test("Authorization sent twice: 401 at the edge and 401 from the origin, same code and message", async () => {
+    const before = written();
+    for (const second of [origin.key, makeApiKey("eu").key]) {
+      const auth = [`Bearer ${origin.key}`, `Bearer ${second}`];
+      const viaEdge = errorOf(await rawToEdge([...auth.map((a) => ["authorization", a]), ["idempotency-key", randomHex()]]));
+      const direct = errorOf(await toOrigin({ authorization: auth, idempotencyKey: randomHex() }));
+      assert.deepEqual(viaEdge, {
+        status: 401,
+        code: "UNAUTHORIZED",
+        message: "send exactly one Authorization header, with one API key",
+      });
+      assert.deepEqual(direct, viaEdge);
+    }
+    assert.equal(written(), before);
+  });
+
+  test("Idempotency-Key sent twice: 400 VALIDATION_FAILED from both, same message", async () => {
+    const before = written();
+    for (const keys of [
+      ["order-a", "order-b"],
+      ["order-a", "order-a"],
+    ]) {
+      const viaEdge = errorOf(
+        await rawToEdge([["authorization", `Bearer ${origin.key}`], ...keys.map((k) => ["idempotency-key", k])]),
+      );
+      const direct = errorOf(await toOrigin({ authorization: `Bearer ${origin.key}`, idempotencyKey: keys }));
+      assert.deepEqual(viaEdge, {
+        status: 400,
+        code: "VALIDATION_FAILED",
+        message: "Idempotency-Key: must be sent once, as one value without ','",
+      });
+      assert.deepEqual(direct, viaEdge);
+    }
+    assert.equal(written(), before);
+  });
+
+  test("Authorization: BEARER <key> allocates through the edge and straight at the origin", async () => {
+    const viaEdge = await rawToEdge([
+      ["authorization", `BEARER ${origin.key}`],
+      ["idempotency-key", randomHex()],
+    ]);
+    assert.equal(viaEdge.status, 201, viaEdge.text());
+    assert.equal(viaEdge.json().cards.length, 1);
+    const direct = await toOrigin({ authorization: `BEARER ${origin.key}`, idempotencyKey: randomHex() });
+    assert.equal(direct.status, 201, direct.text());
+    assert.equal(direct.json().cards.length, 1);
+  });
+
+  test("signature v2 binds the Idempotency-Key and the key id: signed for one, sent with another, is 401", async () => {
+    const before = written();
+    const other = origin.issueKey();
+    assert.notEqual(keyIdOf(`Bearer ${other}`), keyIdOf(`Bearer ${origin.key}`));
+    const cases = [
+      // Signed for Idempotency-Key A, sent with B.
+      { authorization: `Bearer ${origin.key}`, idempotencyKey: "idem-B", signAs: { idempotencyKey: "idem-A" } },
+      // Signed for one key id, sent with another (valid) key of the same client.
+      { authorization: `Bearer ${other}`, idempotencyKey: randomHex(), signAs: { keyId: keyIdOf(`Bearer ${origin.key}`) } },
+      // Signed for another body.
+      { authorization: `Bearer ${origin.key}`, idempotencyKey: randomHex(), signAs: { body: Buffer.from(allocationBody({ ...OTHER, quantity: 2 })) } },
+    ];
+    for (const c of cases) {
+      const e = errorOf(await toOrigin(c));
+      assert.equal(e.status, 401, JSON.stringify(e));
+      assert.equal(e.code, "UNAUTHORIZED");
+    }
+    // The control: the same requests signed for what they send are accepted.
+    const ok = await toOrigin({ authorization: `Bearer ${other}`, idempotencyKey: randomHex() });
+    assert.equal(ok.status, 201, ok.text());
+    assert.equal(written(), before + 3, "only the control wrote (its allocation, its outbox row, its one card)");
+  });
+
+  test("the same signed request sent twice: the second is refused as a replay (401)", async () => {
+    const idem = randomHex();
+    const body = allocationBody(OTHER);
+    const signature = sign(origin.secret, Math.floor(Date.now() / 1000), {
+      method: "POST",
+      pathAndQuery: "/v1/allocations",
+      keyId: keyIdOf(`Bearer ${origin.key}`),
+      idempotencyKey: idem,
+      body: Buffer.from(body),
+    });
+    const req = { authorization: `Bearer ${origin.key}`, idempotencyKey: idem, body, signature };
+    const first = await toOrigin(req);
+    assert.equal(first.status, 201, first.text());
+    const again = errorOf(await toOrigin(req));
+    assert.equal(again.status, 401, JSON.stringify(again));
+    assert.equal(again.code, "UNAUTHORIZED");
+  });
+
+  test("an edge retry is signed afresh and is not taken for a replay", async () => {
+    // A gateway between edge and origin that loses the origin's first answer: the origin did the
+    // work, the edge sees 503 and retries once with a new nonce; the origin replays the allocation.
+    const seen = [];
+    let n = 0;
+    const gateway = http.createServer(async (req, res) => {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const headers = { ...req.headers };
+      delete headers.host;
+      delete headers.connection;
+      seen.push(headers["allot-signature"]);
+      const answer = await fetch(`${origin.url}${req.url}`, {
+        method: req.method,
+        headers,
+        body: req.method === "POST" ? Buffer.concat(chunks) : undefined,
+      });
+      const text = await answer.text();
+      if (n++ === 0) {
+        res.writeHead(503, { "content-type": "text/plain" });
+        res.end("lost the origin's answer");
+        return;
+      }
+      res.writeHead(answer.status, {
+        "content-type": answer.headers.get("content-type") ?? "application/json",
+        ...(answer.headers.get("idempotent-replayed") ? { "idempotent-replayed": "true" } : {}),
+      });
+      res.end(text);
+    });
+    await new Promise((r) => gateway.listen(0, "127.0.0.1", r));
+    const lossy = await startEdge({
+      bindings: { ORIGINS: JSON.stringify({ eu: `http://127.0.0.1:${gateway.address().port}` }), EDGE_SIGNING_SECRET: origin.secret },
+    });
+    try {
+      const idem = randomHex();
+      const res = await allocate(lossy, { idem });
+      const text = await res.text();
+      assert.equal(res.status, 201, text);
+      assert.equal(res.headers.get("idempotent-replayed"), "true", "the retry replayed what the first attempt made");
+      assert.equal(seen.length, 2);
+      assert.notEqual(seen[0], seen[1], "each attempt has its own signature");
+      assert.equal(count(`SELECT count(*) FROM allocations WHERE idempotency_key = '${idem}'`), 1);
+    } finally {
+      await lossy.dispose();
+      gateway.closeAllConnections();
+      await new Promise((r) => gateway.close(r));
     }
   });
 

@@ -117,6 +117,7 @@ export async function startOrigin(opts = {}) {
     /** @type {string[]} */
     const logs = [];
     child = spawn(bin, ["server"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const exited = new Promise((resolve) => child.once("close", resolve));
     for (const stream of [child.stdout, child.stderr]) {
       let rest = "";
       stream.setEncoding("utf8");
@@ -124,6 +125,11 @@ export async function startOrigin(opts = {}) {
         const lines = (rest + chunk).split("\n");
         rest = lines.pop();
         logs.push(...lines);
+      });
+      // The last line before exit may lack its newline (a panic, a flush at shutdown).
+      stream.on("end", () => {
+        if (rest) logs.push(rest);
+        rest = "";
       });
     }
     const url = `http://127.0.0.1:${port}`;
@@ -138,16 +144,22 @@ export async function startOrigin(opts = {}) {
       secret,
       dbUrl: dbUrl.toString(),
       env,
+      /** Every line the server wrote to stdout and stderr, complete once stop() has returned. */
       logs,
       /** Run SQL on this origin's database. */
       sql: (q) => psql(dbUrl.toString(), q),
       /** Issue another API key for the demo client. */
-      issueKey: () => run(bin, ["key", "issue", "--client", clientId], env).trim(),
+      issueKey: () => {
+        // The command's stdout may carry log lines (RUST_LOG) besides the key.
+        const out = run(bin, ["key", "issue", "--client", clientId], env);
+        const key = out.split("\n").map((l) => l.trim()).findLast((l) => /^allot_\S+$/.test(l));
+        if (!key) throw new Error(`no API key in the output of allot key issue:\n${out}`);
+        return key;
+      },
       async stop() {
         if (stopped) return;
         stopped = true;
         if (child.exitCode === null) {
-          const exited = new Promise((r) => child.once("exit", r));
           child.kill("SIGTERM");
           const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
           await exited;

@@ -874,8 +874,7 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
     });
     assertShape(chunked, 408, "REQUEST_TIMEOUT");
     // A trickle does not reset the deadline: it covers the whole body.
-    const trickle = rawTrickle(edge.url, head(), 8, 100);
-    assertShape(await trickle, 408, "REQUEST_TIMEOUT");
+    assertShape(await trickle(edge.url, head(), Array(8).fill("    "), 100, false), 408, "REQUEST_TIMEOUT");
     await sleep(200);
     assert.equal(origin.requests.length, 0);
   });
@@ -899,57 +898,23 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
   test("the deadline does not touch a body that arrives in time, in pieces", async () => {
     origin.reset();
     const body = allocationBody();
-    const res = await rawTrickle(edge.url, head(), 2, 50, body);
+    const res = await trickle(edge.url, head(), [body.slice(0, 20), body.slice(20)], 50, true);
     assert.equal(res.status, 201, res.text());
     const [req] = await origin.waitForRequests(1);
     assert.ok(req.body.equals(Buffer.from(body)));
   });
 });
 
-/**
- * A chunked POST /v1/allocations written in `pieces` chunks `gapMs` apart. With `body`, the body is
- * split into the pieces and terminated; without, junk pieces are sent and the body never ends.
- */
-async function rawTrickle(base, headers, pieces, gapMs, body) {
-  const net = await import("node:net");
-  const url = new URL(base);
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(Number(url.port), url.hostname);
-    let buf = Buffer.alloc(0);
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error("trickle: no response after 30 s"));
-    }, 30_000);
-    sock.on("error", reject);
-    sock.on("data", async (chunk) => {
-      buf = Buffer.concat([buf, chunk]);
-      const headEnd = buf.indexOf("\r\n\r\n");
-      if (headEnd < 0) return;
-      const m = /content-length:\s*(\d+)/i.exec(buf.subarray(0, headEnd).toString("latin1"));
-      const n = m ? Number(m[1]) : 0;
-      if (buf.length < headEnd + 4 + n) return;
-      clearTimeout(timer);
-      sock.destroy();
-      const text = buf.subarray(headEnd + 4, headEnd + 4 + n).toString("utf8");
-      const headers = {};
-      for (const line of buf.subarray(0, headEnd).toString("latin1").split("\r\n").slice(1)) {
-        const i = line.indexOf(":");
-        headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
-      }
-      resolve({ status: Number(buf.subarray(9, 12).toString()), headers, text: () => text, json: () => JSON.parse(text) });
-    });
-    sock.on("connect", async () => {
-      const lines = ["POST /v1/allocations HTTP/1.1", `host: ${url.host}`, "transfer-encoding: chunked"];
-      for (const [n, v] of headers) lines.push(`${n}: ${v}`);
-      sock.write(`${lines.join("\r\n")}\r\n\r\n`);
-      const size = body ? Math.ceil(body.length / pieces) : 4;
-      for (let i = 0; i < pieces && !sock.destroyed; i++) {
-        const piece = body ? body.slice(i * size, (i + 1) * size) : "    ";
-        if (piece.length) sock.write(`${Buffer.byteLength(piece).toString(16)}\r\n${piece}\r\n`);
-        await sleep(gapMs);
-      }
-      if (body && !sock.destroyed) sock.write("0\r\n\r\n");
-    });
+/** A chunked POST /v1/allocations whose chunks are written `gapMs` apart; the body ends only if `end`. */
+function trickle(base, headers, chunks, gapMs, end) {
+  const frame = (c) => `${Buffer.byteLength(c).toString(16)}\r\n${c}\r\n`;
+  return rawRequest(base, {
+    method: "POST",
+    path: "/v1/allocations",
+    headers: [["transfer-encoding", "chunked"], ...headers],
+    pieces: [...chunks.map(frame), ...(end ? ["0\r\n\r\n"] : [])],
+    gapMs,
+    then: "hold",
   });
 }
 

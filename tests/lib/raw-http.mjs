@@ -8,16 +8,20 @@
 //     body: '{"product_id"',            // written after the head
 //     then: "hold",                     // "hold" (keep the socket open, send nothing more), "end" (half-close), "done"
 //   });
+//   rawRequest(url, { ..., pieces: ["a", "b"], gapMs: 100 })   // the body written in pieces, gapMs apart
 //   res.status, res.headers (lower-case names; repeats joined with ", "), res.body (Buffer), res.json(), res.ms
 import net from "node:net";
 
 /**
  * @param {string | URL} base  http://host:port
  * @param {{method?: string, path?: string, headers?: Array<[string, string]>, body?: string | Buffer,
- *          then?: "hold" | "end" | "done", timeoutMs?: number}} opts
+ *          pieces?: Array<string | Buffer>, gapMs?: number, then?: "hold" | "end" | "done", timeoutMs?: number}} opts
  * @returns {Promise<{status: number, headers: Record<string, string>, body: Buffer, text: () => string, json: () => any, ms: number}>}
  */
-export function rawRequest(base, { method = "GET", path = "/", headers = [], body, then = "done", timeoutMs = 30_000 } = {}) {
+export function rawRequest(
+  base,
+  { method = "GET", path = "/", headers = [], body, pieces = [], gapMs = 0, then = "done", timeoutMs = 30_000 } = {},
+) {
   const url = new URL(base);
   const started = performance.now();
   return new Promise((resolve, reject) => {
@@ -47,10 +51,16 @@ export function rawRequest(base, { method = "GET", path = "/", headers = [], bod
       if (parsed) finish(null, { ...parsed, ms: performance.now() - started });
       else finish(new Error(`raw ${method} ${path}: connection closed after ${buf.length} bytes: ${buf.toString("latin1").slice(0, 200)}`));
     });
-    sock.on("connect", () => {
+    sock.on("connect", async () => {
       const head = [`${method} ${path} HTTP/1.1`, `host: ${url.host}`, ...headers.map(([n, v]) => `${n}: ${v}`)];
       sock.write(`${head.join("\r\n")}\r\n\r\n`, "latin1");
       if (body !== undefined) sock.write(body);
+      for (const piece of pieces) {
+        if (settled) return;
+        await new Promise((r) => setTimeout(r, gapMs));
+        if (settled) return;
+        sock.write(piece);
+      }
       if (then === "end") sock.end();
     });
   });

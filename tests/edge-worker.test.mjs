@@ -824,8 +824,11 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
   }
 
   test("workerd hands the worker the body as it arrives (nothing buffers it first)", async () => {
-    // The premise of the tests below: with Content-Length 100 and 10 bytes sent, a worker is
-    // running and waiting on its stream. A complete small body on a held socket is answered.
+    // The premise of the tests below: Miniflare's listener is workerd's own HTTP socket, and workerd
+    // runs the worker as soon as the head has arrived, handing it the body as a stream (as deployed
+    // workers do; only `wrangler dev --remote` buffers uploads first: workers-sdk issue 9144). So a
+    // stalled body reaches the worker's deadline, not a buffer's. A complete body on a held socket
+    // is answered without waiting for the connection to close.
     origin.reset();
     const body = allocationBody();
     const res = await rawRequest(edge.url, {

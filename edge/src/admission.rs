@@ -1,4 +1,4 @@
-//! Request checks before forwarding: body size and the allocation body,
+//! Request checks before forwarding: the body's deadline, its size and the allocation body,
 //! with the shared crate so the edge answers exactly what the origin would.
 
 use std::time::Duration;

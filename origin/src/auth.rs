@@ -23,6 +23,16 @@ struct KeyRecord {
     secret_digest: Vec<u8>,
     revoked: bool,
     client_active: bool,
+    rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    client_id: Uuid,
+    secret_digest: Vec<u8>,
+    revoked: bool,
+    status: String,
+    rate_limit_per_minute: Option<i32>,
 }
 
 /// Cached lookups by key id: when looked up, and what was found (`None`: no such key).
@@ -67,7 +77,11 @@ impl Authenticator {
         if !record.client_active {
             return Err(AppError::api(ErrorCode::Forbidden, "this client is suspended"));
         }
-        Ok(Caller { client_id: record.client_id, key_id: key.key_id().to_owned() })
+        Ok(Caller {
+            client_id: record.client_id,
+            key_id: key.key_id().to_owned(),
+            rate_limit_per_minute: record.rate_limit_per_minute,
+        })
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, AppError> {
@@ -76,19 +90,21 @@ impl Authenticator {
         {
             return Ok(rec.clone());
         }
-        let row: Option<(Uuid, Vec<u8>, bool, String)> = sqlx::query_as(
-            "SELECT k.client_id, k.secret_digest, k.revoked_at IS NOT NULL, c.status
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT k.client_id, k.secret_digest, k.revoked_at IS NOT NULL AS revoked, c.status,
+                    c.rate_limit_per_minute
                FROM api_keys k JOIN clients c ON c.id = k.client_id
               WHERE k.key_id = $1",
         )
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
-        let rec = row.map(|(client_id, secret_digest, revoked, status)| KeyRecord {
-            client_id,
-            secret_digest,
-            revoked,
-            client_active: status == "active",
+        let rec = row.map(|r| KeyRecord {
+            client_id: r.client_id,
+            secret_digest: r.secret_digest,
+            revoked: r.revoked,
+            client_active: r.status == "active",
+            rate_limit_per_minute: r.rate_limit_per_minute.and_then(|n| u32::try_from(n).ok()),
         });
         let mut cache = self.cache.lock().await;
         if cache.len() >= MAX_CACHED_KEYS {

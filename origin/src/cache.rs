@@ -193,6 +193,31 @@ impl InventoryCache {
         }
     }
 
+    /// The prefix of every key this origin writes.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Run a pipeline in one bounded round trip. A pipeline does not load its scripts by itself,
+    /// so after a Valkey restart (NOSCRIPT) `scripts` are loaded and the pipeline is sent again.
+    pub async fn query_pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+        scripts: &[&Script],
+    ) -> Result<Vec<redis::Value>, CacheError> {
+        let mut conn = self.conn.clone();
+        match self.bounded(pipe.query_async(&mut conn)).await {
+            Err(e) if e.no_script => {
+                for script in scripts {
+                    self.bounded(script.load_async(&mut conn)).await?;
+                }
+                self.bounded(pipe.query_async(&mut conn)).await
+            }
+            other => other,
+        }
+        .inspect_err(|_| metrics::gauge!("allot_valkey_up").set(0.0))
+    }
+
     /// The marker of a client's Idempotency-Key holding ids of a product (same slot).
     fn key_held_key(&self, product_id: &str, client_id: uuid::Uuid, key: &str) -> String {
         format!("{}:inv:{{p{}}}:held:{}:{}", self.prefix, product_id, client_id.simple(), key)
@@ -228,16 +253,7 @@ impl InventoryCache {
             }
             pipe.invoke_script(inv.arg(ask.denomination_minor).arg(ask.quantity).arg(at).arg(KEY_HELD_MS));
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<redis::Value> = match self.bounded(pipe.query_async(&mut conn)).await {
-            // Valkey restarted and forgot the script: a pipeline does not load it by itself.
-            Err(e) if e.no_script => {
-                self.bounded(self.pop.load_async(&mut conn)).await?;
-                self.bounded(pipe.query_async(&mut conn)).await
-            }
-            other => other,
-        }
-        .inspect_err(|_| metrics::gauge!("allot_valkey_up").set(0.0))?;
+        let replies = self.query_pipeline(&pipe, &[&self.pop]).await?;
         if replies.len() != asks.len() {
             return Err(CacheError::new(format!("{} answers to {} pops", replies.len(), asks.len())));
         }

@@ -118,9 +118,7 @@ impl IntoResponse for AppError {
         let api = self.to_api_error();
         match &self {
             AppError::Api(_) => {}
-            AppError::Database(e) if is_unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable")
-            }
+            AppError::Database(e) if is_unavailable(e) => crate::outage::POSTGRES.failed("request", e),
             other => tracing::error!(error = %other, "request failed"),
         }
         error_response(&api)

@@ -16,6 +16,8 @@
 //! - [`relay`]: the outbox relay
 //! - [`ops`], [`demo`]: operator actions and demo data
 //! - [`error`]: the one error type and its HTTP mapping
+//! - [`outage`]: dependency outages, logged once each
+//! - [`request_guard`]: the replay guard and each client's exact rate limit, in Valkey
 //! - [`telemetry`]: structured logging
 
 pub mod allocation;
@@ -31,9 +33,11 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod ops;
+pub mod outage;
 pub mod products;
 pub mod rebuilder;
 pub mod relay;
+pub mod request_guard;
 pub mod server;
 pub mod services;
 pub mod telemetry;

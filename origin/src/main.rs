@@ -120,6 +120,17 @@ enum ClientAction {
         #[arg(long)]
         name: String,
     },
+    /// Set a client's request limit at the origin (takes effect within the key cache's TTL).
+    Limit {
+        /// The client's id.
+        client: uuid::Uuid,
+        /// Requests per minute, across every edge location and origin instance.
+        #[arg(long, conflicts_with = "default", required_unless_present = "default")]
+        per_minute: Option<u32>,
+        /// Go back to the configured default (ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE).
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -357,6 +368,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
             println!("{}", ops::create_client(&pool, &name, &cfg.region, None).await?);
+            Ok(())
+        }
+        Command::Client { action: ClientAction::Limit { client, per_minute, default: _ } } => {
+            let pool = db::connect_admin(&database_url()?).await?;
+            ops::set_client_rate_limit(&pool, client, per_minute).await?;
+            match per_minute {
+                Some(n) => println!("client {client}: {n} requests per minute"),
+                None => println!("client {client}: the configured default limit"),
+            }
             Ok(())
         }
         Command::Key { action } => {

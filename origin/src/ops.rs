@@ -44,6 +44,26 @@ pub async fn create_client(pool: &PgPool, name: &str, region: &Region, id: Optio
     Ok(id)
 }
 
+/// Set a client's requests-per-minute limit at the origin (`None`: the configured default).
+pub async fn set_client_rate_limit(pool: &PgPool, client_id: Uuid, per_minute: Option<u32>) -> anyhow::Result<()> {
+    if per_minute == Some(0) {
+        bail!("the limit must be at least 1 request per minute");
+    }
+    let limit = per_minute.map(i32::try_from).transpose().context("the limit is too large")?;
+    let updated = sqlx::query("UPDATE clients SET rate_limit_per_minute = $2 WHERE id = $1")
+        .bind(client_id)
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        bail!("no client with id {client_id}");
+    }
+    let change = serde_json::json!({ "rate_limit_per_minute": per_minute });
+    audit(pool, "operator", "client.rate_limit", &client_id.to_string(), change).await?;
+    Ok(())
+}
+
 /// Issue a new API key for a client; the returned key is shown once and never stored.
 pub async fn issue_key(pool: &PgPool, client_id: Uuid, label: Option<&str>) -> anyhow::Result<ApiKey> {
     let region: Option<String> =

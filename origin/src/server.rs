@@ -12,8 +12,9 @@ use crate::auth::Authenticator;
 use crate::catalogue::CatalogueService;
 use crate::config::{Config, SignatureMode};
 use crate::db;
-use crate::http::{AppContext, AppState, operator_router, public_router};
+use crate::http::{AppContext, AppState, listener, operator_router, public_router};
 use crate::products::ProductDirectory;
+use crate::request_guard::RequestGuard;
 use crate::services::Services;
 
 /// Build the shared state from configuration (no network calls are required to succeed).
@@ -27,8 +28,11 @@ pub fn state_from(services: &Services) -> AppState {
     let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
     let engine = Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products, config.batch_workers);
     let auth = Authenticator::new(db.primary.clone(), config.region.clone(), config.key_cache_ttl);
-    let catalogue = CatalogueService::new(db.clone(), cache, Duration::from_secs(2));
-    Arc::new(AppContext { config, db, engine, auth, catalogue })
+    let catalogue = CatalogueService::new(db.clone(), cache.clone(), Duration::from_secs(2));
+    // A signature is fresh for the skew window either side of now: remember it for both.
+    let replay_ttl = Duration::from_secs(2 * config.signature_max_skew_secs.unsigned_abs() + 1);
+    let guard = cache.map(|c| RequestGuard::new(c, replay_ttl, config.client_rate_limit_per_minute));
+    Arc::new(AppContext { config, db, engine, auth, catalogue, guard })
 }
 
 /// Listeners bound and ready to serve.
@@ -71,11 +75,12 @@ impl BoundServer {
     /// Serve until `shutdown` is cancelled, then finish in-flight requests.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(public = %self.public_addr, operator = %self.operator_addr, region = %self.state.config.region, "serving");
-        let public = axum::serve(self.public, public_router(self.state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let operator = axum::serve(self.operator, operator_router(self.state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let (a, b) = tokio::join!(public.into_future(), operator.into_future());
+        crate::outage::spawn_watch(shutdown.clone());
+        let (limits, drain) = (self.state.config.connections, self.state.config.shutdown_timeout);
+        let public = listener::serve(self.public, public_router(self.state.clone()), limits, shutdown.clone(), drain);
+        let operator =
+            listener::serve(self.operator, operator_router(self.state.clone()), limits, shutdown.clone(), drain);
+        let (a, b) = tokio::join!(public, operator);
         a.context("public listener")?;
         b.context("operator listener")?;
         self.state.db.primary.close().await;
@@ -91,7 +96,8 @@ pub async fn serve_operator(state: AppState, shutdown: CancellationToken) -> any
         .await
         .with_context(|| format!("binding {}", state.config.operator_listen))?;
     tracing::info!(operator = %listener.local_addr()?, "serving health and metrics");
-    axum::serve(listener, operator_router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    let (limits, drain) = (state.config.connections, state.config.shutdown_timeout);
+    listener::serve(listener, operator_router(state), limits, shutdown, drain).await?;
     Ok(())
 }
 

@@ -24,8 +24,8 @@ pub mod sql;
 pub mod write;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use allot_shared::AllocationRequest;
 use bytes::Bytes;
@@ -62,6 +62,8 @@ pub struct Caller {
     pub client_id: Uuid,
     /// The key's public id.
     pub key_id: String,
+    /// The client's own requests-per-minute limit; `None`: the configured default.
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// The result of an allocation request: a fresh response or a stored one.
@@ -85,7 +87,6 @@ pub struct Engine {
     writers: Arc<[Writer]>,
     key_lookup: Option<KeyLookup>,
     next_writer: Arc<AtomicUsize>,
-    last_cache_warning: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -105,18 +106,7 @@ impl Engine {
             .collect();
         let key_lookup = coalesce.then(|| coalesced(&db, KeyLookupStage::new(db.primary.clone())));
         let rebuilder = cache.clone().map(|c| CacheRebuilder::new(db.primary.clone(), c));
-        Self {
-            db,
-            cache,
-            keys,
-            products,
-            rebuilder,
-            popper,
-            writers,
-            key_lookup,
-            next_writer: Arc::default(),
-            last_cache_warning: Arc::default(),
-        }
+        Self { db, cache, keys, products, rebuilder, popper, writers, key_lookup, next_writer: Arc::default() }
     }
 
     /// The cache, when configured.
@@ -280,16 +270,10 @@ impl Engine {
         replay::replay(&self.db.primary, &self.keys, a).await
     }
 
-    /// One warning per ten seconds while the cache fails, not one per request.
+    /// Count the failure; the outage is logged once (see [`crate::outage`]).
     fn warn_cache(&self, e: &CacheError) {
         metrics::counter!("allot_cache_pops_total", "outcome" => "error").increment(1);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let last = self.last_cache_warning.load(Ordering::Relaxed);
-        if now >= last + 10
-            && self.last_cache_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            tracing::warn!(error = %e, "inventory cache unavailable; allocating from Postgres");
-        }
+        crate::outage::VALKEY.failed("inventory cache pop; allocating from Postgres", e);
     }
 
     /// An allocation as its owner sees it; `None` when it does not exist or is not theirs.

@@ -100,8 +100,8 @@ impl Drop for PoppedIds {
 
 async fn put_back(cache: &InventoryCache, product_id: &str, denomination_minor: i64, ids: &[i64]) {
     if let Err(e) = cache.put_back(product_id, denomination_minor, ids).await {
-        tracing::warn!(product_id, denomination_minor, count = ids.len(), error = %e,
-            "could not put popped ids back; the reconciler will restore them");
+        metrics::counter!("allot_cache_put_back_lost_total").increment(ids.len() as u64);
+        crate::outage::VALKEY.failed("putting popped ids back; the reconciler will restore them", &e);
     }
 }
 

@@ -3,8 +3,8 @@
 use allot_shared::{AllocationRequest, ErrorCode, headers, request_headers, trace::TraceParent};
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -46,10 +46,13 @@ pub async fn create(
 pub async fn get_one(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    uri: Uri,
 ) -> Result<Response, AppError> {
     let not_found = || AppError::api(ErrorCode::NotFound, "no such allocation");
-    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    // The raw last segment, not axum's `Path`: an id with percent-encoded junk (`%FF`) is simply
+    // not an allocation (404, as at the edge), not a malformed URL.
+    let raw = uri.path().rsplit('/').next().unwrap_or("");
+    let id = uuid::Uuid::parse_str(raw).map_err(|_| not_found())?;
     match st.engine.get_allocation(&caller, id).await? {
         Some(body) => Ok(json(StatusCode::OK, body)),
         None => Err(not_found()),

@@ -20,7 +20,8 @@ use axum::response::Response;
 
 use super::AppState;
 use crate::config::SignatureMode;
-use crate::error::AppError;
+use crate::error::{AppError, error_response};
+use crate::request_guard::{RateState, Verdict};
 
 fn unauthorized(message: String) -> AppError {
     AppError::Api(ApiError::new(ErrorCode::Unauthorized, message))
@@ -78,9 +79,56 @@ pub async fn edge_and_key(State(st): State<AppState>, req: Request, next: Next) 
     }
 
     let caller = st.auth.authenticate(&key).await?;
+    let verdict = match &st.guard {
+        Some(guard) => {
+            let tag = signature.as_ref().map(Presented::tag_hex);
+            guard.check(tag.as_deref(), caller.client_id, caller.rate_limit_per_minute).await
+        }
+        None => Verdict::Unchecked,
+    };
+    let rate = match verdict {
+        Verdict::Replayed => {
+            metrics::counter!("allot_signature_replays_total").increment(1);
+            return Err(unauthorized("this edge signature was already used: a replayed request".to_owned()));
+        }
+        Verdict::Limited(state) => {
+            metrics::counter!("allot_rate_limited_total").increment(1);
+            let err = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("over this client's limit of {} requests per minute; retry later", state.policy.limit),
+            );
+            let mut resp = error_response(&err);
+            set_rate_headers(&mut resp, &state);
+            return Ok(resp);
+        }
+        Verdict::Pass(state) => Some(state),
+        Verdict::Unchecked => None,
+    };
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    let mut resp = next.run(req).await;
+    if let Some(state) = rate {
+        set_rate_headers(&mut resp, &state);
+    }
+    Ok(resp)
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` fields, and `Retry-After` when refused.
+fn set_rate_headers(resp: &mut Response, state: &RateState) {
+    let remaining = state.remaining;
+    let reset = u32::try_from(state.reset_secs).unwrap_or(u32::MAX);
+    let fields = [
+        (headers::RATELIMIT_POLICY, state.policy.policy_header()),
+        (headers::RATELIMIT, state.policy.state_header(remaining, reset)),
+    ];
+    for (name, value) in fields {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    if state.retry_after_secs > 0 {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(state.retry_after_secs));
+    }
 }
 
 /// The whole body within `limit` bytes and `timeout`.
@@ -108,9 +156,4 @@ fn is_length_limit(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
-}
-
-/// `Connection: close`, for answers after which the rest of the request cannot be trusted.
-pub fn close_connection(resp: &mut Response) {
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
 }

@@ -53,6 +53,30 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     error_response(&ApiError::new(ErrorCode::Internal, "internal error"))
 }
 
+/// The shared error shape for every error response, including the framework's own rejections
+/// (path, query, JSON, extension, method, body read), which carry text bodies of their own.
+/// A response from our error type is marked and passes as it is.
+pub async fn error_shape(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    if status < 400 || resp.extensions().get::<ErrorMarker>().is_some() {
+        return resp;
+    }
+    let err = match status {
+        401 => ApiError::new(ErrorCode::Unauthorized, "the request is not authenticated"),
+        403 => ApiError::new(ErrorCode::Forbidden, "the request is not allowed"),
+        404 | 405 => ApiError::new(ErrorCode::NotFound, "no such resource"),
+        408 => ApiError::new(ErrorCode::RequestTimeout, "the request did not arrive in time"),
+        413 => ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large"),
+        429 => ApiError::new(ErrorCode::RateLimited, "too many requests; retry later"),
+        503 => ApiError::new(ErrorCode::OriginUnavailable, "the origin cannot serve right now; retry"),
+        400..=499 => ApiError::new(ErrorCode::ValidationFailed, "the request is malformed"),
+        _ => ApiError::new(ErrorCode::Internal, "internal error"),
+    };
+    tracing::debug!(status, code = %err.code, "framework error reshaped");
+    error_response(&err)
+}
+
 /// Unknown routes and methods.
 pub async fn not_found(req: Request) -> Response {
     error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.uri().path())))

@@ -3,6 +3,7 @@
 pub mod allocations;
 pub mod gate;
 pub mod health;
+pub mod listener;
 pub mod middleware;
 pub mod products;
 
@@ -19,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::catalogue::CatalogueService;
 use crate::config::Config;
 use crate::db::Db;
+use crate::request_guard::RequestGuard;
 
 /// Everything a handler may need, shared: axum clones the state for every request and every
 /// middleware, and cloning this is one reference count.
@@ -36,6 +38,8 @@ pub struct AppContext {
     pub auth: Authenticator,
     /// The catalogue.
     pub catalogue: CatalogueService,
+    /// The replay guard and per-client rate limit (`None` without Valkey).
+    pub guard: Option<RequestGuard>,
 }
 
 fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
@@ -43,11 +47,19 @@ fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::not_found)
         .with_state(state.clone())
+        .layer(axum::middleware::from_fn(middleware::error_shape))
         .layer(CompressionLayer::new())
         .layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::track_metrics))
-        .layer(TraceLayer::new_for_http().make_span_with(middleware::make_span).on_response(middleware::on_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(middleware::make_span)
+                .on_response(middleware::on_response)
+                // Our access line says it once, at the right level; tower-http's default would log
+                // every expected 503 of an outage at ERROR.
+                .on_failure(()),
+        )
         .layer(axum::middleware::from_fn(middleware::request_id))
 }
 

@@ -418,3 +418,8 @@ pub fn edge_signature(
         signature::Signed { method, path_and_query: path, key_id: &key_id, idempotency_key: idem.unwrap_or(""), body };
     signature::sign(secret, ts, &Uuid::new_v4().simple().to_string(), &signed)
 }
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

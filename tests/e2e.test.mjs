@@ -32,7 +32,9 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
   let origin, edge;
 
   before(async () => {
-    origin = await startOrigin({ cardsPerDenomination: 100 });
+    // The replay guard and the client limit fail open when Valkey is slow (250 ms by default):
+    // give them time, so the tests that count on them do not depend on the machine's load.
+    origin = await startOrigin({ cardsPerDenomination: 100, env: { ALLOT_VALKEY_TIMEOUT_MS: "5000" } });
     edge = await startEdge({
       bindings: {
         ORIGINS: JSON.stringify({ eu: origin.url }),
@@ -368,6 +370,35 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
       gateway.closeAllConnections();
       await new Promise((r) => gateway.close(r));
     }
+  });
+
+  test("the origin's per-client limit through the edge: both policies, the origin's state, its 429 passed back", async () => {
+    // A client of its own, limited to 3 requests per minute at the origin (the edge allows 100000).
+    const client = origin.cli(["client", "create", "--name", `limited-${randomHex()}`]);
+    assert.match(client, /^[0-9a-f-]{36}$/);
+    origin.cli(["client", "limit", client, "--per-minute", "3"]);
+    const key = origin.cli(["key", "issue", "--client", client]);
+    const policies = '"default";q=100000;w=60, "client";q=3;w=60';
+    for (const remaining of [2, 1, 0]) {
+      const res = await allocate(edge, { key, ip: "198.51.100.120" });
+      assert.equal(res.status, 201, await res.text());
+      assert.equal(res.headers.get("ratelimit-policy"), policies);
+      assert.match(res.headers.get("ratelimit"), new RegExp(`^"client";r=${remaining};t=\\d+$`));
+    }
+    const limited = await allocate(edge, { key, ip: "198.51.100.120" });
+    const body = await limited.json();
+    assert.equal(limited.status, 429, JSON.stringify(body));
+    assert.equal(body.error.code, "RATE_LIMITED");
+    assert.deepEqual(Object.keys(body), ["error"]);
+    assert.equal(limited.headers.get("ratelimit-policy"), policies);
+    const retryAfter = Number(limited.headers.get("retry-after"));
+    assert.ok(retryAfter >= 1 && retryAfter <= 60, `retry-after ${retryAfter}`);
+    assert.match(limited.headers.get("ratelimit"), /^"client";r=0;t=\d+$/);
+    // Another client is not limited by this one's quota.
+    const other = await allocate(edge);
+    assert.equal(other.status, 201);
+    assert.match(other.headers.get("ratelimit-policy"), /^"default";q=100000;w=60, "client";q=\d+;w=60$/);
+    await other.arrayBuffer();
   });
 
   test(

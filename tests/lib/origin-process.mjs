@@ -148,6 +148,8 @@ export async function startOrigin(opts = {}) {
       logs,
       /** Run SQL on this origin's database. */
       sql: (q) => psql(dbUrl.toString(), q),
+      /** Run an `allot` operator command against this origin's database; its last output line. */
+      cli: (args) => run(bin, args, env).trim().split("\n").pop().trim(),
       /** Issue another API key for the demo client. */
       issueKey: () => {
         // The command's stdout may carry log lines (RUST_LOG) besides the key.

@@ -176,7 +176,7 @@ describe("bad input: the edge and the origin refuse alike, in the shared shape, 
   for (const c of CASES) {
     const sides = c.only ? [c.only] : ["edge", "origin"];
     const label = `${String(c.id).padStart(3, "0")} ${c.category}: ${c.name}${c.only ? ` [${c.only} only]` : ""}`;
-    test(label, { todo: c.awaits }, async () => {
+    test(label, { todo: c.awaits }, async (t) => {
       const answers = {};
       for (const side of sides) answers[side] = shapeOf(await send(c, side), c, side);
       if (answers.edge && answers.origin) {
@@ -184,6 +184,8 @@ describe("bad input: the edge and the origin refuse alike, in the shared shape, 
         assert.equal(answers.edge.code, answers.origin.code);
         if (c.sameMessage !== false) {
           assert.equal(answers.edge.message, answers.origin.message, `case ${c.id}: the same message from both`);
+        } else if (answers.edge.message !== answers.origin.message) {
+          t.diagnostic(`edge: ${answers.edge.message} | origin: ${answers.origin.message}`);
         }
       }
     });

@@ -74,6 +74,17 @@ test("no card code, API key, signing secret or card key in origin logs, edge log
   await new Promise((r) => collector.listen(0, "127.0.0.1", r));
   const otlp = `http://127.0.0.1:${collector.address().port}`;
 
+  // Closed whatever happens below: a listening collector would keep this process alive.
+  try {
+    await scrubFlow(payloads, otlp, collector);
+  } finally {
+    collector.closeAllConnections();
+    if (collector.listening) collector.close();
+  }
+});
+
+/** The flow, the flush and the search (the collector is the caller's to close). */
+async function scrubFlow(payloads, otlp, collector) {
   const origin = await startOrigin({
     cardsPerDenomination: 20,
     env: {
@@ -152,7 +163,7 @@ test("no card code, API key, signing secret or card key in origin logs, edge log
     edge = undefined;
     await origin.stop(); // SIGTERM: the origin flushes its spans before it exits
     collector.closeAllConnections();
-    await new Promise((r) => collector.close(r));
+    await new Promise((r) => collector.close(r)); // every export has been received
 
     // The search covers real material: spans arrived, and they carry the edge's request ids.
     assert.ok(payloads.length > 0, "the origin exported spans");
@@ -185,7 +196,5 @@ test("no card code, API key, signing secret or card key in origin logs, edge log
   } finally {
     await edge?.dispose();
     await origin.stop();
-    collector.closeAllConnections();
-    collector.close();
   }
-});
+}

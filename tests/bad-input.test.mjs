@@ -84,7 +84,11 @@ describe("bad input: the edge and the origin refuse alike, in the shared shape, 
       US: makeApiKey("us").key,
     };
     // The tables the counts read must exist, or "nothing changed" would prove nothing.
-    const tables = origin.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'").split(",");
+    const tables = origin
+      .sql(
+        "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'public'",
+      )
+      .split(",");
     for (const t of ["allocations", "inventories", "outbox"]) assert.ok(tables.includes(t), `table ${t}: ${tables}`);
     countsBefore = counts();
   });
@@ -153,7 +157,8 @@ describe("bad input: the edge and the origin refuse alike, in the shared shape, 
     assert.doesNotThrow(() => (doc = res.json()), where);
     assert.deepEqual(Object.keys(doc), ["error"], where);
     const e = doc.error;
-    for (const k of Object.keys(e)) assert.ok(["code", "message", "request_id", "details"].includes(k), `${where}: key ${k}`);
+    for (const k of Object.keys(e))
+      assert.ok(["code", "message", "request_id", "details"].includes(k), `${where}: key ${k}`);
     assert.equal(typeof e.code, "string", where);
     assert.equal(typeof e.message, "string", where);
     if ("request_id" in e) assert.equal(typeof e.request_id, "string", where);

@@ -7,15 +7,7 @@ import assert from "node:assert/strict";
 import { startEdge, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
 import { stackEnv, startOrigin } from "./lib/origin-process.mjs";
 import http from "node:http";
-import {
-  allocationBody,
-  keyIdOf,
-  makeApiKey,
-  randomHex,
-  sign,
-  signedRequest,
-  withBadChecksum,
-} from "./lib/allot.mjs";
+import { allocationBody, keyIdOf, makeApiKey, randomHex, sign, signedRequest, withBadChecksum } from "./lib/allot.mjs";
 import { rawRequest } from "./lib/raw-http.mjs";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -238,7 +230,9 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
     const before = written();
     for (const second of [origin.key, makeApiKey("eu").key]) {
       const auth = [`Bearer ${origin.key}`, `Bearer ${second}`];
-      const viaEdge = errorOf(await rawToEdge([...auth.map((a) => ["authorization", a]), ["idempotency-key", randomHex()]]));
+      const viaEdge = errorOf(
+        await rawToEdge([...auth.map((a) => ["authorization", a]), ["idempotency-key", randomHex()]]),
+      );
       const direct = errorOf(await toOrigin({ authorization: auth, idempotencyKey: randomHex() }));
       assert.deepEqual(viaEdge, {
         status: 401,
@@ -290,9 +284,17 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
       // Signed for Idempotency-Key A, sent with B.
       { authorization: `Bearer ${origin.key}`, idempotencyKey: "idem-B", signAs: { idempotencyKey: "idem-A" } },
       // Signed for one key id, sent with another (valid) key of the same client.
-      { authorization: `Bearer ${other}`, idempotencyKey: randomHex(), signAs: { keyId: keyIdOf(`Bearer ${origin.key}`) } },
+      {
+        authorization: `Bearer ${other}`,
+        idempotencyKey: randomHex(),
+        signAs: { keyId: keyIdOf(`Bearer ${origin.key}`) },
+      },
       // Signed for another body.
-      { authorization: `Bearer ${origin.key}`, idempotencyKey: randomHex(), signAs: { body: Buffer.from(allocationBody({ ...OTHER, quantity: 2 })) } },
+      {
+        authorization: `Bearer ${origin.key}`,
+        idempotencyKey: randomHex(),
+        signAs: { body: Buffer.from(allocationBody({ ...OTHER, quantity: 2 })) },
+      },
     ];
     for (const c of cases) {
       const e = errorOf(await toOrigin(c));
@@ -354,7 +356,10 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
     });
     await new Promise((r) => gateway.listen(0, "127.0.0.1", r));
     const lossy = await startEdge({
-      bindings: { ORIGINS: JSON.stringify({ eu: `http://127.0.0.1:${gateway.address().port}` }), EDGE_SIGNING_SECRET: origin.secret },
+      bindings: {
+        ORIGINS: JSON.stringify({ eu: `http://127.0.0.1:${gateway.address().port}` }),
+        EDGE_SIGNING_SECRET: origin.secret,
+      },
     });
     try {
       const idem = randomHex();

@@ -59,29 +59,33 @@ test("the secret search finds a planted secret in a log line and in a protobuf p
   assert.throws(() => findSecrets(haystacks, [{ label: "short", value: "abc" }]), /too short/);
 });
 
-test("no card code, API key, signing secret or card key in origin logs, edge logs or exported spans", { timeout: 120_000 }, async () => {
-  // The OTLP collector: keeps every request body (gunzipped if need be), answers an empty export response.
-  const payloads = [];
-  const collector = http.createServer(async (req, res) => {
-    const chunks = [];
-    for await (const c of req) chunks.push(c);
-    let bytes = Buffer.concat(chunks);
-    if (/gzip/i.test(req.headers["content-encoding"] ?? "")) bytes = gunzipSync(bytes);
-    payloads.push({ path: req.url, contentType: req.headers["content-type"], bytes });
-    res.writeHead(200, { "content-type": "application/x-protobuf" });
-    res.end();
-  });
-  await new Promise((r) => collector.listen(0, "127.0.0.1", r));
-  const otlp = `http://127.0.0.1:${collector.address().port}`;
+test(
+  "no card code, API key, signing secret or card key in origin logs, edge logs or exported spans",
+  { timeout: 120_000 },
+  async () => {
+    // The OTLP collector: keeps every request body (gunzipped if need be), answers an empty export response.
+    const payloads = [];
+    const collector = http.createServer(async (req, res) => {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      let bytes = Buffer.concat(chunks);
+      if (/gzip/i.test(req.headers["content-encoding"] ?? "")) bytes = gunzipSync(bytes);
+      payloads.push({ path: req.url, contentType: req.headers["content-type"], bytes });
+      res.writeHead(200, { "content-type": "application/x-protobuf" });
+      res.end();
+    });
+    await new Promise((r) => collector.listen(0, "127.0.0.1", r));
+    const otlp = `http://127.0.0.1:${collector.address().port}`;
 
-  // Closed whatever happens below: a listening collector would keep this process alive.
-  try {
-    await scrubFlow(payloads, otlp, collector);
-  } finally {
-    collector.closeAllConnections();
-    if (collector.listening) collector.close();
-  }
-});
+    // Closed whatever happens below: a listening collector would keep this process alive.
+    try {
+      await scrubFlow(payloads, otlp, collector);
+    } finally {
+      collector.closeAllConnections();
+      if (collector.listening) collector.close();
+    }
+  },
+);
 
 /** The flow, the flush and the search (the collector is the caller's to close). */
 async function scrubFlow(payloads, otlp, collector) {
@@ -99,7 +103,11 @@ async function scrubFlow(payloads, otlp, collector) {
   let edge;
   try {
     edge = await startEdge({
-      bindings: { ORIGINS: JSON.stringify({ eu: origin.url }), EDGE_SIGNING_SECRET: origin.secret, RL_KEY_LIMIT: "100000" },
+      bindings: {
+        ORIGINS: JSON.stringify({ eu: origin.url }),
+        EDGE_SIGNING_SECRET: origin.secret,
+        RL_KEY_LIMIT: "100000",
+      },
       ratelimits: { ...DEFAULT_RATELIMITS, RL_KEY_DEFAULT: { simple: { limit: 100000, period: 60 } } },
     });
     const edgeLogs = edge.logs;
@@ -131,18 +139,50 @@ async function scrubFlow(payloads, otlp, collector) {
     });
     assert.equal(first.status, 201, first.text);
     const allocationId = JSON.parse(first.text).allocation_id;
-    assert.equal((await call("/v1/allocations", { idem, body: allocationBody({ denomination: "25.00", quantity: 3, client_reference: "scrub order" }) })).status, 201);
+    assert.equal(
+      (
+        await call("/v1/allocations", {
+          idem,
+          body: allocationBody({ denomination: "25.00", quantity: 3, client_reference: "scrub order" }),
+        })
+      ).status,
+      201,
+    );
     assert.equal((await call("/v1/allocations", { idem, body: allocationBody({ quantity: 2 }) })).status, 422);
     for (const denomination of ["10.00", "50.00", "100.00"]) {
-      const r = await call("/v1/allocations", { key: secondKey, idem: randomHex(), body: allocationBody({ denomination, quantity: 2 }) });
+      const r = await call("/v1/allocations", {
+        key: secondKey,
+        idem: randomHex(),
+        body: allocationBody({ denomination, quantity: 2 }),
+      });
       assert.equal(r.status, 201, r.text);
     }
     assert.equal((await call(`/v1/allocations/${allocationId}`)).status, 200);
     assert.equal((await call(`/v1/allocations/${allocationId}`, { key: secondKey })).status, 200);
     assert.equal((await call("/v1/products")).status, 200);
     // Refusals: a bad checksum (edge), an unknown key (origin), a key sent twice, a bad body.
-    assert.equal((await call("/v1/allocations", { key: withBadChecksum(origin.key), idem: randomHex(), body: allocationBody(), ip: "198.51.100.91" })).status, 401);
-    assert.equal((await call("/v1/allocations", { key: unknownKey, idem: randomHex(), body: allocationBody(), ip: "198.51.100.91" })).status, 401);
+    assert.equal(
+      (
+        await call("/v1/allocations", {
+          key: withBadChecksum(origin.key),
+          idem: randomHex(),
+          body: allocationBody(),
+          ip: "198.51.100.91",
+        })
+      ).status,
+      401,
+    );
+    assert.equal(
+      (
+        await call("/v1/allocations", {
+          key: unknownKey,
+          idem: randomHex(),
+          body: allocationBody(),
+          ip: "198.51.100.91",
+        })
+      ).status,
+      401,
+    );
     const twice = await rawRequest(edge.url, {
       path: "/v1/products",
       headers: [
@@ -151,10 +191,22 @@ async function scrubFlow(payloads, otlp, collector) {
       ],
     });
     assert.equal(twice.status, 401);
-    assert.equal((await call("/v1/allocations", { idem: randomHex(), body: allocationBody({ quantity: 99 }) })).status, 400);
+    assert.equal(
+      (await call("/v1/allocations", { idem: randomHex(), body: allocationBody({ quantity: 99 }) })).status,
+      400,
+    );
     // Straight to the origin: a bad signature, and an unknown key under a good one.
     const direct = (req) => signedRequest(origin.url, { secret: origin.secret, body: allocationBody(), ...req });
-    assert.equal((await direct({ authorization: `Bearer ${origin.key}`, idempotencyKey: randomHex(), signature: `t=1,n=${"0".repeat(32)},v2=${"0".repeat(64)}` })).status, 401);
+    assert.equal(
+      (
+        await direct({
+          authorization: `Bearer ${origin.key}`,
+          idempotencyKey: randomHex(),
+          signature: `t=1,n=${"0".repeat(32)},v2=${"0".repeat(64)}`,
+        })
+      ).status,
+      401,
+    );
     assert.equal((await direct({ authorization: `Bearer ${unknownKey}`, idempotencyKey: randomHex() })).status, 401);
     assert.equal(codes.length, 3 + 3 + 6 + 3 + 3, "codes from the allocations, the replay and the reads");
 
@@ -167,12 +219,18 @@ async function scrubFlow(payloads, otlp, collector) {
 
     // The search covers real material: spans arrived, and they carry the edge's request ids.
     assert.ok(payloads.length > 0, "the origin exported spans");
-    assert.ok(payloads.every((p) => p.path === "/v1/traces"), JSON.stringify(payloads.map((p) => p.path)));
+    assert.ok(
+      payloads.every((p) => p.path === "/v1/traces"),
+      JSON.stringify(payloads.map((p) => p.path)),
+    );
     const spans = Buffer.concat(payloads.map((p) => p.bytes));
     assert.ok(spans.includes(Buffer.from("allocation.create")), "the allocation spans are there");
     assert.ok(spans.includes(Buffer.from(requestIds[0])), "span attributes are searchable as bytes");
     assert.ok(origin.logs.length > 20, `origin logged ${origin.logs.length} lines`);
-    assert.ok(origin.logs.some((l) => l.includes(requestIds[0])), "origin logs carry the request ids");
+    assert.ok(
+      origin.logs.some((l) => l.includes(requestIds[0])),
+      "origin logs carry the request ids",
+    );
 
     const unique = [...new Set(codes)];
     const secrets = [
@@ -187,7 +245,10 @@ async function scrubFlow(payloads, otlp, collector) {
     ];
     const haystacks = [
       { label: "origin logs", bytes: Buffer.from(origin.logs.join("\n")) },
-      { label: "edge logs", bytes: Buffer.from(edgeLogs.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n")) },
+      {
+        label: "edge logs",
+        bytes: Buffer.from(edgeLogs.map((l) => (typeof l === "string" ? l : JSON.stringify(l))).join("\n")),
+      },
       ...payloads.map((p, i) => ({ label: `OTLP export #${i + 1}`, bytes: p.bytes })),
     ];
     assert.ok(edgeLogs.filter((l) => l.msg === "request").length >= 10, "the edge logged its requests");

@@ -51,7 +51,11 @@ export function keyIdOf(authorization) {
  * `allot-signature` value (version 2) for a request: HMAC-SHA256 over
  * `allot-v2\n<t>\n<nonce>\n<METHOD>\n<path and query>\n<key id>\n<Idempotency-Key>\n<hex SHA-256 of the body>`.
  */
-export function sign(secret, ts, { method, pathAndQuery, keyId = "", idempotencyKey = "", body, nonce = randomHex(16) }) {
+export function sign(
+  secret,
+  ts,
+  { method, pathAndQuery, keyId = "", idempotencyKey = "", body, nonce = randomHex(16) },
+) {
   const digest = createHash("sha256")
     .update(body ?? Buffer.alloc(0))
     .digest("hex");
@@ -129,7 +133,8 @@ export async function signedRequest(base, req) {
   const list = (v) => (v === undefined || v === null ? [] : Array.isArray(v) ? v : [v]);
   const auth = list(req.authorization);
   const idem = list(req.idempotencyKey);
-  const body = req.body === undefined ? undefined : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body, "utf8");
+  const body =
+    req.body === undefined ? undefined : Buffer.isBuffer(req.body) ? req.body : Buffer.from(req.body, "utf8");
   const signed = {
     method,
     pathAndQuery: path,

@@ -68,12 +68,17 @@ const add = (category, list) => {
 
 // ---------------------------------------------------------------- paths and methods
 add("path", [
-  { name: "invalid UTF-8 %FF in the id", path: "/v1/allocations/%FF", ...NOT_FOUND, sameMessage: false  },
-  { name: "overlong UTF-8 %C0%AF ('/')", path: "/v1/allocations/%C0%AF", ...NOT_FOUND, sameMessage: false  },
-  { name: "truncated UTF-8 %E2%82", path: "/v1/allocations/%E2%82", ...NOT_FOUND, sameMessage: false  },
-  { name: "UTF-16 surrogate %ED%A0%80", path: "/v1/allocations/%ED%A0%80", ...NOT_FOUND, sameMessage: false  },
-  { name: "%FF%FE", path: "/v1/allocations/%FF%FE", ...NOT_FOUND, sameMessage: false  },
-  { name: "invalid UTF-8 inside a UUID", path: `/v1/allocations/${UUID.slice(0, 30)}%FF`, ...NOT_FOUND, sameMessage: false  },
+  { name: "invalid UTF-8 %FF in the id", path: "/v1/allocations/%FF", ...NOT_FOUND, sameMessage: false },
+  { name: "overlong UTF-8 %C0%AF ('/')", path: "/v1/allocations/%C0%AF", ...NOT_FOUND, sameMessage: false },
+  { name: "truncated UTF-8 %E2%82", path: "/v1/allocations/%E2%82", ...NOT_FOUND, sameMessage: false },
+  { name: "UTF-16 surrogate %ED%A0%80", path: "/v1/allocations/%ED%A0%80", ...NOT_FOUND, sameMessage: false },
+  { name: "%FF%FE", path: "/v1/allocations/%FF%FE", ...NOT_FOUND, sameMessage: false },
+  {
+    name: "invalid UTF-8 inside a UUID",
+    path: `/v1/allocations/${UUID.slice(0, 30)}%FF`,
+    ...NOT_FOUND,
+    sameMessage: false,
+  },
   { name: "NUL %00", path: "/v1/allocations/%00", ...NOT_FOUND, sameMessage: false },
   { name: "a%00b", path: "/v1/allocations/a%00b", ...NOT_FOUND, sameMessage: false },
   { name: "encoded slash a%2Fb", path: "/v1/allocations/a%2Fb", ...NOT_FOUND, sameMessage: false },
@@ -83,7 +88,13 @@ add("path", [
   { name: "RTL override %E2%80%AE", path: "/v1/allocations/%E2%80%AE", ...NOT_FOUND, sameMessage: false },
   { name: "é percent-encoded", path: "/v1/allocations/%C3%A9", ...NOT_FOUND, sameMessage: false },
   { name: "raw UTF-8 é on the request line", path: u8("/v1/allocations/é"), ...NOT_FOUND, sameMessage: false },
-  { name: "raw byte 0xFF on the request line", path: "/v1/allocations/\xff", ...NOT_FOUND, sameMessage: false, awaits: HYPER_400 },
+  {
+    name: "raw byte 0xFF on the request line",
+    path: "/v1/allocations/\xff",
+    ...NOT_FOUND,
+    sameMessage: false,
+    awaits: HYPER_400,
+  },
   { name: "dot-dot segment", path: "/v1/allocations/..", ...NOT_FOUND, sameMessage: false },
   { name: "encoded dot-dot %2e%2e", path: "/v1/allocations/%2e%2e", ...NOT_FOUND, sameMessage: false },
   { name: "traversal to /etc/passwd", path: "/v1/allocations/../../../etc/passwd", ...NOT_FOUND, sameMessage: false },
@@ -170,8 +181,25 @@ add("authorization", [
   { name: "key of an unserved region", auth: "Bearer {US}", only: "edge", status: 403, code: "FORBIDDEN" },
   { name: "key of another region", auth: "Bearer {US}", only: "origin", ...UNAUTH },
   // Failed authentications per client IP (the strict edge allows one per window): edge only.
-  { name: "IP over its failed-auth quota", auth: "Bearer {BADSUM}", only: "edge", edge: "strict", ip: "203.0.113.250", warmup: 2, status: 429, code: "RATE_LIMITED" },
-  { name: "valid key from that IP (runs after the one above)", auth: "Bearer {KEY}", only: "edge", edge: "strict", ip: "203.0.113.250", status: 429, code: "RATE_LIMITED" },
+  {
+    name: "IP over its failed-auth quota",
+    auth: "Bearer {BADSUM}",
+    only: "edge",
+    edge: "strict",
+    ip: "203.0.113.250",
+    warmup: 2,
+    status: 429,
+    code: "RATE_LIMITED",
+  },
+  {
+    name: "valid key from that IP (runs after the one above)",
+    auth: "Bearer {KEY}",
+    only: "edge",
+    edge: "strict",
+    ip: "203.0.113.250",
+    status: 429,
+    code: "RATE_LIMITED",
+  },
 ]);
 
 // ---------------------------------------------------------------- Idempotency-Key
@@ -193,7 +221,13 @@ add("idempotency-key", [
   { name: "sent twice, once empty", idem: ["k-1", ""], ...V("Idempotency-Key") },
   { name: "255 characters is fine (the body decides)", idem: "k".repeat(255), body: BAD_BODY, ...V("body") },
   { name: "quotes are fine (the body decides)", idem: '"quoted"', body: BAD_BODY, ...V("body") },
-  { name: "missing comes before a bad body", idem: null, body: BAD_BODY, status: 400, code: "IDEMPOTENCY_KEY_REQUIRED" },
+  {
+    name: "missing comes before a bad body",
+    idem: null,
+    body: BAD_BODY,
+    status: 400,
+    code: "IDEMPOTENCY_KEY_REQUIRED",
+  },
   { name: "malformed comes before a bad body", idem: "a b", body: BAD_BODY, ...V("Idempotency-Key") },
   { name: "a bad key comes before it", auth: "Bearer {BADSUM}", idem: "a b", ...UNAUTH },
 ]);
@@ -202,17 +236,69 @@ add("idempotency-key", [
 // Neither side reads Content-Type: the bytes decide. Each case pairs an odd type with bytes that
 // are not an allocation request.
 add("content-type", [
-  { name: "form-encoded", headers: [["content-type", "application/x-www-form-urlencoded"]], body: "product_id=gift-usd&denomination=25.00&quantity=1", ...V("body") },
-  { name: "multipart", headers: [["content-type", "multipart/form-data; boundary=x"]], body: '--x\r\nContent-Disposition: form-data; name="quantity"\r\n\r\n1\r\n--x--\r\n', ...V("body") },
-  { name: "XML", headers: [["content-type", "application/xml"]], body: "<allocation><quantity>1</quantity></allocation>", ...V("body") },
+  {
+    name: "form-encoded",
+    headers: [["content-type", "application/x-www-form-urlencoded"]],
+    body: "product_id=gift-usd&denomination=25.00&quantity=1",
+    ...V("body"),
+  },
+  {
+    name: "multipart",
+    headers: [["content-type", "multipart/form-data; boundary=x"]],
+    body: '--x\r\nContent-Disposition: form-data; name="quantity"\r\n\r\n1\r\n--x--\r\n',
+    ...V("body"),
+  },
+  {
+    name: "XML",
+    headers: [["content-type", "application/xml"]],
+    body: "<allocation><quantity>1</quantity></allocation>",
+    ...V("body"),
+  },
   { name: "text/plain with bad JSON", headers: [["content-type", "text/plain"]], body: BAD_BODY, ...V("body") },
-  { name: "JSON declared UTF-16, sent UTF-16LE", headers: [["content-type", "application/json; charset=utf-16"]], body: Buffer.from(`\ufeff${body()}`, "utf16le"), ...V("body") },
-  { name: "gzip-encoded JSON", headers: [["content-type", "application/json"], ["content-encoding", "gzip"]], body: gzipSync(Buffer.from(body())), ...V("body") },
+  {
+    name: "JSON declared UTF-16, sent UTF-16LE",
+    headers: [["content-type", "application/json; charset=utf-16"]],
+    body: Buffer.from(`\ufeff${body()}`, "utf16le"),
+    ...V("body"),
+  },
+  {
+    name: "gzip-encoded JSON",
+    headers: [
+      ["content-type", "application/json"],
+      ["content-encoding", "gzip"],
+    ],
+    body: gzipSync(Buffer.from(body())),
+    ...V("body"),
+  },
   { name: "no Content-Type, bad JSON", headers: [], body: BAD_BODY, noContentType: true, ...V("body") },
-  { name: "garbage Content-Type (DEL bytes)", headers: [["content-type", "\x7f\x7f"]], body: BAD_BODY, ...V("body"), awaits: HYPER_400 },
-  { name: "Content-Type twice", headers: [["content-type", "application/json"], ["content-type", "text/html"]], body: BAD_BODY, ...V("body") },
-  { name: "JSON Lines", headers: [["content-type", "application/x-ndjson"]], body: `${body()}\n${body()}\n`, ...V("body") },
-  { name: "CBOR-looking bytes", headers: [["content-type", "application/cbor"]], body: Buffer.from([0xa3, 0x6a, 0x70, 0x72]), ...V("body") },
+  {
+    name: "garbage Content-Type (DEL bytes)",
+    headers: [["content-type", "\x7f\x7f"]],
+    body: BAD_BODY,
+    ...V("body"),
+    awaits: HYPER_400,
+  },
+  {
+    name: "Content-Type twice",
+    headers: [
+      ["content-type", "application/json"],
+      ["content-type", "text/html"],
+    ],
+    body: BAD_BODY,
+    ...V("body"),
+  },
+  {
+    name: "JSON Lines",
+    headers: [["content-type", "application/x-ndjson"]],
+    body: `${body()}\n${body()}\n`,
+    ...V("body"),
+  },
+  {
+    name: "CBOR-looking bytes",
+    headers: [["content-type", "application/cbor"]],
+    body: Buffer.from([0xa3, 0x6a, 0x70, 0x72]),
+    ...V("body"),
+  },
 ]);
 
 // ---------------------------------------------------------------- JSON syntax
@@ -227,7 +313,11 @@ add("json-syntax", [
   { name: "single quotes", body: "{'product_id':'gift-usd','denomination':'25.00','quantity':1}", ...V("body") },
   { name: "unquoted keys", body: '{product_id:"gift-usd",denomination:"25.00",quantity:1}', ...V("body") },
   { name: "a comment", body: `/* hi */${body()}`, ...V("body") },
-  { name: "a line comment inside", body: '{"product_id":"gift-usd", // x\n"denomination":"25.00","quantity":1}', ...V("body") },
+  {
+    name: "a line comment inside",
+    body: '{"product_id":"gift-usd", // x\n"denomination":"25.00","quantity":1}',
+    ...V("body"),
+  },
   { name: "NaN", body: raw('"quantity":NaN}'), ...V("body") },
   { name: "Infinity", body: raw('"quantity":Infinity}'), ...V("body") },
   { name: "hex number", body: raw('"quantity":0x1}'), ...V("body") },
@@ -242,18 +332,46 @@ add("json-syntax", [
   { name: "an array", body: "[]", ...V("body") },
   { name: "an array of the request", body: `[${body()}]`, ...V("body") },
   { name: "the request as a JSON string", body: JSON.stringify(body()), ...V("body") },
-  { name: "UTF-8 BOM before the object", body: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(body())]), ...V("body") },
-  { name: "invalid UTF-8 in a string", body: Buffer.concat([Buffer.from('{"product_id":"gift-'), Buffer.from([0xff, 0xfe]), Buffer.from('","denomination":"25.00","quantity":1}')]), ...V("body") },
-  { name: "overlong UTF-8 in a string", body: Buffer.concat([Buffer.from('{"product_id":"gift'), Buffer.from([0xc0, 0xaf]), Buffer.from('","denomination":"25.00","quantity":1}')]), ...V("body") },
+  {
+    name: "UTF-8 BOM before the object",
+    body: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(body())]),
+    ...V("body"),
+  },
+  {
+    name: "invalid UTF-8 in a string",
+    body: Buffer.concat([
+      Buffer.from('{"product_id":"gift-'),
+      Buffer.from([0xff, 0xfe]),
+      Buffer.from('","denomination":"25.00","quantity":1}'),
+    ]),
+    ...V("body"),
+  },
+  {
+    name: "overlong UTF-8 in a string",
+    body: Buffer.concat([
+      Buffer.from('{"product_id":"gift'),
+      Buffer.from([0xc0, 0xaf]),
+      Buffer.from('","denomination":"25.00","quantity":1}'),
+    ]),
+    ...V("body"),
+  },
   { name: "lone surrogate escape", body: raw('"quantity":1,"client_reference":"\\ud800"}'), ...V("body") },
   { name: "bad escape", body: raw('"quantity":1,"client_reference":"\\x41"}'), ...V("body") },
   { name: "raw newline in a string", body: raw('"quantity":1,"client_reference":"a\nb"}'), ...V("body") },
   { name: "NUL byte in the body", body: Buffer.concat([Buffer.from(body()), Buffer.from([0])]), ...V("body") },
   { name: "NUL byte before the body", body: Buffer.concat([Buffer.from([0]), Buffer.from(body())]), ...V("body") },
   { name: "UTF-16LE body", body: Buffer.from(body(), "utf16le"), ...V("body") },
-  { name: "duplicate key", body: '{"product_id":"gift-usd","product_id":"gift-usd","denomination":"25.00","quantity":1}', ...V("body") },
+  {
+    name: "duplicate key",
+    body: '{"product_id":"gift-usd","product_id":"gift-usd","denomination":"25.00","quantity":1}',
+    ...V("body"),
+  },
   { name: "duplicate quantity", body: raw('"quantity":1,"quantity":2}'), ...V("body") },
-  { name: "nested 200 deep in an unknown field", body: raw(`"quantity":1,"x":${"[".repeat(200)}${"]".repeat(200)}}`), ...V("body") },
+  {
+    name: "nested 200 deep in an unknown field",
+    body: raw(`"quantity":1,"x":${"[".repeat(200)}${"]".repeat(200)}}`),
+    ...V("body"),
+  },
   { name: "nested 5000 deep", body: `${"[".repeat(5000)}${"]".repeat(5000)}`, ...V("body") },
   { name: "object nested 2000 deep", body: `${'{"a":'.repeat(2000)}1${"}".repeat(2000)}`, ...V("body") },
   { name: "number 1e400", body: raw('"quantity":1e400}'), ...V("body") },
@@ -267,8 +385,16 @@ add("fields", [
   { name: "no quantity", body: body({ quantity: undefined }), ...V("quantity") },
   { name: "an unknown field", body: body({ extra: 1 }), ...V("body") },
   { name: "an unknown null field", body: body({ note: null }), ...V("body") },
-  { name: "field name in another case", body: '{"Product_Id":"gift-usd","denomination":"25.00","quantity":1}', ...V("body") },
-  { name: "field name with a space", body: '{"product_id ":"gift-usd","denomination":"25.00","quantity":1}', ...V("body") },
+  {
+    name: "field name in another case",
+    body: '{"Product_Id":"gift-usd","denomination":"25.00","quantity":1}',
+    ...V("body"),
+  },
+  {
+    name: "field name with a space",
+    body: '{"product_id ":"gift-usd","denomination":"25.00","quantity":1}',
+    ...V("body"),
+  },
   { name: "camelCase field", body: '{"productId":"gift-usd","denomination":"25.00","quantity":1}', ...V("body") },
   { name: "__proto__", body: raw('"quantity":1,"__proto__":{"admin":true}}'), ...V("body") },
   { name: "the request wrapped", body: JSON.stringify({ allocation: VALID }), ...V("body") },
@@ -286,34 +412,46 @@ for (const [field, values] of [
   ["quantity", ["1", true, [1], { n: 1 }, "one"]],
   ["client_reference", [1, true, ["x"], { a: 1 }]],
 ]) {
-  for (const v of values) typeCases.push({ name: `${field} = ${JSON.stringify(v)}`, body: body({ [field]: v }), ...V(field) });
+  for (const v of values)
+    typeCases.push({ name: `${field} = ${JSON.stringify(v)}`, body: body({ [field]: v }), ...V(field) });
 }
 typeCases.push(
-  { name: "product_id = null (reads as missing)", body: '{"product_id":null,"denomination":"25.00","quantity":1}', ...V("product_id") },
-  { name: "denomination = null", body: '{"product_id":"gift-usd","denomination":null,"quantity":1}', ...V("denomination") },
+  {
+    name: "product_id = null (reads as missing)",
+    body: '{"product_id":null,"denomination":"25.00","quantity":1}',
+    ...V("product_id"),
+  },
+  {
+    name: "denomination = null",
+    body: '{"product_id":"gift-usd","denomination":null,"quantity":1}',
+    ...V("denomination"),
+  },
   { name: "quantity = null", body: raw('"quantity":null}'), ...V("quantity") },
 );
 add("types", typeCases);
 
 // ---------------------------------------------------------------- quantity values
-add("quantity", [
-  ["0", 0],
-  ["-1", -1],
-  ["-0", "-0"],
-  ["21 (over the maximum)", 21],
-  ["1000", 1000],
-  ["1.5", 1.5],
-  ["1.0", "1.0"],
-  ["1e0", "1e0"],
-  ["0.999", 0.999],
-  ["2^32", 2 ** 32],
-  ["2^53 + 1", "9007199254740993"],
-  ["u64 max", "18446744073709551615"],
-  ["u64 max + 1", "18446744073709551616"],
-  ["a 40-digit number", "1".repeat(40)],
-  ["-1e10", "-1e10"],
-  ["1e-7", "1e-7"],
-].map(([name, v]) => ({ name, body: raw(`"quantity":${v}}`), ...V("quantity") })));
+add(
+  "quantity",
+  [
+    ["0", 0],
+    ["-1", -1],
+    ["-0", "-0"],
+    ["21 (over the maximum)", 21],
+    ["1000", 1000],
+    ["1.5", 1.5],
+    ["1.0", "1.0"],
+    ["1e0", "1e0"],
+    ["0.999", 0.999],
+    ["2^32", 2 ** 32],
+    ["2^53 + 1", "9007199254740993"],
+    ["u64 max", "18446744073709551615"],
+    ["u64 max + 1", "18446744073709551616"],
+    ["a 40-digit number", "1".repeat(40)],
+    ["-1e10", "-1e10"],
+    ["1e-7", "1e-7"],
+  ].map(([name, v]) => ({ name, body: raw(`"quantity":${v}}`), ...V("quantity") })),
+);
 
 // ---------------------------------------------------------------- denominations
 const denominationCases = [
@@ -351,27 +489,38 @@ denominationCases.push(
   { name: '"30.00" (not offered)', body: body({ denomination: "30.00" }), ...V("denomination") },
   { name: '"0.01" (not offered)', body: body({ denomination: "0.01" }), ...V("denomination") },
   { name: '"9999999999.9999"', body: body({ denomination: "9999999999.9999" }), ...V("denomination") },
-  { name: '"1000.5" for a JPY product', body: body({ product_id: "mobile-jpy", denomination: "1000.5" }), ...V("denomination") },
-  { name: '"25.00" for an EUR product that lacks it', body: body({ product_id: "games-eur", denomination: "25.00" }), ...V("denomination") },
+  {
+    name: '"1000.5" for a JPY product',
+    body: body({ product_id: "mobile-jpy", denomination: "1000.5" }),
+    ...V("denomination"),
+  },
+  {
+    name: '"25.00" for an EUR product that lacks it',
+    body: body({ product_id: "games-eur", denomination: "25.00" }),
+    ...V("denomination"),
+  },
 );
 add("denomination", denominationCases);
 
 // ---------------------------------------------------------------- product ids
-add("product-id", [
-  ["empty", ""],
-  ["leading dash", "-gift"],
-  ["leading dot", ".gift"],
-  ["a space", "gift usd"],
-  ["trailing space", "gift-usd "],
-  ["a slash", "gift/usd"],
-  ["path traversal", "../../etc/passwd"],
-  ["non-ASCII", "gift-üsd"],
-  ["emoji", "gift-💳"],
-  ["65 characters", "g".repeat(65)],
-  ["SQL", "gift'; DROP TABLE inventories; --"],
-  ["NUL", "gift\u0000usd"],
-  ["percent-encoded", "gift%2Dusd"],
-].map(([name, p]) => ({ name, body: body({ product_id: p }), ...V("product_id") })));
+add(
+  "product-id",
+  [
+    ["empty", ""],
+    ["leading dash", "-gift"],
+    ["leading dot", ".gift"],
+    ["a space", "gift usd"],
+    ["trailing space", "gift-usd "],
+    ["a slash", "gift/usd"],
+    ["path traversal", "../../etc/passwd"],
+    ["non-ASCII", "gift-üsd"],
+    ["emoji", "gift-💳"],
+    ["65 characters", "g".repeat(65)],
+    ["SQL", "gift'; DROP TABLE inventories; --"],
+    ["NUL", "gift\u0000usd"],
+    ["percent-encoded", "gift%2Dusd"],
+  ].map(([name, p]) => ({ name, body: body({ product_id: p }), ...V("product_id") })),
+);
 add("product-id", [
   // Well-formed but unknown: refused at the origin; the edge forwards and passes the answer back.
   { name: "unknown product", body: body({ product_id: "no-such-product" }), ...V("product_id") },
@@ -380,35 +529,90 @@ add("product-id", [
 ]);
 
 // ---------------------------------------------------------------- client_reference
-add("client-reference", [
-  ["empty", ""],
-  ["129 characters", "r".repeat(129)],
-  ["2000 characters", "r".repeat(2000)],
-  ["NUL", "a\u0000b"],
-  ["newline", "line1\nline2"],
-  ["carriage return", "a\rb"],
-  ["tab", "a\tb"],
-  ["escape", "\u001b[31mred"],
-  ["unit separator", "a\u001fb"],
-  ["DEL", "a\u007fb"],
-  ["C1 control NEL", "a\u0085b"],
-  ["only control characters", "\u0001\u0002\u0003"],
-  ["129 emoji", "💳".repeat(129)],
-].map(([name, r]) => ({ name, body: body({ client_reference: r }), ...V("client_reference") })));
+add(
+  "client-reference",
+  [
+    ["empty", ""],
+    ["129 characters", "r".repeat(129)],
+    ["2000 characters", "r".repeat(2000)],
+    ["NUL", "a\u0000b"],
+    ["newline", "line1\nline2"],
+    ["carriage return", "a\rb"],
+    ["tab", "a\tb"],
+    ["escape", "\u001b[31mred"],
+    ["unit separator", "a\u001fb"],
+    ["DEL", "a\u007fb"],
+    ["C1 control NEL", "a\u0085b"],
+    ["only control characters", "\u0001\u0002\u0003"],
+    ["129 emoji", "💳".repeat(129)],
+  ].map(([name, r]) => ({ name, body: body({ client_reference: r }), ...V("client_reference") })),
+);
 
 // ---------------------------------------------------------------- size and transport
 add("size-and-transport", [
-  { name: "declared 16385 bytes", body: `${" ".repeat(16385 - body().length)}${body()}`, status: 413, code: "PAYLOAD_TOO_LARGE" },
+  {
+    name: "declared 16385 bytes",
+    body: `${" ".repeat(16385 - body().length)}${body()}`,
+    status: 413,
+    code: "PAYLOAD_TOO_LARGE",
+  },
   { name: "declared 1 MB, nothing sent", body: "", contentLength: 1_000_000, status: 413, code: "PAYLOAD_TOO_LARGE" },
-  { name: "chunked, 20000 bytes", body: `${" ".repeat(20_000)}${body()}`, chunked: true, status: 413, code: "PAYLOAD_TOO_LARGE" },
+  {
+    name: "chunked, 20000 bytes",
+    body: `${" ".repeat(20_000)}${body()}`,
+    chunked: true,
+    status: 413,
+    code: "PAYLOAD_TOO_LARGE",
+  },
   { name: "exactly 16384 bytes of spaces", body: " ".repeat(16384), ...V("body") },
   { name: "16384 bytes of JSON with a huge unknown field", body: `{"x":"${"a".repeat(16384 - 8)}"}`, ...V("body") },
-  { name: "a declared size, cut off (half-close)", body: body().slice(0, 20), contentLength: 200, then: "end", ...V("body") },
-  { name: "chunked, cut off (half-close)", body: body().slice(0, 20), chunked: true, unterminated: true, then: "end", ...V("body") },
-  { name: "a declared size, nothing sent, held open", body: "", contentLength: 100, then: "hold", status: 408, code: "REQUEST_TIMEOUT" },
-  { name: "half a body, held open", body: body().slice(0, 20), contentLength: 200, then: "hold", status: 408, code: "REQUEST_TIMEOUT" },
-  { name: "chunked, held open", body: body().slice(0, 20), chunked: true, unterminated: true, then: "hold", status: 408, code: "REQUEST_TIMEOUT" },
-  { name: "an oversize declaration is refused before the key is looked at", auth: "Bearer {BADSUM}", body: " ".repeat(17000), status: 413, code: "PAYLOAD_TOO_LARGE" },
+  {
+    name: "a declared size, cut off (half-close)",
+    body: body().slice(0, 20),
+    contentLength: 200,
+    then: "end",
+    ...V("body"),
+  },
+  {
+    name: "chunked, cut off (half-close)",
+    body: body().slice(0, 20),
+    chunked: true,
+    unterminated: true,
+    then: "end",
+    ...V("body"),
+  },
+  {
+    name: "a declared size, nothing sent, held open",
+    body: "",
+    contentLength: 100,
+    then: "hold",
+    status: 408,
+    code: "REQUEST_TIMEOUT",
+  },
+  {
+    name: "half a body, held open",
+    body: body().slice(0, 20),
+    contentLength: 200,
+    then: "hold",
+    status: 408,
+    code: "REQUEST_TIMEOUT",
+  },
+  {
+    name: "chunked, held open",
+    body: body().slice(0, 20),
+    chunked: true,
+    unterminated: true,
+    then: "hold",
+    status: 408,
+    code: "REQUEST_TIMEOUT",
+  },
+  {
+    name: "an oversize declaration is refused before the key is looked at",
+    auth: "Bearer {BADSUM}",
+    body: " ".repeat(17000),
+    status: 413,
+    code: "PAYLOAD_TOO_LARGE",
+  },
 ]);
 
 // ---------------------------------------------------------------- the signature (origin only: the edge signs)
@@ -420,7 +624,9 @@ add("signature", [
   sig("t only", (_s, now) => `t=${now}`),
   sig("non-numeric t", () => `t=abc,n=${"0".repeat(32)},v2=${"0".repeat(64)}`),
   sig("short nonce", (_s, now) => `t=${now},n=abcd,v2=${"0".repeat(64)}`),
-  sig("upper-case hex", (s, now, sign) => sign(s, now).replace(/(n=|v2=)([0-9a-f]+)/g, (_m, p, h) => p + h.toUpperCase())),
+  sig("upper-case hex", (s, now, sign) =>
+    sign(s, now).replace(/(n=|v2=)([0-9a-f]+)/g, (_m, p, h) => p + h.toUpperCase()),
+  ),
   sig("stale by an hour", (s, now, sign) => sign(s, now - 3600)),
   sig("from the future by an hour", (s, now, sign) => sign(s, now + 3600)),
   sig("wrong secret", (_s, now, sign) => sign("not-the-edge-secret-at-all", now)),
@@ -434,7 +640,10 @@ add("signature", [
   sig("sent twice", (s, now, sign) => [sign(s, now), sign(s, now)]),
   sig("with trailing junk", (s, now, sign) => `${sign(s, now)},x=1`),
   sig("on a GET of the catalogue, missing", () => null, { method: "GET", path: "/v1/products" }),
-  sig("on a GET of an allocation, stale", (s, now, sign) => sign(s, now - 3600), { method: "GET", path: `/v1/allocations/${UUID}` }),
+  sig("on a GET of an allocation, stale", (s, now, sign) => sign(s, now - 3600), {
+    method: "GET",
+    path: `/v1/allocations/${UUID}`,
+  }),
 ]);
 
 /** The table, numbered. */

@@ -154,7 +154,10 @@ export async function startOrigin(opts = {}) {
       issueKey: () => {
         // The command's stdout may carry log lines (RUST_LOG) besides the key.
         const out = run(bin, ["key", "issue", "--client", clientId], env);
-        const key = out.split("\n").map((l) => l.trim()).findLast((l) => /^allot_\S+$/.test(l));
+        const key = out
+          .split("\n")
+          .map((l) => l.trim())
+          .findLast((l) => /^allot_\S+$/.test(l));
         if (!key) throw new Error(`no API key in the output of allot key issue:\n${out}`);
         return key;
       },

@@ -37,7 +37,10 @@ export function rawRequest(
       else resolve(value);
     };
     const timer = setTimeout(
-      () => finish(new Error(`raw ${method} ${path}: no complete response after ${timeoutMs} ms (got ${buf.length} bytes)`)),
+      () =>
+        finish(
+          new Error(`raw ${method} ${path}: no complete response after ${timeoutMs} ms (got ${buf.length} bytes)`),
+        ),
       timeoutMs,
     );
     sock.on("error", (err) => finish(err));
@@ -49,7 +52,12 @@ export function rawRequest(
     sock.on("end", () => {
       const parsed = parseResponse(buf, true);
       if (parsed) finish(null, { ...parsed, ms: performance.now() - started });
-      else finish(new Error(`raw ${method} ${path}: connection closed after ${buf.length} bytes: ${buf.toString("latin1").slice(0, 200)}`));
+      else
+        finish(
+          new Error(
+            `raw ${method} ${path}: connection closed after ${buf.length} bytes: ${buf.toString("latin1").slice(0, 200)}`,
+          ),
+        );
     });
     sock.on("connect", async () => {
       const head = [`${method} ${path} HTTP/1.1`, `host: ${url.host}`, ...headers.map(([n, v]) => `${n}: ${v}`)];
@@ -104,5 +112,11 @@ function parseResponse(buf, eof = false) {
     if (!eof) return null;
     body = rest;
   }
-  return { status, headers, body: Buffer.from(body), text: () => body.toString("utf8"), json: () => JSON.parse(body.toString("utf8")) };
+  return {
+    status,
+    headers,
+    body: Buffer.from(body),
+    text: () => body.toString("utf8"),
+    json: () => JSON.parse(body.toString("utf8")),
+  };
 }

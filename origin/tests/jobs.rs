@@ -155,7 +155,7 @@ async fn schedulers_honour_database_overrides_and_share_ticks() {
     // (a second run of a tick would need a second row with its slot), only while they ran.
     assert!(
         runs.iter().all(|(s, _)| s.unwrap().nanosecond() == 0 && s.unwrap().unix_timestamp() % 2 == 0),
-        "{slots:?}"
+        "slots are multiples of the 2 s interval: {slots:?}"
     );
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "never two runs of one tick: {slots:?}");
     assert!(slots.iter().all(|s| *s >= started - started % 2 && *s <= ended), "{started}..{ended}: {slots:?}");

@@ -132,7 +132,8 @@ impl System {
             ("ALLOT_VALKEY_TIMEOUT_MS".into(), "200".into()),
             ("ALLOT_SHUTDOWN_TIMEOUT_MS".into(), "20000".into()),
             ("ALLOT_LOG_FORMAT".into(), "json".into()),
-            ("RUST_LOG".into(), "warn".into()),
+            // Outages open with a WARN and close with an INFO; everything else at WARN and up.
+            ("RUST_LOG".into(), "warn,allot_origin::outage=info".into()),
         ];
         let sys = System { stack, pool, env, key, prefix };
         sys.allot(&["jobs", "run", "inventory-pump"]).await;
@@ -155,17 +156,18 @@ impl System {
     /// Start `allot server` on fresh ports and wait until it is ready.
     async fn start_server(&self) -> Server {
         let port = free_port();
+        let log = self.stack.dir.join(format!("server-{port}.log"));
         let child = self
             .command(&["server"])
             .env("ALLOT_LISTEN", format!("127.0.0.1:{port}"))
             .env("ALLOT_OPERATOR_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
         wait_ready(&base).await;
-        Server { child, base }
+        Server { child, base, log }
     }
 
     async fn cache_ids(&self, product: &str) -> HashSet<i64> {
@@ -185,6 +187,41 @@ impl System {
 struct Server {
     child: Child,
     base: String,
+    /// The server's log (JSON lines on stdout).
+    log: PathBuf,
+}
+
+impl Server {
+    /// The log's lines, parsed.
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// An outage of `dependency` was logged as one WARN when it began (two if the failures paused
+    /// longer than the quiet period), one INFO with its count when it ended, and nothing at ERROR.
+    async fn assert_outage_logged_once(&self, dependency: &str, failed_requests: usize) {
+        // The outage closes after its quiet period; give it that and a margin.
+        tokio::time::sleep(allot_origin::outage::QUIET + Duration::from_secs(2)).await;
+        let lines = self.log_lines();
+        let about = |level: &str, message: &str| -> Vec<&serde_json::Value> {
+            lines
+                .iter()
+                .filter(|l| l["level"] == level && l["dependency"] == dependency)
+                .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with(message)))
+                .collect()
+        };
+        let opened = about("WARN", "dependency unavailable");
+        let closed = about("INFO", "dependency recovered");
+        let errors: Vec<&serde_json::Value> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+        println!("{dependency} outage: {} WARN, {} recovered {:?}", opened.len(), closed.len(), closed);
+        assert!((1..=2).contains(&opened.len()), "one WARN per outage, not one per request: {opened:?}");
+        assert!(opened.len() < failed_requests.max(3), "{} WARNs for {failed_requests} failed requests", opened.len());
+        assert_eq!(closed.len(), opened.len(), "every outage is closed with its count: {closed:?}");
+        let counted: u64 = closed.iter().filter_map(|l| l["failures"].as_u64()).sum();
+        assert!(counted >= 1, "the recovery line carries the failure count");
+        assert!(errors.is_empty(), "an expected outage is not an ERROR: {errors:?}");
+    }
 }
 
 impl Drop for Server {
@@ -603,6 +640,9 @@ async fn valkey_stopped_then_started_empty() {
     let requests = load.await.unwrap();
     assert_unavailable_only_during(&requests, &fault);
     let probes = probe_after(&fault, &server.base, &sys.key, "vs", 50).await;
+    // Requests fall back to Postgres while Valkey is away, so few or none fail; the guard and
+    // the pops still see every call fail.
+    server.assert_outage_logged_once("valkey", 1000).await;
     reconcile_tick(&sys).await;
     let a = audit(&sys, "vs", &[requests, probes].concat()).await;
     assert_whole(&a, 1550);
@@ -676,6 +716,7 @@ async fn postgres_restarted_mid_load_fails_fast_then_recovers() {
     assert!(other.is_empty(), "no 500s, no hangs: {other:?}");
     let slowest = requests.iter().map(|r| r.slowest).max().unwrap();
     assert!(slowest < Duration::from_secs(10), "fail fast, never hang: slowest attempt {slowest:?}");
+    server.assert_outage_logged_once("postgres", unavailable).await;
     reconcile_tick(&sys).await;
     let a = audit(&sys, "pr", &[requests, probes].concat()).await;
     assert_whole(&a, 1050);

@@ -42,6 +42,7 @@ METRICS = {
     "allot_cache_put_back_lost_total": ("counter", set()),
     "allot_http_open_connections": ("gauge", set()),
     "allot_http_head_timeouts_total": ("counter", set()),
+    "allot_http_protocol_refusals_total": ("counter", set()),
 }
 COMMON_LABELS = {"region", "instance"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

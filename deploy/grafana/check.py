@@ -35,6 +35,14 @@ METRICS = {
     "allot_outbox_failures_total": ("counter", set()),
     "allot_outbox_pending": ("gauge", set()),
     "allot_health_status": ("gauge", {"check"}),
+    "allot_dependency_failures_total": ("counter", {"dependency"}),
+    "allot_request_guard_unchecked_total": ("counter", set()),
+    "allot_rate_limited_total": ("counter", set()),
+    "allot_signature_replays_total": ("counter", set()),
+    "allot_cache_put_back_lost_total": ("counter", set()),
+    "allot_http_open_connections": ("gauge", set()),
+    "allot_http_head_timeouts_total": ("counter", set()),
+    "allot_http_protocol_refusals_total": ("counter", set()),
 }
 COMMON_LABELS = {"region", "instance"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

@@ -82,15 +82,29 @@ fn main() {
         let ctx = services.job_context(CancellationToken::new());
 
         let (pump, counts) = timed(&jobs::pump::InventoryPump, &ctx).await;
-        assert_eq!(counts["cards"].as_i64(), Some(cards));
+        assert_eq!(counts["cards"].as_i64(), Some(cards), "the pump wrote every card: {counts:?}");
+        assert_eq!(counts["products"], 10, "the pump rebuilt every product: {counts:?}");
+        assert_eq!(counts["interrupted"], false, "{counts:?}");
         let mut ticks = Vec::new();
         for _ in 0..7 {
             let (t, counts) = timed(&jobs::reconcile::Reconciler, &ctx).await;
-            assert_eq!(counts["divergent_buckets"], 0);
-            assert_eq!(counts["buckets"], 100);
+            assert_eq!(counts["divergent_buckets"], 0, "nothing diverges after a pump: {counts:?}");
+            assert_eq!(counts["products_rebuilt"], 0, "{counts:?}");
+            assert_eq!(counts["buckets"], 100, "{counts:?}");
             ticks.push(t);
         }
         ticks.sort();
+        // Every run the figures come from is recorded as a success; anything else voids them.
+        let not_succeeded: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT job_name, outcome, error FROM job_runs WHERE outcome <> 'succeeded'")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_runs").fetch_one(&pool).await.unwrap();
+        assert!(
+            not_succeeded.is_empty() && runs == 8,
+            "job benchmark FAILED: {runs} runs recorded (expected 8), not succeeded: {not_succeeded:?}"
+        );
 
         println!("job benchmark: {cards} cards in 100 buckets (10 products x 10 denominations), loaded in {loaded:.1?}");
         println!("| job | time | target |");

@@ -412,6 +412,27 @@ mod tests {
     }
 
     #[test]
+    fn public_surface_limits_have_safe_defaults_and_refuse_nonsense() {
+        let c = Config::from_settings(&Settings::from_pairs(base())).unwrap();
+        assert!(!c.signature_accept_v1, "version 1 is off by default");
+        assert_eq!(c.connections.max_connections, 4096);
+        assert!(c.connections.body_read_timeout < c.request_timeout);
+        assert!(c.client_rate_limit_per_minute >= 60_000, "the default limit is generous");
+        let accept = Config::from_settings(&with(base(), "ALLOT_EDGE_SIGNATURE_V1", "accept")).unwrap();
+        assert!(accept.signature_accept_v1);
+        for (k, v, says) in [
+            ("ALLOT_EDGE_SIGNATURE_V1", "yes", "ALLOT_EDGE_SIGNATURE_V1"),
+            ("ALLOT_MAX_CONNECTIONS", "0", "ALLOT_MAX_CONNECTIONS"),
+            ("ALLOT_HEADER_READ_TIMEOUT_MS", "0", "ALLOT_HEADER_READ_TIMEOUT_MS"),
+            ("ALLOT_BODY_READ_TIMEOUT_MS", "20000", "less than ALLOT_REQUEST_TIMEOUT_MS"),
+            ("ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE", "0", "ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE"),
+        ] {
+            let err = Config::from_settings(&with(base(), k, v)).unwrap_err().to_string();
+            assert!(err.contains(says), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
     fn signature_can_be_turned_off_explicitly() {
         let mut pairs = base();
         pairs.retain(|(k, _)| k != "ALLOT_EDGE_SECRETS");

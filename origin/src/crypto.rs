@@ -170,6 +170,19 @@ mod tests {
 
     #[test]
     fn digests_are_keyed_and_stable() {
+        // Stable: a fixed key and code give the digest computed outside this code, so a change
+        // to the construction (it would orphan every stored digest) fails here. Key bytes are
+        // 0x00..=0x1f; the digest key is HMAC-SHA256(key, "allot-code-digest-v1"), the digest
+        // HMAC-SHA256(digest key, code). Computed with:
+        //   K=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
+        //   DK=$(printf 'allot-code-digest-v1' | openssl dgst -sha256 -mac HMAC -macopt hexkey:$K | awk '{print $NF}')
+        //   printf 'CODE-1234-ABCD' | openssl dgst -sha256 -mac HMAC -macopt hexkey:$DK
+        let fixed = ring("kat=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
+        assert_eq!(
+            hex::encode(fixed.code_digest("CODE-1234-ABCD")),
+            "df5db052b0f52c1b762c9dcdbd270e0d3c53144964d58b32dc6f3626570c0394"
+        );
+
         let a = ring(&crate::config::generate_card_key("a"));
         let b = ring(&crate::config::generate_card_key("b"));
         assert_eq!(a.code_digest("X"), a.code_digest("X"));

@@ -59,6 +59,31 @@ async fn framework_rejections_use_the_shared_shape() {
 }
 
 #[tokio::test]
+async fn bytes_that_are_not_http_get_the_shared_shape_too() {
+    let app = TestApp::spawn().await;
+    let wait = Duration::from_secs(30);
+    for (case, bytes) in [
+        ("raw 0xFF in the path", &b"GET /v1/allocations/\xff HTTP/1.1\r\nhost: t\r\n\r\n"[..]),
+        ("DEL in a header value", b"GET /livez HTTP/1.1\r\nhost: t\r\nx-junk: \x7f\x7f\r\n\r\n"),
+        ("not HTTP at all", b"HELLO THERE\r\n\r\n"),
+    ] {
+        let answer = raw(&addr(&app), bytes, false, wait).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{case}: {answer}");
+        assert!(answer.contains("content-type: application/json"), "{case}: {answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{case}: {e}: {answer}"));
+        assert_eq!(v["error"]["code"], "VALIDATION_FAILED", "{case}");
+    }
+    // A served request's own 4xx is left alone, and so is a refusal after a served request.
+    let two = b"GET /nope HTTP/1.1\r\nhost: t\r\n\r\nGET /x\xff HTTP/1.1\r\nhost: t\r\n\r\n";
+    let answer = raw(&addr(&app), two, false, wait).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains(r#""code":"NOT_FOUND""#), "{answer}");
+    assert!(answer.contains(r#""code":"VALIDATION_FAILED""#), "the second, unparsable request: {answer}");
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn duplicate_headers_are_refused_and_bearer_is_case_insensitive() {
     let app = TestApp::spawn().await;
     app.product("hard", "USD", &["10.00"]).await;

@@ -7,6 +7,11 @@
 //! nothing since its last response is closed silently instead: a 408 there could be read by the
 //! client as the answer to the request it is about to send. At the cap, the listener stops
 //! accepting; new connections wait in the kernel's backlog until one closes.
+//!
+//! Below the router, hyper refuses bytes that are not HTTP/1.1 (a raw `0xFF` in the request line,
+//! a control character in a header value) with a bare `400` of its own. No request was served on
+//! the connection when that is written, so it is recognised and replaced by the same refusal in
+//! the shared error shape.
 
 use std::io;
 use std::pin::Pin;
@@ -56,8 +61,9 @@ impl Phase {
     }
 }
 
-/// The socket, with the head deadline enforced on reads.
-struct HeadDeadline {
+/// The socket, with the head deadline enforced on reads and hyper's bare protocol refusals
+/// reshaped on writes.
+struct ShapedIo {
     stream: TcpStream,
     phase: Arc<Phase>,
     timeout: Duration,
@@ -66,11 +72,30 @@ struct HeadDeadline {
     armed_for: u64,
     /// Bytes read since the deadline was set: zero means an idle keep-alive connection.
     bytes_since_armed: usize,
-    timeout_reply: Arc<[u8]>,
+    /// Final (non-1xx) response heads written so far.
+    heads_written: u64,
+    replies: Arc<CannedReplies>,
 }
 
-impl HeadDeadline {
-    fn new(stream: TcpStream, phase: Arc<Phase>, timeout: Duration, timeout_reply: Arc<[u8]>) -> Self {
+/// Raw responses written by the listener itself, in the shared error shape.
+struct CannedReplies {
+    head_timeout: Vec<u8>,
+    not_http: Vec<u8>,
+}
+
+impl CannedReplies {
+    fn new(head_timeout: Duration) -> Self {
+        let timeout = ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the request head did not arrive within {} ms", head_timeout.as_millis()),
+        );
+        let not_http = ApiError::new(ErrorCode::ValidationFailed, "the request is not valid HTTP/1.1");
+        Self { head_timeout: raw_response(&timeout), not_http: raw_response(&not_http) }
+    }
+}
+
+impl ShapedIo {
+    fn new(stream: TcpStream, phase: Arc<Phase>, timeout: Duration, replies: Arc<CannedReplies>) -> Self {
         Self {
             stream,
             phase,
@@ -78,8 +103,22 @@ impl HeadDeadline {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             armed_for: 0,
             bytes_since_armed: 0,
-            timeout_reply,
+            heads_written: 0,
+            replies,
         }
+    }
+
+    /// Whether `buf` is hyper's own refusal of bytes it could not parse: a 4xx head written when
+    /// every request served on this connection has already had its response.
+    fn is_protocol_refusal(&mut self, buf: &[u8]) -> bool {
+        let Some(status) = buf.strip_prefix(b"HTTP/1.1 ").and_then(|rest| rest.first()) else { return false };
+        if *status == b'1' {
+            return false; // an interim response (100 Continue) to a request being served
+        }
+        let served = self.phase.current().div_ceil(2);
+        let unanswered = self.heads_written == served;
+        self.heads_written += 1;
+        unanswered && *status == b'4'
     }
 
     /// Restart the deadline when a new head is awaited; report whether it has passed.
@@ -97,7 +136,7 @@ impl HeadDeadline {
     }
 }
 
-impl AsyncRead for HeadDeadline {
+impl AsyncRead for ShapedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
@@ -112,15 +151,21 @@ impl AsyncRead for HeadDeadline {
         }
         if this.bytes_since_armed > 0 {
             // Best effort: the peer is slow, and a full send buffer is its problem.
-            let _ = this.stream.try_write(&this.timeout_reply);
+            let _ = this.stream.try_write(&this.replies.head_timeout);
             metrics::counter!("allot_http_head_timeouts_total").increment(1);
         }
         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head timed out")))
     }
 }
 
-impl AsyncWrite for HeadDeadline {
+impl AsyncWrite for ShapedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.is_protocol_refusal(buf) {
+            // Best effort, like hyper's own: the connection closes after it either way.
+            let _ = self.stream.try_write(&self.replies.not_http);
+            metrics::counter!("allot_http_protocol_refusals_total").increment(1);
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -131,32 +176,17 @@ impl AsyncWrite for HeadDeadline {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }
 
-/// The raw `408` written to a peer whose head did not arrive in time.
-fn head_timeout_reply(timeout: Duration) -> Arc<[u8]> {
-    let body = ApiError::new(
-        ErrorCode::RequestTimeout,
-        format!("the request head did not arrive within {} ms", timeout.as_millis()),
-    )
-    .to_json(None);
-    let reply = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+/// A complete HTTP/1.1 response for `err` that closes the connection.
+fn raw_response(err: &ApiError) -> Vec<u8> {
+    let body = err.to_json(None);
+    let status = axum::http::StatusCode::from_u16(err.http_status()).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
-    Arc::from(reply.into_bytes())
+    )
+    .into_bytes()
 }
 
 /// Serve `router` on `listener` until `shutdown`, then let open requests finish for up to
@@ -170,7 +200,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let timeout_reply = head_timeout_reply(limits.header_read_timeout);
+    let replies = Arc::new(CannedReplies::new(limits.header_read_timeout));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -191,8 +221,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let phase = Arc::new(Phase::default());
         let router = router.clone();
-        let io =
-            TokioIo::new(HeadDeadline::new(stream, phase.clone(), limits.header_read_timeout, timeout_reply.clone()));
+        let io = TokioIo::new(ShapedIo::new(stream, phase.clone(), limits.header_read_timeout, replies.clone()));
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             phase.request_started();
             let (router, phase) = (router.clone(), phase.clone());

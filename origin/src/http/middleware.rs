@@ -59,7 +59,14 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub async fn error_shape(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    if status < 400 || resp.extensions().get::<ErrorMarker>().is_some() {
+    // Our own errors are marked; health documents (`application/health+json`) carry their 503
+    // on purpose. Everything else that fails came from the framework as plain text.
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with(headers::HEALTH_CONTENT_TYPE));
+    if status < 400 || resp.extensions().get::<ErrorMarker>().is_some() || is_json {
         return resp;
     }
     let err = match status {

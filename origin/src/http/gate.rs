@@ -27,11 +27,12 @@ fn unauthorized(message: String) -> AppError {
     AppError::Api(ApiError::new(ErrorCode::Unauthorized, message))
 }
 
-/// A field's values joined as the edge's fetch API joins them (so both refuse duplicates alike);
-/// a value that is not visible ASCII reads as a single unreadable value.
+/// A field's values read and joined as the edge's fetch `Headers` reads them: each byte one
+/// character (Latin-1), values joined by `", "`; so both sides refuse, and sign, the same thing.
 pub fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers.get_all(name).iter().map(|v| v.to_str().unwrap_or("\u{fffd}")).collect();
-    request_headers::join(values)
+    let values: Vec<String> =
+        headers.get_all(name).iter().map(|v| v.as_bytes().iter().map(|&b| char::from(b)).collect()).collect();
+    request_headers::join(values.iter().map(String::as_str))
 }
 
 fn unix_now() -> i64 {

@@ -204,7 +204,12 @@ add("idempotency-key", [
   { name: "1000 characters", idem: "k".repeat(1000), ...V("Idempotency-Key") },
   { name: "a space inside", idem: "has space", ...V("Idempotency-Key") },
   { name: "a tab inside", idem: "a\tb", ...V("Idempotency-Key") },
-  { name: "non-ASCII (UTF-8)", idem: "ключ-1", signAs: { idempotencyKey: u8("ключ-1") }, ...V("Idempotency-Key") },
+  {
+    name: "non-ASCII (UTF-8)",
+    idem: "ключ-1",
+    signAs: { idempotencyKey: u8("ключ-1") },
+    ...V("Idempotency-Key"),
+  },
   { name: "Latin-1 byte", idem: "caf\xe9", ...V("Idempotency-Key") },
   { name: "emoji", idem: "order-💳", signAs: { idempotencyKey: u8("order-💳") }, ...V("Idempotency-Key") },
   { name: "a comma", idem: "a,b", ...V("Idempotency-Key") },
@@ -265,8 +270,20 @@ add("content-type", [
     ...V("body"),
   },
   { name: "no Content-Type, bad JSON", headers: [], body: BAD_BODY, noContentType: true, ...V("body") },
-  { name: "garbage Content-Type (DEL bytes)", headers: [["content-type", "\x7f\x7f"]], body: BAD_BODY, ...V("body"), only: "edge" },
-  { name: "garbage Content-Type (DEL bytes)", headers: [["content-type", "\x7f\x7f"]], body: BAD_BODY, ...NOT_HTTP, only: "origin" },
+  {
+    name: "garbage Content-Type (DEL bytes)",
+    headers: [["content-type", "\x7f\x7f"]],
+    body: BAD_BODY,
+    ...V("body"),
+    only: "edge",
+  },
+  {
+    name: "garbage Content-Type (DEL bytes)",
+    headers: [["content-type", "\x7f\x7f"]],
+    body: BAD_BODY,
+    ...NOT_HTTP,
+    only: "origin",
+  },
   {
     name: "Content-Type twice",
     headers: [

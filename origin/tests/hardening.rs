@@ -83,62 +83,38 @@ async fn bytes_that_are_not_http_get_the_shared_shape_too() {
     app.finish().await;
 }
 
+/// `POST /v1/allocations` with these `Authorization` and `Idempotency-Key` lines, signed for
+/// `signed_idem` (the Idempotency-Key as the edge would read it).
+async fn post_with_headers(app: &TestApp, authorization: &[&str], idem: &[&str], signed_idem: &str) -> Reply {
+    let sig = app.sign("POST", "/v1/allocations", Some(&app.key), Some(signed_idem), ALLOCATE.as_bytes());
+    let mut req = app.http.post(format!("{}/v1/allocations", app.base)).header(allot_shared::headers::SIGNATURE, sig);
+    for a in authorization {
+        req = req.header("authorization", *a);
+    }
+    for i in idem {
+        req = req.header("idempotency-key", *i);
+    }
+    common::read(req.body(ALLOCATE).send().await.unwrap()).await
+}
+
 #[tokio::test]
 async fn duplicate_headers_are_refused_and_bearer_is_case_insensitive() {
     let app = TestApp::spawn().await;
     app.product("hard", "USD", &["10.00"]).await;
     app.load_cards("hard", 1000, 5).await;
-    let url = format!("{}/v1/allocations", app.base);
+    let bearer = format!("Bearer {}", app.key);
 
     // Two Idempotency-Keys: signed as the edge would see them (joined), refused like the edge.
-    let sig = app.sign("POST", "/v1/allocations", Some(&app.key), Some("k1, k2"), ALLOCATE.as_bytes());
-    let r = common::read(
-        app.http
-            .post(&url)
-            .header("authorization", format!("Bearer {}", app.key))
-            .header("idempotency-key", "k1")
-            .header("idempotency-key", "k2")
-            .header(allot_shared::headers::SIGNATURE, sig)
-            .body(ALLOCATE)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = post_with_headers(&app, &[&bearer], &["k1", "k2"], "k1, k2").await;
     assert_shared_error(&r, 400, "VALIDATION_FAILED", "two idempotency keys");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("sent once"));
 
-    let sig = app.sign("POST", "/v1/allocations", Some(&app.key), Some("k3"), ALLOCATE.as_bytes());
-    let r = common::read(
-        app.http
-            .post(&url)
-            .header("authorization", format!("Bearer {}", app.key))
-            .header("authorization", format!("Bearer {}", app.key))
-            .header("idempotency-key", "k3")
-            .header(allot_shared::headers::SIGNATURE, sig)
-            .body(ALLOCATE)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = post_with_headers(&app, &[&bearer, &bearer], &["k3"], "k3").await;
     assert_shared_error(&r, 401, "UNAUTHORIZED", "two authorization headers");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("exactly one"));
     assert_eq!(app.count("allocations", "").await, 0, "nothing allocated by a refused request");
 
-    let sig = app.sign("POST", "/v1/allocations", Some(&app.key), Some("k4"), ALLOCATE.as_bytes());
-    let r = common::read(
-        app.http
-            .post(&url)
-            .header("authorization", format!("BEARER {}", app.key))
-            .header("idempotency-key", "k4")
-            .header(allot_shared::headers::SIGNATURE, sig)
-            .body(ALLOCATE)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = post_with_headers(&app, &[&format!("BEARER {}", app.key)], &["k4"], "k4").await;
     assert_eq!(r.status, 201, "BEARER in capitals: {}", String::from_utf8_lossy(&r.body));
     app.finish().await;
 }

@@ -4,7 +4,7 @@
 // Without DATABASE_URL / VALKEY_URL every test here fails with a message saying so (no skipping).
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startEdge, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
+import { startEdge, startEdgeInFront, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
 import { stackEnv, startOrigin } from "./lib/origin-process.mjs";
 import http from "node:http";
 import { allocationBody, keyIdOf, makeApiKey, randomHex, sign, signedRequest, withBadChecksum } from "./lib/allot.mjs";
@@ -27,15 +27,8 @@ describe("end to end: edge → allot server → Postgres + Valkey", () => {
     // The replay guard and the client limit fail open when Valkey is slow (250 ms by default):
     // give them time, so the tests that count on them do not depend on the machine's load.
     origin = await startOrigin({ cardsPerDenomination: 100, env: { ALLOT_VALKEY_TIMEOUT_MS: "5000" } });
-    edge = await startEdge({
-      bindings: {
-        ORIGINS: JSON.stringify({ eu: origin.url }),
-        EDGE_SIGNING_SECRET: origin.secret,
-        RL_KEY_LIMIT: "100000",
-      },
-      // High enough for the 500-request test; the burst test below uses its own edge.
-      ratelimits: { ...DEFAULT_RATELIMITS, RL_KEY_DEFAULT: { simple: { limit: 100000, period: 60 } } },
-    });
+    // A key limit high enough for the 500-request test; the burst test below uses its own edge.
+    edge = await startEdgeInFront(origin);
   });
   after(async () => {
     await edge?.dispose();

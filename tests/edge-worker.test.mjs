@@ -815,6 +815,10 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
     await origin?.close();
   });
 
+  /** A raw `POST /v1/allocations` to `target` with the head above plus `headers`. */
+  const postRaw = (target, { headers = [], ...rest }) =>
+    rawRequest(target, { method: "POST", path: "/v1/allocations", headers: head(headers), ...rest });
+
   function assertShape(res, status, code) {
     assert.equal(res.status, status, res.text());
     assert.equal(res.headers["content-type"], "application/json");
@@ -835,10 +839,8 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
     // is answered without waiting for the connection to close.
     origin.reset();
     const body = allocationBody();
-    const res = await rawRequest(patient.url, {
-      method: "POST",
-      path: "/v1/allocations",
-      headers: head([["content-length", String(Buffer.byteLength(body))]]),
+    const res = await postRaw(patient.url, {
+      headers: [["content-length", String(Buffer.byteLength(body))]],
       body,
       then: "hold",
     });
@@ -848,10 +850,8 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
 
   test("a declared body that never comes is 408 REQUEST_TIMEOUT, nothing forwarded", async () => {
     origin.reset();
-    const res = await rawRequest(edge.url, {
-      method: "POST",
-      path: "/v1/allocations",
-      headers: head([["content-length", "100"]]),
+    const res = await postRaw(edge.url, {
+      headers: [["content-length", "100"]],
       then: "hold",
     });
     const err = assertShape(res, 408, "REQUEST_TIMEOUT");
@@ -864,18 +864,14 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
   test("a body that stalls half-way is 408, by Content-Length or chunked", async () => {
     origin.reset();
     const partial = allocationBody().slice(0, 20);
-    const byLength = await rawRequest(edge.url, {
-      method: "POST",
-      path: "/v1/allocations",
-      headers: head([["content-length", "200"]]),
+    const byLength = await postRaw(edge.url, {
+      headers: [["content-length", "200"]],
       body: partial,
       then: "hold",
     });
     assertShape(byLength, 408, "REQUEST_TIMEOUT");
-    const chunked = await rawRequest(edge.url, {
-      method: "POST",
-      path: "/v1/allocations",
-      headers: head([["transfer-encoding", "chunked"]]),
+    const chunked = await postRaw(edge.url, {
+      headers: [["transfer-encoding", "chunked"]],
       body: `${partial.length.toString(16)}\r\n${partial}\r\n`,
       then: "hold",
     });
@@ -888,10 +884,8 @@ describe("request bodies: deadline and broken streams (raw HTTP to workerd)", ()
 
   test("a body cut off by the client (half-close mid-body) stays 400 VALIDATION_FAILED", async () => {
     origin.reset();
-    const res = await rawRequest(edge.url, {
-      method: "POST",
-      path: "/v1/allocations",
-      headers: head([["content-length", "200"]]),
+    const res = await postRaw(edge.url, {
+      headers: [["content-length", "200"]],
       body: allocationBody().slice(0, 20),
       then: "end",
     });

@@ -9,7 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { gunzipSync } from "node:zlib";
-import { startEdge, DEFAULT_RATELIMITS } from "./lib/edge.mjs";
+import { startEdgeInFront } from "./lib/edge.mjs";
 import { startOrigin } from "./lib/origin-process.mjs";
 import { allocationBody, makeApiKey, randomHex, signedRequest, withBadChecksum } from "./lib/allot.mjs";
 import { rawRequest } from "./lib/raw-http.mjs";
@@ -102,14 +102,7 @@ async function scrubFlow(payloads, otlp, collector) {
   });
   let edge;
   try {
-    edge = await startEdge({
-      bindings: {
-        ORIGINS: JSON.stringify({ eu: origin.url }),
-        EDGE_SIGNING_SECRET: origin.secret,
-        RL_KEY_LIMIT: "100000",
-      },
-      ratelimits: { ...DEFAULT_RATELIMITS, RL_KEY_DEFAULT: { simple: { limit: 100000, period: 60 } } },
-    });
+    edge = await startEdgeInFront(origin);
     const edgeLogs = edge.logs;
     const secondKey = origin.issueKey();
     const unknownKey = makeApiKey("eu").key;

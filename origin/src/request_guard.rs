@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use allot_shared::rate_limit::{Gcra, GcraDecision, RateLimitPolicy, ceil_secs};
+use allot_shared::rate_limit::{Gcra, RateLimitPolicy, ceil_secs};
 use uuid::Uuid;
 
 use crate::cache::{CacheError, InventoryCache};
@@ -123,23 +123,18 @@ fn parse(replies: &[redis::Value], with_replay: bool, limit: u32) -> Result<Verd
         Some(redis::Value::Int(n)) => Ok(u64::try_from(*n).unwrap_or(0)),
         other => Err(unexpected(&format!("{other:?}"))),
     };
-    let decision = GcraDecision {
-        allowed: int(0)? == 1,
-        tat_us: 0,
-        remaining: u32::try_from(int(1)?).unwrap_or(u32::MAX),
-        reset_us: int(2)?,
-        retry_after_us: int(3)?,
-    };
     if replayed {
         return Ok(Verdict::Replayed);
     }
+    let allowed = int(0)? == 1;
     let state = RateState {
         policy: client_policy(limit),
-        remaining: decision.remaining,
-        reset_secs: ceil_secs(decision.reset_us),
-        retry_after_secs: ceil_secs(decision.retry_after_us).max(u64::from(!decision.allowed)),
+        remaining: u32::try_from(int(1)?).unwrap_or(u32::MAX),
+        reset_secs: ceil_secs(int(2)?),
+        // A refusal always asks for at least a second.
+        retry_after_secs: ceil_secs(int(3)?).max(u64::from(!allowed)),
     };
-    Ok(if decision.allowed { Verdict::Pass(state) } else { Verdict::Limited(state) })
+    Ok(if allowed { Verdict::Pass(state) } else { Verdict::Limited(state) })
 }
 
 /// The policy a client's limit is published as (`RateLimit-Policy: "client";q=…;w=60`).

@@ -187,9 +187,7 @@ async fn replays_after_the_cache_is_flushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allocates_correctly_with_valkey_down() {
     // A port nothing listens on: every cache call fails fast, as with a stopped Valkey.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = common::closed_port();
     let app =
         TestApp::spawn_with(Options { valkey_url: Some(format!("redis://127.0.0.1:{port}")), ..Options::default() })
             .await;

@@ -3,17 +3,19 @@
 //! over HTTP while the fault happens, then an audit of Postgres printed with its counts.
 //! They run one at a time.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use allot_origin::config::generate_card_key;
 use allot_origin::crypto::KeyRing;
 use allot_origin::ops::{self, NewCard};
-use allot_shared::{ApiKey, Currency, Denomination, Region, signature};
+use allot_shared::{Currency, Denomination, Region};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
@@ -884,14 +886,13 @@ async fn two_cron_processes_run_each_tick_once() {
 
 /// The edge's version-2 signature over a `POST /v1/allocations`, with a fresh nonce.
 fn sign_allocation(key: &str, idem: &str, body: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let key_id = ApiKey::parse(key).expect("an issued key parses").key_id().to_owned();
-    let signed = signature::Signed {
-        method: "POST",
-        path_and_query: "/v1/allocations",
-        key_id: &key_id,
-        idempotency_key: idem,
-        body: body.as_bytes(),
-    };
-    signature::sign(SECRET.as_bytes(), now, &uuid::Uuid::new_v4().simple().to_string(), &signed)
+    common::edge_signature(
+        SECRET.as_bytes(),
+        common::unix_now(),
+        "POST",
+        "/v1/allocations",
+        Some(key),
+        Some(idem),
+        body.as_bytes(),
+    )
 }

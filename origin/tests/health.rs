@@ -21,10 +21,6 @@ async fn silent_server() -> String {
     addr
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Serve the real operator router for `cfg` (no schema check: the database may be down).
 async fn operator(cfg: Config) -> String {
     let state = allot_origin::server::build_state(cfg).unwrap();
@@ -63,7 +59,7 @@ async fn healthy_then_valkey_down_is_a_warning() {
     app.finish().await;
 
     let db = common::migrated_database().await;
-    let base = operator(config(&db, &[], Some(format!("redis://127.0.0.1:{}", closed_port())))).await;
+    let base = operator(config(&db, &[], Some(format!("redis://127.0.0.1:{}", common::closed_port())))).await;
     let (r, _) = get(&base, "/health").await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(r.json()["status"], "warn");
@@ -76,7 +72,7 @@ async fn healthy_then_valkey_down_is_a_warning() {
 
 #[tokio::test]
 async fn postgres_down_fails_health_and_readiness_but_not_liveness() {
-    let port = closed_port();
+    let port = common::closed_port();
     let mut cfg = config("unused", &[("ALLOT_DB_ACQUIRE_TIMEOUT_MS", "500".into())], None);
     cfg.database_url = format!("postgres://allot@127.0.0.1:{port}/allot");
     let base = operator(cfg).await;

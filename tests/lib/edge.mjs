@@ -80,6 +80,23 @@ export function assertEdgeBuilt() {
 }
 
 /**
+ * An edge in front of a real origin (`tests/lib/origin-process.mjs`) for region eu, signing with its
+ * secret, with a per-key limit high enough that a test's own load never meets it. `opts` as startEdge's.
+ */
+export function startEdgeInFront(origin, opts = {}) {
+  const bindings = {
+    ORIGINS: JSON.stringify({ eu: origin.url }),
+    EDGE_SIGNING_SECRET: origin.secret,
+    RL_KEY_LIMIT: "100000",
+  };
+  return startEdge({
+    ...opts,
+    bindings: { ...bindings, ...opts.bindings },
+    ratelimits: { ...DEFAULT_RATELIMITS, RL_KEY_DEFAULT: { simple: { limit: 100000, period: 60 } } },
+  });
+}
+
+/**
  * Start Miniflare on edge/build.
  *
  * @param {object} [opts]

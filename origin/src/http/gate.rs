@@ -14,6 +14,7 @@ use allot_shared::signature::{Presented, Signed};
 use allot_shared::{ApiError, ApiKey, ErrorCode, headers, request_headers};
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -42,14 +43,44 @@ fn unix_now() -> i64 {
 /// Gate for the API (see the module docs). The caller is attached to the request for handlers.
 pub async fn edge_and_key(State(st): State<AppState>, req: Request, next: Next) -> Result<Response, AppError> {
     let (parts, body) = req.into_parts();
+    let (signature, key) = check_headers(&st, &parts)?;
+    let bytes = read_body(body, st.config.limits.max_body_bytes, st.config.connections.body_read_timeout).await?;
+    if let Some(presented) = &signature {
+        verify_signature(&st, &parts, presented, &key, &bytes)?;
+    }
+    let caller = st.auth.authenticate(&key).await?;
+    let tag = signature.as_ref().map(Presented::tag_hex);
+    let verdict = match &st.guard {
+        Some(guard) => guard.check(tag.as_deref(), caller.client_id, caller.rate_limit_per_minute).await,
+        None => Verdict::Unchecked,
+    };
+    let rate = match verdict {
+        Verdict::Replayed => {
+            metrics::counter!("allot_signature_replays_total").increment(1);
+            return Err(unauthorized("this edge signature was already used: a replayed request".to_owned()));
+        }
+        Verdict::Limited(state) => return Ok(rate_limited(&state)),
+        Verdict::Pass(state) => Some(state),
+        Verdict::Unchecked => None,
+    };
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut().insert(caller);
+    let mut resp = next.run(req).await;
+    if let Some(state) = rate {
+        set_rate_headers(&mut resp, &state);
+    }
+    Ok(resp)
+}
+
+/// The checks that need only the headers: declared size, the signature's presence, format and
+/// freshness, and the API key's format and checksum.
+fn check_headers(st: &AppState, parts: &Parts) -> Result<(Option<Presented>, ApiKey), AppError> {
     let limit = st.config.limits.max_body_bytes;
-    let too_large = || AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes"));
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
-
     let signature = match st.config.signature_mode {
         SignatureMode::Required => {
             let value = joined(&parts.headers, headers::SIGNATURE);
@@ -61,57 +92,40 @@ pub async fn edge_and_key(State(st): State<AppState>, req: Request, next: Next) 
         }
         SignatureMode::Off => None,
     };
-    let key: ApiKey = request_headers::api_key(joined(&parts.headers, headers::AUTHORIZATION).as_deref())?;
+    let key = request_headers::api_key(joined(&parts.headers, headers::AUTHORIZATION).as_deref())?;
+    Ok((signature, key))
+}
 
-    let bytes = read_body(body, limit, st.config.connections.body_read_timeout).await?;
-
-    if let Some(presented) = &signature {
-        let idempotency_key = joined(&parts.headers, headers::IDEMPOTENCY_KEY).unwrap_or_default();
-        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let signed = Signed {
-            method: parts.method.as_str(),
-            path_and_query,
-            key_id: key.key_id(),
-            idempotency_key: &idempotency_key,
-            body: &bytes,
-        };
-        let secrets: Vec<&[u8]> = st.config.edge_secrets.iter().map(Vec::as_slice).collect();
-        presented.verify(&secrets, &signed, st.config.signature_accept_v1).map_err(|e| unauthorized(e.to_string()))?;
-    }
-
-    let caller = st.auth.authenticate(&key).await?;
-    let verdict = match &st.guard {
-        Some(guard) => {
-            let tag = signature.as_ref().map(Presented::tag_hex);
-            guard.check(tag.as_deref(), caller.client_id, caller.rate_limit_per_minute).await
-        }
-        None => Verdict::Unchecked,
+/// The MAC over what the request asks for, under any configured secret.
+fn verify_signature(
+    st: &AppState,
+    parts: &Parts,
+    presented: &Presented,
+    key: &ApiKey,
+    body: &[u8],
+) -> Result<(), AppError> {
+    let idempotency_key = joined(&parts.headers, headers::IDEMPOTENCY_KEY).unwrap_or_default();
+    let signed = Signed {
+        method: parts.method.as_str(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        key_id: key.key_id(),
+        idempotency_key: &idempotency_key,
+        body,
     };
-    let rate = match verdict {
-        Verdict::Replayed => {
-            metrics::counter!("allot_signature_replays_total").increment(1);
-            return Err(unauthorized("this edge signature was already used: a replayed request".to_owned()));
-        }
-        Verdict::Limited(state) => {
-            metrics::counter!("allot_rate_limited_total").increment(1);
-            let err = ApiError::new(
-                ErrorCode::RateLimited,
-                format!("over this client's limit of {} requests per minute; retry later", state.policy.limit),
-            );
-            let mut resp = error_response(&err);
-            set_rate_headers(&mut resp, &state);
-            return Ok(resp);
-        }
-        Verdict::Pass(state) => Some(state),
-        Verdict::Unchecked => None,
-    };
-    let mut req = Request::from_parts(parts, Body::from(bytes));
-    req.extensions_mut().insert(caller);
-    let mut resp = next.run(req).await;
-    if let Some(state) = rate {
-        set_rate_headers(&mut resp, &state);
-    }
-    Ok(resp)
+    let secrets: Vec<&[u8]> = st.config.edge_secrets.iter().map(Vec::as_slice).collect();
+    presented.verify(&secrets, &signed, st.config.signature_accept_v1).map_err(|e| unauthorized(e.to_string()))
+}
+
+/// `429` over the client's own limit, with its rate-limit fields.
+fn rate_limited(state: &RateState) -> Response {
+    metrics::counter!("allot_rate_limited_total").increment(1);
+    let err = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("over this client's limit of {} requests per minute; retry later", state.policy.limit),
+    );
+    let mut resp = error_response(&err);
+    set_rate_headers(&mut resp, state);
+    resp
 }
 
 /// The IETF `RateLimit-Policy` and `RateLimit` fields, and `Retry-After` when refused.
@@ -132,6 +146,11 @@ fn set_rate_headers(resp: &mut Response, state: &RateState) {
     }
 }
 
+/// `413`, in the edge's words (`AllocationRequest::parse` says the same).
+fn too_large(limit: usize) -> AppError {
+    AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes"))
+}
+
 /// The whole body within `limit` bytes and `timeout`.
 async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<axum::body::Bytes, AppError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
@@ -140,9 +159,7 @@ async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Re
             format!("the body did not arrive within {} ms", timeout.as_millis()),
         ))),
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) if is_length_limit(&e) => {
-            Err(AppError::api(ErrorCode::PayloadTooLarge, format!("the body must be at most {limit} bytes")))
-        }
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_large(limit)),
         // A body that ends early (a lying Content-Length) or broken chunked framing.
         Ok(Err(_)) => Err(ApiError::validation("body", "could not be read (the connection failed mid-body)").into()),
     }

@@ -118,22 +118,23 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
     for p in &products {
         let ds: Vec<Denomination> =
             buckets.iter().filter(|(q, _)| q == p).map(|(_, d)| Denomination::parse(d).unwrap()).collect();
-        ops::upsert_product(&pool, p, p, Currency::parse("USD").unwrap(), &ds).await.unwrap();
+        ops::upsert_product(&pool, &ops::Actor::cli(), p, p, Currency::parse("USD").unwrap(), &ds).await.unwrap();
     }
     for (p, d) in &buckets {
         let minor = Denomination::parse(d).unwrap().to_minor(2).unwrap();
         let cards: Vec<NewCard> = (0..per_bucket)
             .map(|_| NewCard { code: format!("B-{}", uuid::Uuid::new_v4().simple()), pin: None, expires_at: None })
             .collect();
-        ops::load_cards(&pool, None, &cfg.card_keys, p, minor, &cards).await.unwrap();
+        ops::load_cards(&pool, &ops::Actor::cli(), None, &cfg.card_keys, p, minor, &cards).await.unwrap();
     }
     sqlx::query("VACUUM ANALYZE inventories").execute(&pool).await.unwrap();
     if s.path == Path::Engine {
         ops::rebuild_all_caches(&pool, &cache).await.unwrap();
     }
     let key = {
-        let client = ops::create_client(&pool, "bench", &Region::parse("eu").unwrap(), None).await.unwrap();
-        ops::issue_key(&pool, client, None).await.unwrap().expose()
+        let client =
+            ops::create_client(&pool, &ops::Actor::cli(), "bench", &Region::parse("eu").unwrap(), None).await.unwrap();
+        ops::issue_key(&pool, &ops::Actor::cli(), client, None).await.unwrap().expose()
     };
 
     let state = server::build_state(cfg).unwrap();

@@ -59,8 +59,8 @@ pub async fn seed_with(
     region: &allot_shared::Region,
     per_denomination: usize,
 ) -> anyhow::Result<Seeded> {
-    let client = ops::create_client(pool, "Demo client", region, Some(DEMO_CLIENT_ID)).await?;
-    let key = ops::issue_key(pool, client, Some("demo")).await?;
+    let client = ops::create_client(pool, &ops::Actor::cli(), "Demo client", region, Some(DEMO_CLIENT_ID)).await?;
+    let key = ops::issue_key(pool, &ops::Actor::cli(), client, Some("demo")).await?;
     let mut cards_added = 0;
     for (id, name, currency, denominations) in CATALOGUE {
         let currency = Currency::parse(currency).map_err(anyhow::Error::msg)?;
@@ -69,7 +69,7 @@ pub async fn seed_with(
             .map(|d| Denomination::parse(d))
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
-        let minors = ops::upsert_product(pool, id, name, currency, &denominations).await?;
+        let minors = ops::upsert_product(pool, &ops::Actor::cli(), id, name, currency, &denominations).await?;
         for minor in minors {
             let active: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM inventories WHERE product_id = $1 AND denomination_minor = $2 AND status = 'active'",
@@ -81,7 +81,7 @@ pub async fn seed_with(
             let missing = per_denomination.saturating_sub(active as usize);
             let cards: Vec<NewCard> =
                 (0..missing).map(|_| NewCard { code: demo_code(), pin: None, expires_at: None }).collect();
-            cards_added += ops::load_cards(pool, None, keys, id, minor, &cards).await?.len();
+            cards_added += ops::load_cards(pool, &ops::Actor::cli(), None, keys, id, minor, &cards).await?.len();
         }
         if let Some(cache) = cache {
             ops::rebuild_product_cache(pool, cache, id).await?;

@@ -301,7 +301,7 @@ async fn revoked_keys_stop_working_within_the_cache_ttl() {
     app.load_cards("rv", 1000, 5).await;
     assert_eq!(app.allocate("rv-1", &body("rv", "10.00", 1)).await.status, 201);
     let key_id = app.key.split('_').nth(2).unwrap().to_owned();
-    allot_origin::ops::revoke_key(&app.pool, &key_id).await.unwrap();
+    allot_origin::ops::revoke_key(&app.pool, &allot_origin::ops::Actor::cli(), &key_id).await.unwrap();
     // The test TTL is 300 ms.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let r = app.allocate("rv-2", &body("rv", "10.00", 1)).await;

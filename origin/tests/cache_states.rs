@@ -156,7 +156,9 @@ async fn allocations_right_after_a_bulk_import_are_served_warm_with_planner_stat
         .map(|i| NewCard { code: format!("BULK-{i}-{}", uuid::Uuid::new_v4().simple()), pin: None, expires_at: None })
         .collect();
     let loaded =
-        ops::load_cards(&app.pool, Some(&app.cache), &app.config.card_keys, "bulk", 1000, &cards).await.unwrap();
+        ops::load_cards(&app.pool, &ops::Actor::cli(), Some(&app.cache), &app.config.card_keys, "bulk", 1000, &cards)
+            .await
+            .unwrap();
     assert_eq!(health_state(&app, "bulk").await, "warm", "the import built the set");
     assert_eq!(app.cached_ids("bulk").await.len(), 20_000);
     // The load ends with ANALYZE: the planner knows the table at once, not after autoanalyze.

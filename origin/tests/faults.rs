@@ -106,6 +106,7 @@ impl System {
         let prefix = "allot".to_owned();
         ops::upsert_product(
             &pool,
+            &ops::Actor::cli(),
             product,
             product,
             Currency::parse("USD").unwrap(),
@@ -121,9 +122,10 @@ impl System {
             })
             .collect();
         let ring = KeyRing::parse(&card_keys).unwrap();
-        ops::load_cards(&pool, None, &ring, product, 1000, &batch).await.unwrap();
-        let client = ops::create_client(&pool, "fault", &Region::parse("eu").unwrap(), None).await.unwrap();
-        let key = ops::issue_key(&pool, client, None).await.unwrap().expose();
+        ops::load_cards(&pool, &ops::Actor::cli(), None, &ring, product, 1000, &batch).await.unwrap();
+        let client =
+            ops::create_client(&pool, &ops::Actor::cli(), "fault", &Region::parse("eu").unwrap(), None).await.unwrap();
+        let key = ops::issue_key(&pool, &ops::Actor::cli(), client, None).await.unwrap().expose();
         let env = vec![
             ("DATABASE_URL".into(), stack.database_url()),
             ("VALKEY_URL".into(), stack.valkey_url()),

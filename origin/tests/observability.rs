@@ -99,6 +99,7 @@ async fn one_trace_from_the_edge_through_the_relay_and_no_secrets_anywhere() {
     let ring = allot_origin::crypto::KeyRing::parse(&card_keys).unwrap();
     ops::upsert_product(
         &pool,
+        &ops::Actor::cli(),
         "obs",
         "obs",
         allot_shared::Currency::parse("USD").unwrap(),
@@ -113,9 +114,10 @@ async fn one_trace_from_the_edge_through_the_relay_and_no_secrets_anywhere() {
             expires_at: None,
         })
         .collect();
-    ops::load_cards(&pool, None, &ring, "obs", 1000, &cards).await.unwrap();
-    let client = ops::create_client(&pool, "obs", &Region::parse("eu").unwrap(), None).await.unwrap();
-    let key = ops::issue_key(&pool, client, None).await.unwrap();
+    ops::load_cards(&pool, &ops::Actor::cli(), None, &ring, "obs", 1000, &cards).await.unwrap();
+    let client =
+        ops::create_client(&pool, &ops::Actor::cli(), "obs", &Region::parse("eu").unwrap(), None).await.unwrap();
+    let key = ops::issue_key(&pool, &ops::Actor::cli(), client, None).await.unwrap();
     let prefix = format!("o{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let cache =
         allot_origin::cache::InventoryCache::new(&common::valkey_url(), &prefix, Duration::from_secs(2)).unwrap();

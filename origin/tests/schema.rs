@@ -229,13 +229,43 @@ async fn constraints_make_impossible_states_impossible() {
     assert!(err(e).contains("allocations_denomination_offered"));
     // The same code cannot be loaded twice.
     let dup = allot_origin::ops::NewCard { code: "SAME".into(), pin: None, expires_at: None };
-    allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, std::slice::from_ref(&dup)).await.unwrap();
-    let e = allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 1000, &[dup]).await.unwrap_err();
-    assert!(e.to_string().contains("already loaded"), "{e}");
+    allot_origin::ops::load_cards(
+        p,
+        &allot_origin::ops::Actor::cli(),
+        None,
+        &app.config.card_keys,
+        "c",
+        1000,
+        std::slice::from_ref(&dup),
+    )
+    .await
+    .unwrap();
+    let e = allot_origin::ops::load_cards(
+        p,
+        &allot_origin::ops::Actor::cli(),
+        None,
+        &app.config.card_keys,
+        "c",
+        1000,
+        &[dup],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_api_error().message.contains("already loaded"), "{e}");
     // Cards only in an offered denomination.
     let card = allot_origin::ops::NewCard { code: "N".into(), pin: None, expires_at: None };
-    let e = allot_origin::ops::load_cards(p, None, &app.config.card_keys, "c", 777, &[card]).await.unwrap_err();
-    assert!(e.to_string().contains("not offered"), "{e}");
+    let e = allot_origin::ops::load_cards(
+        p,
+        &allot_origin::ops::Actor::cli(),
+        None,
+        &app.config.card_keys,
+        "c",
+        777,
+        &[card],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_api_error().message.contains("not offered"), "{e}");
     app.finish().await;
 }
 

@@ -58,11 +58,11 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-fn is_base62(s: &str, len: usize) -> bool {
+pub(crate) fn is_base62(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-fn checksum(body: &str) -> String {
+pub(crate) fn checksum(body: &str) -> String {
     let mut n = crc32fast::hash(body.as_bytes());
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {

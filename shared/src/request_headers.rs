@@ -10,6 +10,7 @@
 use crate::api_key::{ApiKey, ApiKeyError};
 use crate::error::{ApiError, ErrorCode};
 use crate::ident::validate_idempotency_key;
+use crate::operator_token::{OperatorToken, OperatorTokenError};
 
 /// Longest `Authorization` value looked at (a key is under 100 characters).
 pub const MAX_AUTHORIZATION_LEN: usize = 512;
@@ -33,27 +34,42 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, message)
 }
 
-/// The API key of an `Authorization: Bearer <key>` value (scheme case-insensitive, RFC 9110),
-/// format and checksum checked; otherwise `401 UNAUTHORIZED`.
-pub fn api_key(authorization: Option<&str>) -> Result<ApiKey, ApiError> {
-    let value = authorization
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| unauthorized("an API key is required: send the header Authorization: Bearer <API key>"))?;
+/// The credential of an `Authorization: Bearer <credential>` value (scheme case-insensitive,
+/// RFC 9110); `what` names the credential in the `401 UNAUTHORIZED` messages.
+pub fn bearer<'a>(authorization: Option<&'a str>, what: &str) -> Result<&'a str, ApiError> {
+    let value = authorization.map(str::trim).filter(|v| !v.is_empty()).ok_or_else(|| {
+        unauthorized(&format!("an {what} is required: send the header Authorization: Bearer <{what}>"))
+    })?;
     if value.len() > MAX_AUTHORIZATION_LEN {
-        return Err(unauthorized("the API key is malformed"));
+        return Err(unauthorized(&format!("the {what} is malformed")));
     }
     if value.contains(',') {
-        return Err(unauthorized("send exactly one Authorization header, with one API key"));
+        return Err(unauthorized(&format!("send exactly one Authorization header, with one {what}")));
     }
-    let (scheme, key) =
-        value.split_once(' ').ok_or_else(|| unauthorized("the Authorization header must be Bearer <API key>"))?;
+    let (scheme, credential) = value
+        .split_once(' ')
+        .ok_or_else(|| unauthorized(&format!("the Authorization header must be Bearer <{what}>")))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(unauthorized("the Authorization header must be Bearer <API key>"));
+        return Err(unauthorized(&format!("the Authorization header must be Bearer <{what}>")));
     }
-    ApiKey::parse(key.trim()).map_err(|e| match e {
+    Ok(credential.trim())
+}
+
+/// The API key of an `Authorization: Bearer <key>` value, format and checksum checked;
+/// otherwise `401 UNAUTHORIZED`.
+pub fn api_key(authorization: Option<&str>) -> Result<ApiKey, ApiError> {
+    ApiKey::parse(bearer(authorization, "API key")?).map_err(|e| match e {
         ApiKeyError::Malformed => unauthorized("the API key is malformed"),
         ApiKeyError::BadChecksum => unauthorized("the API key's checksum does not match"),
+    })
+}
+
+/// The operator token of an `Authorization: Bearer <token>` value, format and checksum checked;
+/// otherwise `401 UNAUTHORIZED`.
+pub fn operator_token(authorization: Option<&str>) -> Result<OperatorToken, ApiError> {
+    OperatorToken::parse(bearer(authorization, "operator token")?).map_err(|e| match e {
+        OperatorTokenError::Malformed => unauthorized("the operator token is malformed"),
+        OperatorTokenError::BadChecksum => unauthorized("the operator token's checksum does not match"),
     })
 }
 

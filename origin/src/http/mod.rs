@@ -5,6 +5,7 @@ pub mod gate;
 pub mod health;
 pub mod listener;
 pub mod middleware;
+pub mod ops;
 pub mod products;
 
 use std::sync::Arc;
@@ -74,12 +75,13 @@ pub fn public_router(state: AppState) -> Router {
     common_layers(router, &state)
 }
 
-/// The operator listener: health and (later) metrics; never exposed through the edge.
+/// The operator listener: health, metrics and the operator API; never exposed through the edge.
 pub fn operator_router(state: AppState) -> Router {
     let router = Router::new()
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/health", get(health::health))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .merge(ops::router(&state));
     common_layers(router, &state)
 }

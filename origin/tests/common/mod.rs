@@ -235,8 +235,11 @@ impl TestApp {
         let config = Config::from_settings(&settings_for(&db_name, &prefix, &opts)).expect("test config is valid");
         let pool = PgPoolOptions::new().max_connections(8).connect(&url_for(&db_name)).await.unwrap();
         let cache = InventoryCache::new(&valkey_url(), &prefix, std::time::Duration::from_secs(5)).unwrap();
-        let client_id = ops::create_client(&pool, "Test client", &Region::parse("eu").unwrap(), None).await.unwrap();
-        let key = ops::issue_key(&pool, client_id, Some("test")).await.unwrap().expose();
+        let client_id =
+            ops::create_client(&pool, &ops::Actor::cli(), "Test client", &Region::parse("eu").unwrap(), None)
+                .await
+                .unwrap();
+        let key = ops::issue_key(&pool, &ops::Actor::cli(), client_id, Some("test")).await.unwrap().expose();
 
         let state = server::build_state(config.clone()).unwrap();
         let bound = server::bind(state.clone()).await.expect("server binds");
@@ -277,9 +280,16 @@ impl TestApp {
     /// Create a product offered in `denominations` (strings like "25.00").
     pub async fn product(&self, id: &str, currency: &str, denominations: &[&str]) -> Vec<i64> {
         let ds: Vec<Denomination> = denominations.iter().map(|d| Denomination::parse(d).unwrap()).collect();
-        ops::upsert_product(&self.pool, id, &format!("Product {id}"), Currency::parse(currency).unwrap(), &ds)
-            .await
-            .unwrap()
+        ops::upsert_product(
+            &self.pool,
+            &ops::Actor::cli(),
+            id,
+            &format!("Product {id}"),
+            Currency::parse(currency).unwrap(),
+            &ds,
+        )
+        .await
+        .unwrap()
     }
 
     /// Load `n` cards into Postgres only (the cache does not know them yet).
@@ -291,7 +301,17 @@ impl TestApp {
                 expires_at: None,
             })
             .collect();
-        ops::load_cards(&self.pool, None, &self.config.card_keys, product, denomination_minor, &cards).await.unwrap()
+        ops::load_cards(
+            &self.pool,
+            &ops::Actor::cli(),
+            None,
+            &self.config.card_keys,
+            product,
+            denomination_minor,
+            &cards,
+        )
+        .await
+        .unwrap()
     }
 
     /// Load `n` cards and rebuild the product's cache set.
@@ -388,8 +408,10 @@ pub async fn read(resp: reqwest::Response) -> Reply {
 
 /// An API key string for `client` issued directly (another client, for ownership tests).
 pub async fn other_client_key(app: &TestApp) -> String {
-    let other = ops::create_client(&app.pool, "Other client", &Region::parse("eu").unwrap(), None).await.unwrap();
-    ops::issue_key(&app.pool, other, None).await.unwrap().expose()
+    let other = ops::create_client(&app.pool, &ops::Actor::cli(), "Other client", &Region::parse("eu").unwrap(), None)
+        .await
+        .unwrap();
+    ops::issue_key(&app.pool, &ops::Actor::cli(), other, None).await.unwrap().expose()
 }
 
 /// A well-formed key (valid checksum) that no database knows.
@@ -422,4 +444,44 @@ pub fn edge_signature(
 /// A loopback port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A live token of a new operator with `role` ("viewer", "operator" or "admin").
+pub async fn operator_token(app: &TestApp, role: &str) -> String {
+    let role = allot_origin::ops::operators::Role::parse(role).unwrap();
+    let (_, token) = allot_origin::ops::operators::create(
+        &app.pool,
+        &ops::Actor::cli(),
+        &format!("test {}", role.as_str()),
+        role,
+        1,
+    )
+    .await
+    .unwrap();
+    token.expose()
+}
+
+impl TestApp {
+    /// A request to the operator API with `token` (none: unauthenticated), JSON body if given.
+    pub async fn ops(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Reply {
+        let mut req = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.operator));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        read(req.send().await.expect("request sent")).await
+    }
+
+    /// The newest audit rows with `action`, newest first: (actor, target, change, request id).
+    pub async fn audit_rows(&self, action: &str) -> Vec<(String, String, serde_json::Value, Option<String>)> {
+        sqlx::query_as("SELECT actor, target, change, request_id FROM audit_log WHERE action = $1 ORDER BY id DESC")
+            .bind(action)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
 }

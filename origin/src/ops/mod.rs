@@ -1,0 +1,18 @@
+//! Operator actions, one service layer under both the operator API and the CLI. Every mutating
+//! action writes its audit row in the transaction of its change.
+//!
+//! - [`audit`]: who acts, and the audit row
+//! - [`operators`]: operators, their roles and tokens
+//! - [`clients`]: clients and their API keys
+//! - [`cards`]: products, card loads and cache rebuilds
+//! - [`page`]: cursor pagination of listings
+
+pub mod audit;
+pub mod cards;
+pub mod clients;
+pub mod operators;
+pub mod page;
+
+pub use audit::Actor;
+pub use cards::{NewCard, load_cards, rebuild_all_caches, rebuild_product_cache, upsert_product};
+pub use clients::{create_client, issue_key, revoke_key, set_client_rate_limit};

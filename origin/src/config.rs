@@ -108,6 +108,14 @@ pub struct Config {
     pub idempotency_retention: Duration,
     /// How long job history is kept.
     pub job_history_retention: Duration,
+    /// How long audit rows are kept (at least 30 days; the table refuses younger deletes).
+    pub audit_retention: Duration,
+    /// A bucket is low on stock at or below this many active cards, unless it has its own.
+    pub stock_low_threshold: u32,
+    /// Largest CSV file an import accepts.
+    pub import_max_bytes: u64,
+    /// Whole-request limit of an import upload (the general request limit is far too short).
+    pub import_timeout: Duration,
 }
 
 /// What one slow or greedy peer may hold of a listener.
@@ -355,8 +363,23 @@ impl Config {
             job_history_retention: Duration::from_secs(
                 86_400 * s.parse::<u64>("ALLOT_JOB_HISTORY_DAYS", 14, "a whole number of days")?.max(1),
             ),
+            audit_retention: audit_retention(s)?,
+            stock_low_threshold: s.parse("ALLOT_STOCK_LOW_THRESHOLD", 100, "a number of cards")?,
+            import_max_bytes: s.parse("ALLOT_IMPORT_MAX_BYTES", 1 << 30, "a number of bytes")?,
+            import_timeout: s.millis("ALLOT_IMPORT_TIMEOUT_MS", 30 * 60_000)?,
         })
     }
+}
+
+/// `ALLOT_AUDIT_RETENTION_DAYS` (default 400): never below the 30 days the table itself keeps.
+fn audit_retention(s: &Settings) -> Result<Duration, ConfigError> {
+    let days: u64 = s.parse("ALLOT_AUDIT_RETENTION_DAYS", 400, "a whole number of days")?;
+    if days < 30 {
+        return Err(ConfigError(format!(
+            "ALLOT_AUDIT_RETENTION_DAYS={days} is too short: audit rows are kept at least 30 days"
+        )));
+    }
+    Ok(Duration::from_secs(86_400 * days))
 }
 
 /// A fresh random card key in the `ALLOT_CARD_KEYS` format.

@@ -272,7 +272,9 @@ async fn products(app: &TestApp, base: &str) -> Reply {
 #[tokio::test]
 async fn each_clients_limit_is_exact_across_instances() {
     let app = TestApp::spawn().await;
-    allot_origin::ops::set_client_rate_limit(&app.pool, &allot_origin::ops::Actor::cli(), app.client_id, Some(4)).await.unwrap();
+    allot_origin::ops::set_client_rate_limit(&app.pool, &allot_origin::ops::Actor::cli(), app.client_id, Some(4))
+        .await
+        .unwrap();
     let (twin, _) = app.twin().await;
 
     let first = products(&app, &app.base).await;
@@ -299,7 +301,9 @@ async fn the_limit_fails_open_when_valkey_is_down() {
     let dead = format!("redis://127.0.0.1:{}", common::closed_port());
     let app =
         TestApp::spawn_with(Options { valkey_url: Some(dead), ..opts(&[("ALLOT_VALKEY_TIMEOUT_MS", "200")]) }).await;
-    allot_origin::ops::set_client_rate_limit(&app.pool, &allot_origin::ops::Actor::cli(), app.client_id, Some(1)).await.unwrap();
+    allot_origin::ops::set_client_rate_limit(&app.pool, &allot_origin::ops::Actor::cli(), app.client_id, Some(1))
+        .await
+        .unwrap();
     for _ in 0..3 {
         let r = products(&app, &app.base).await;
         assert_eq!(r.status, 200, "unchecked, not refused: {}", String::from_utf8_lossy(&r.body));

@@ -111,7 +111,9 @@ pub fn error_response_with(
         matches!(c, ErrorCode::OriginUnavailable | ErrorCode::RateLimited | ErrorCode::IdempotencyInProgress)
     };
     if examples.iter().any(|e| retryable(e.code)) {
-        response.header("retry-after", header("Seconds to wait before retrying."))
+        let when = "Seconds to wait before retrying; sent with IDEMPOTENCY_IN_PROGRESS, RATE_LIMITED and \
+                    ORIGIN_UNAVAILABLE.";
+        response.header("retry-after", header(when))
     } else {
         response
     }
@@ -179,15 +181,22 @@ impl Op {
 
     /// A required path parameter.
     pub fn path_param(self, name: &str, schema: Schema) -> Self {
-        let p =
-            ParameterBuilder::new().name(name).parameter_in(ParameterIn::Path).required(Required::True).schema(Some(schema));
+        let p = ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .schema(Some(schema));
         self.parameter(p.build())
     }
 
     /// A request header.
     pub fn header_param(self, name: &str, required: bool, schema: Schema) -> Self {
         let required = if required { Required::True } else { Required::False };
-        let p = ParameterBuilder::new().name(name).parameter_in(ParameterIn::Header).required(required).schema(Some(schema));
+        let p = ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(required)
+            .schema(Some(schema));
         self.parameter(p.build())
     }
 
@@ -202,8 +211,10 @@ impl Op {
     /// A required JSON request body of `T`, with an example.
     pub fn json_body<T: ToSchema>(mut self, description: &str, example: Value) -> Self {
         let content = ContentBuilder::new().schema(Some(schema_ref::<T>(&mut self.schemas))).example(Some(example));
-        let body =
-            RequestBodyBuilder::new().description(Some(description)).required(Some(Required::True)).content(JSON, content.build());
+        let body = RequestBodyBuilder::new()
+            .description(Some(description))
+            .required(Some(Required::True))
+            .content(JSON, content.build());
         self.operation = self.operation.request_body(Some(body.build()));
         self
     }
@@ -249,8 +260,10 @@ impl Op {
         headers: &[(&str, Header)],
     ) -> Self {
         let content = ContentBuilder::new().schema(Some(schema)).example(Some(example)).build();
-        let mut response =
-            ResponseBuilder::new().description(description).content(JSON, content).header("x-request-id", request_id_header());
+        let mut response = ResponseBuilder::new()
+            .description(description)
+            .content(JSON, content)
+            .header("x-request-id", request_id_header());
         for (name, h) in headers {
             response = response.header(*name, h.clone());
         }

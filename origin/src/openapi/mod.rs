@@ -124,7 +124,10 @@ fn shared_responses(schemas: &mut Vec<NamedSchema>) -> Vec<(&'static str, utoipa
             RESPONSE_OPS_FORBIDDEN,
             error_response("The operator's role is below the operation's least role.", &[forbidden], schemas).build(),
         ),
-        (RESPONSE_INTERNAL, error_response("An unexpected failure; nothing internal is disclosed.", &[internal], schemas).build()),
+        (
+            RESPONSE_INTERNAL,
+            error_response("An unexpected failure; nothing internal is disclosed.", &[internal], schemas).build(),
+        ),
         (
             RESPONSE_UNAVAILABLE,
             error_response("The origin cannot serve right now; retry after `Retry-After`.", &[unavailable], schemas)
@@ -134,7 +137,10 @@ fn shared_responses(schemas: &mut Vec<NamedSchema>) -> Vec<(&'static str, utoipa
 }
 
 /// Register `schemas` by name; one name always means one schema.
-fn register(named: Vec<NamedSchema>, into: &mut BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>) {
+fn register(
+    named: Vec<NamedSchema>,
+    into: &mut BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+) {
     for (name, schema) in named {
         if let Some(existing) = into.get(&name) {
             assert!(existing == &schema, "two different schemas are both named {name}");
@@ -173,8 +179,10 @@ pub fn document() -> OpenApi {
              has one HTTP status.",
         ))
         .build();
-    let public_server =
-        ServerBuilder::new().url("/").description(Some("The public API, through the edge in front of the regions")).build();
+    let public_server = ServerBuilder::new()
+        .url("/")
+        .description(Some("The public API, through the edge in front of the regions"))
+        .build();
     OpenApiBuilder::new()
         .info(info)
         .servers(Some([public_server]))

@@ -17,18 +17,29 @@ use utoipa::{IntoParams, PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::build::{Op, formatted_string};
-use super::{LEAST_ROLE_EXTENSION, OPERATOR_TOKEN_SCHEME, RESPONSE_OPS_FORBIDDEN, RESPONSE_OPS_UNAUTHORIZED, TAG_OPERATORS};
+use super::{
+    LEAST_ROLE_EXTENSION, OPERATOR_TOKEN_SCHEME, RESPONSE_OPS_FORBIDDEN, RESPONSE_OPS_UNAUTHORIZED, TAG_OPERATORS,
+};
 use crate::ops::operators::{DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, Role};
 use crate::ops::page::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// An operator operation: tag `operators`, the operator token, its least role (stated first in
 /// the description and as `x-allot-least-role`), served on the operator listener, and the `401`,
 /// `403`, `500` and `503` every operator route can answer.
-pub fn op(method: HttpMethod, path: &'static str, role: Role, operation_id: &str, summary: &str, description: &str) -> Op {
+pub fn op(
+    method: HttpMethod,
+    path: &'static str,
+    role: Role,
+    operation_id: &str,
+    summary: &str,
+    description: &str,
+) -> Op {
     debug_assert!(path.starts_with("/ops/v1/"), "operator paths live under /ops/v1: {path}");
     let listener = Server::builder()
         .url("http://127.0.0.1:9090")
-        .description(Some("The operator listener (ALLOT_OPERATOR_LISTEN; default shown): private, never through the edge"))
+        .description(Some(
+            "The operator listener (ALLOT_OPERATOR_LISTEN; default shown): private, never through the edge",
+        ))
         .build();
     Op::new(method, path, operation_id, summary)
         .description(&format!("**Least role: {}.** {description}", role.as_str()))
@@ -203,12 +214,13 @@ pub struct AuditQuery {
 const SAMPLE_OPERATOR: &str = "0192f0c1-7c7e-7000-8000-0000000000a1";
 
 fn me() -> Op {
-    op(HttpMethod::Get, "/ops/v1/me", Role::Viewer, "opsMe", "Who the token belongs to", "Any live token.").json_response::<Me>(
-        200,
-        "The operator.",
-        json!({ "id": SAMPLE_OPERATOR, "name": "Ana (on call)", "role": "operator" }),
-        &[],
-    )
+    op(HttpMethod::Get, "/ops/v1/me", Role::Viewer, "opsMe", "Who the token belongs to", "Any live token.")
+        .json_response::<Me>(
+            200,
+            "The operator.",
+            json!({ "id": SAMPLE_OPERATOR, "name": "Ana (on call)", "role": "operator" }),
+            &[],
+        )
 }
 
 fn audit() -> Op {
@@ -222,13 +234,17 @@ fn audit() -> Op {
         "next_cursor": "djE6NDE4Mg"
     });
     let description = "Every mutating action, from the API or the CLI, with cursor pagination.";
-    let op = op(HttpMethod::Get, "/ops/v1/audit", Role::Viewer, "opsAudit", "The audit trail, newest first", description)
-        .query::<AuditQuery>()
-        .listing_response::<AuditEntry>("A page of audit rows.", example);
-    bad_input(op, &[
-        ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")),
-        ApiError::validation("cursor", "is not a cursor this API returned"),
-    ])
+    let op =
+        op(HttpMethod::Get, "/ops/v1/audit", Role::Viewer, "opsAudit", "The audit trail, newest first", description)
+            .query::<AuditQuery>()
+            .listing_response::<AuditEntry>("A page of audit rows.", example);
+    bad_input(
+        op,
+        &[
+            ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")),
+            ApiError::validation("cursor", "is not a cursor this API returned"),
+        ],
+    )
 }
 
 fn list_operators() -> Op {
@@ -250,39 +266,51 @@ fn create_operator() -> Op {
         "The token is in this response only. It expires after `valid_days` ({DEFAULT_TOKEN_DAYS} by default, \
          at most {MAX_TOKEN_DAYS}). Audited as `operator.create`."
     );
-    let op = op(HttpMethod::Post, "/ops/v1/operators", Role::Admin, "opsCreateOperator", "Create an operator", &description)
-        .json_body::<NewOperator>(
-            "The operator.",
-            json!({ "name": "Ana (on call)", "role": "operator", "valid_days": 30 }),
-        )
-        .json_response::<CreatedOperator>(
-            201,
-            "Created; keep the token now.",
-            json!({
-                "id": SAMPLE_OPERATOR, "name": "Ana (on call)", "role": "operator",
-                "token": "allotop_Xk29fLq0Pz7RtY1a_…"
-            }),
-            &[],
-        );
-    bad_input(op, &[
-        ApiError::validation("role", "must be viewer, operator or admin"),
-        ApiError::validation("valid_days", format!("must be 1 to {MAX_TOKEN_DAYS}")),
-        ApiError::validation("name", "must be 1-200 characters"),
-    ])
-    .error("The body is over 1 MiB.", &[ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        "the body is larger than 1048576 bytes",
-    )])
+    let op =
+        op(HttpMethod::Post, "/ops/v1/operators", Role::Admin, "opsCreateOperator", "Create an operator", &description)
+            .json_body::<NewOperator>(
+                "The operator.",
+                json!({ "name": "Ana (on call)", "role": "operator", "valid_days": 30 }),
+            )
+            .json_response::<CreatedOperator>(
+                201,
+                "Created; keep the token now.",
+                json!({
+                    "id": SAMPLE_OPERATOR, "name": "Ana (on call)", "role": "operator",
+                    "token": "allotop_Xk29fLq0Pz7RtY1a_…"
+                }),
+                &[],
+            );
+    bad_input(
+        op,
+        &[
+            ApiError::validation("role", "must be viewer, operator or admin"),
+            ApiError::validation("valid_days", format!("must be 1 to {MAX_TOKEN_DAYS}")),
+            ApiError::validation("name", "must be 1-200 characters"),
+        ],
+    )
+    .error(
+        "The body is over 1 MiB.",
+        &[ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than 1048576 bytes")],
+    )
 }
 
 fn revoke_operator() -> Op {
     let description = "At once: the token's next request is `401`. Audited as `operator.revoke`.";
-    let op = op(HttpMethod::Post, "/ops/v1/operators/{id}/revoke", Role::Admin, "opsRevokeOperator", "Revoke an operator's token", description)
-        .path_param("id", formatted_string("uuid", "The operator's id."))
-        .json_response::<RevokedOperator>(200, "Revoked.", json!({ "id": SAMPLE_OPERATOR, "revoked": true }), &[]);
-    bad_input(op, &[ApiError::validation("id", "must be a UUID")]).error("No operator with this id has a live token.", &[
-        ApiError::new(ErrorCode::NotFound, format!("no operator {SAMPLE_OPERATOR} with a live token")),
-    ])
+    let op = op(
+        HttpMethod::Post,
+        "/ops/v1/operators/{id}/revoke",
+        Role::Admin,
+        "opsRevokeOperator",
+        "Revoke an operator's token",
+        description,
+    )
+    .path_param("id", formatted_string("uuid", "The operator's id."))
+    .json_response::<RevokedOperator>(200, "Revoked.", json!({ "id": SAMPLE_OPERATOR, "revoked": true }), &[]);
+    bad_input(op, &[ApiError::validation("id", "must be a UUID")]).error(
+        "No operator with this id has a live token.",
+        &[ApiError::new(ErrorCode::NotFound, format!("no operator {SAMPLE_OPERATOR} with a live token"))],
+    )
 }
 
 /// Every operator operation, in the order of `ROUTES`.

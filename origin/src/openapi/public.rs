@@ -126,14 +126,13 @@ fn real(result: Result<impl Sized, ApiError>) -> ApiError {
 fn gate_errors(op: Op) -> Op {
     let missing_key = real(request_headers::api_key(None));
     let unknown_key = ApiError::new(ErrorCode::Unauthorized, "the API key is not valid");
-    let rate_limited = ApiError::new(
-        ErrorCode::RateLimited,
-        "over this client's limit of 600 requests per minute; retry later",
-    );
+    let rate_limited =
+        ApiError::new(ErrorCode::RateLimited, "over this client's limit of 600 requests per minute; retry later");
     let mut op = op
         .error("The API key is missing, malformed, unknown or revoked.", &[missing_key, unknown_key])
         .error("The key's client is suspended.", &[ApiError::new(ErrorCode::Forbidden, "this client is suspended")]);
-    let too_many = ResponseBuilder::new().description("Over the client's rate limit; retry after `Retry-After` seconds.");
+    let too_many =
+        ResponseBuilder::new().description("Over the client's rate limit; retry after `Retry-After` seconds.");
     let too_many = error_response_with(too_many, &[rate_limited], &mut op.schemas);
     let too_many = rate_limit_headers().into_iter().fold(too_many, |r, (n, h)| r.header(n, h));
     op = op.response(429, too_many);
@@ -161,19 +160,15 @@ fn create_allocation() -> Op {
         ErrorCode::IdempotencyInProgress,
         "a request with this Idempotency-Key is still being processed; retry shortly",
     );
-    let out_of_stock = ApiError::new(
-        ErrorCode::OutOfStock,
-        "only 1 of the 2 cards asked for are available; nothing was allocated",
-    )
-    .with_details(json!({ "product_id": "amazon-us", "denomination": "25.00", "requested": 2, "available": 1 }));
-    let mismatch = ApiError::new(
-        ErrorCode::IdempotencyMismatch,
-        "this Idempotency-Key was used with a different request body",
-    );
-    let too_large = ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("the body must be at most {DEFAULT_MAX_BODY_BYTES} bytes"),
-    );
+    let out_of_stock =
+        ApiError::new(ErrorCode::OutOfStock, "only 1 of the 2 cards asked for are available; nothing was allocated")
+            .with_details(
+                json!({ "product_id": "amazon-us", "denomination": "25.00", "requested": 2, "available": 1 }),
+            );
+    let mismatch =
+        ApiError::new(ErrorCode::IdempotencyMismatch, "this Idempotency-Key was used with a different request body");
+    let too_large =
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {DEFAULT_MAX_BODY_BYTES} bytes"));
     let timeout = ApiError::new(ErrorCode::RequestTimeout, "the request body did not arrive in time");
     let mut op = Op::new(HttpMethod::Post, "/v1/allocations", "createAllocation", "Allocate cards")
         .description(&format!(
@@ -199,10 +194,10 @@ fn create_allocation() -> Op {
             sample_allocation(),
             &created_headers,
         )
-        .error("The body or the `Idempotency-Key` is missing or invalid; `details.field` names what.", &[
-            invalid_body,
-            no_key,
-        ])
+        .error(
+            "The body or the `Idempotency-Key` is missing or invalid; `details.field` names what.",
+            &[invalid_body, no_key],
+        )
         .error("The body did not arrive in time.", &[timeout])
         .error(
             "A request with this key is still running (retry after `Retry-After`), or too few cards are \
@@ -255,6 +250,7 @@ fn health_response(description: &str, status: HealthStatus, op: &mut Op) -> Resp
         .description(description)
         .content(headers::HEALTH_CONTENT_TYPE, content)
         .header("cache-control", header("`no-store`."))
+        .header("x-request-id", request_id_header())
 }
 
 fn livez() -> Op {

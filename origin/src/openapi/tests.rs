@@ -35,7 +35,10 @@ fn every_operator_route_is_documented_with_its_least_role() {
     for route in ROUTES {
         let found = ops.iter().find(|(m, p, _)| m == route.method && p == route.path);
         let Some((_, _, op)) = found else {
-            panic!("{} {} is in ROUTES but not in the OpenAPI document: describe it in origin/src/openapi/ops.rs", route.method, route.path);
+            panic!(
+                "{} {} is in ROUTES but not in the OpenAPI document: describe it in origin/src/openapi/ops.rs",
+                route.method, route.path
+            );
         };
         assert_eq!(
             op[LEAST_ROLE_EXTENSION],

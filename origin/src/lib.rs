@@ -15,6 +15,7 @@
 //! - [`jobs`]: scheduled jobs (pump, reconciler, housekeeping) and the scheduler
 //! - [`relay`]: the outbox relay
 //! - [`ops`], [`demo`]: operator actions and demo data
+//! - [`openapi`]: the OpenAPI document of the public and operator APIs
 //! - [`error`]: the one error type and its HTTP mapping
 //! - [`outage`]: dependency outages, logged once each
 //! - [`request_guard`]: the replay guard and each client's exact rate limit, in Valkey
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod openapi;
 pub mod ops;
 pub mod outage;
 pub mod products;

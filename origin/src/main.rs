@@ -84,6 +84,8 @@ enum Command {
     },
     /// Show the audit trail, newest first.
     Audit(cli::operators::AuditArgs),
+    /// Print the OpenAPI document (public and operator APIs) as JSON; needs no database.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -415,6 +417,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Operator { action } => cli::operators::run(action).await,
         Command::Audit(args) => cli::operators::audit(args).await,
+        Command::Openapi => {
+            print!("{}", allot_origin::openapi::pretty_json());
+            Ok(())
+        }
         Command::Inventory { action } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;

@@ -136,6 +136,7 @@ impl AllocationRequest {
 
 /// One card handed to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AllocatedCard {
     /// The card's id.
@@ -152,6 +153,7 @@ pub struct AllocatedCard {
 
 /// The `201` body of a successful allocation, stored and replayed byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AllocationResponse {
     /// The allocation's id (UUID).

@@ -6,6 +6,7 @@ use crate::money::Currency;
 
 /// The whole catalogue visible to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Catalogue {
     /// Products, ordered by id.
@@ -14,6 +15,7 @@ pub struct Catalogue {
 
 /// One product with its denominations and availability.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CatalogueEntry {
     /// The product id used in allocation requests.
@@ -28,6 +30,7 @@ pub struct CatalogueEntry {
 
 /// One denomination and how many cards of it can be allocated now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DenominationStock {
     /// The face value (`"25.00"`).

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 /// Every error code the API can return; each maps to exactly one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     /// The request is malformed or breaks a validation rule.
@@ -163,6 +164,7 @@ impl std::error::Error for ApiError {}
 
 /// The top-level error document: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// The error itself.
@@ -171,6 +173,7 @@ pub struct ErrorBody {
 
 /// The inside of an error document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
     /// The machine-readable code.

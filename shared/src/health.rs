@@ -7,6 +7,7 @@ use serde_json::Value;
 
 /// A component's or the service's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     /// Healthy.
@@ -29,6 +30,7 @@ impl HealthStatus {
 
 /// The health document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     /// Overall status: the worst of the checks.
@@ -52,6 +54,7 @@ pub struct Health {
 
 /// One check of one component.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Which instance of the component.

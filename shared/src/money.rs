@@ -121,6 +121,23 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+// On the wire a currency is its code, so its schema is a string, not the struct's fields.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Z]{3}$"))
+            .description(Some("An active ISO 4217 currency code"))
+            .examples(["EUR"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Currency {}
+
 /// Format minor units with `exponent` decimal places: `(2500, 2)` → `"25.00"`.
 pub fn format_minor(minor: i64, exponent: u8) -> String {
     let sign = if minor < 0 { "-" } else { "" };

@@ -82,6 +82,7 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(crate::openapi::serve))
         .merge(ops::router(&state));
     common_layers(router, &state)
 }

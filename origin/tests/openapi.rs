@@ -1,0 +1,261 @@
+//! The OpenAPI document against the running code: it is served on the operator listener, every
+//! route of the public router is documented, and real answers match their documented schemas.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::{Reply, TestApp, operator_token};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn document() -> Value {
+    serde_json::to_value(allot_origin::openapi::document()).unwrap()
+}
+
+/// The paths a router matches, read from its `Debug` form (axum has no listing API): the first
+/// `paths: {…}` is the route table, the second the fallback's.
+fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
+    let text = format!("{router:?}");
+    let start = text.find("node: Node { paths: {").expect("axum's Debug shows the route table") + 21;
+    let table = &text[start..start + text[start..].find("} }").unwrap()];
+    table.split('"').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+/// A concrete path for a template (`{id}` becomes a UUID).
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "0192f0c1-7c7e-7000-8000-000000000001")
+}
+
+/// Whether the router answered from its fallback: `404 NOT_FOUND "no route for …"`.
+async fn is_unrouted(router: &axum::Router, method: &str, path: &str) -> bool {
+    let req = Request::builder().method(method).uri(concrete(path)).body(Body::empty()).unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    if resp.status() != 404 {
+        return false;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    body["error"]["message"].as_str().is_some_and(|m| m.starts_with("no route for"))
+}
+
+#[tokio::test]
+async fn every_route_of_the_public_router_is_documented_and_every_documented_one_is_routed() {
+    let app = TestApp::spawn().await;
+    let router = allot_origin::http::public_router(app.state.clone());
+    let doc = document();
+    let paths = routed_paths(&router);
+    assert!(paths.contains("/v1/allocations") && paths.contains("/livez"), "route table not found: {paths:?}");
+    let documented = |method: &str, path: &str| doc["paths"][path].get(method.to_lowercase()).is_some();
+    for path in &paths {
+        assert!(doc["paths"].get(path).is_some(), "the public router serves {path}, which is not documented");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            if !is_unrouted(&router, method, path).await {
+                assert!(documented(method, path), "the public router serves {method} {path}, which is not documented");
+            }
+        }
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if path.starts_with("/ops/") {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys().filter(|k| *k != "servers" && *k != "parameters") {
+            let method = method.to_uppercase();
+            assert!(!is_unrouted(&router, &method, path).await, "{method} {path} is documented but not routed");
+        }
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_operator_listener_serves_the_document_without_a_token() {
+    let app = TestApp::spawn().await;
+    let reply = app.ops("GET", "/openapi.json", None, None).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(reply.json(), document());
+    assert_eq!(reply.json()["openapi"], "3.1.0");
+    // The public listener does not serve it (not yet part of the public API).
+    let public = app.send("GET", "/openapi.json", None, None, b"").await;
+    assert_eq!(public.status, 404);
+    app.finish().await;
+}
+
+// ---- a small JSON Schema check: the keywords the document uses ------------------------------
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("{r} does not resolve")),
+        None => schema,
+    }
+}
+
+fn type_matches(ty: &str, value: &Value) -> bool {
+    match ty {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        "null" => value.is_null(),
+        other => panic!("a type this check does not know: {other}"),
+    }
+}
+
+/// Where `value` breaks `schema`, if anywhere.
+fn violations(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
+        out.push(format!("{at}: {value} is not {types:?}"));
+        return;
+    }
+    if let Some(options) = schema["enum"].as_array()
+        && !options.contains(value)
+    {
+        out.push(format!("{at}: {value} is not one of {options:?}"));
+    }
+    if let (Some("uuid"), Some(s)) = (schema["format"].as_str(), value.as_str())
+        && uuid::Uuid::parse_str(s).is_err()
+    {
+        out.push(format!("{at}: {s} is not a UUID"));
+    }
+    if let (Some("date-time"), Some(s)) = (schema["format"].as_str(), value.as_str())
+        && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_err()
+    {
+        out.push(format!("{at}: {s} is not an RFC 3339 time"));
+    }
+    if let Some(object) = value.as_object() {
+        let properties = schema["properties"].as_object();
+        for required in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if !object.contains_key(required) {
+                out.push(format!("{at}: {required} is missing"));
+            }
+        }
+        for (key, v) in object {
+            match properties.and_then(|p| p.get(key)) {
+                Some(s) => violations(doc, s, v, &format!("{at}.{key}"), out),
+                None if schema["additionalProperties"] == false => out.push(format!("{at}: {key} is not documented")),
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(values)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in values.iter().enumerate() {
+            violations(doc, items, v, &format!("{at}[{i}]"), out);
+        }
+    }
+}
+
+/// Check a reply against the documented response of `method path` for its status.
+fn assert_documented(doc: &Value, method: &str, path: &str, reply: &Reply) {
+    let operation = &doc["paths"][path][method.to_lowercase()];
+    let response = &operation["responses"][reply.status.to_string()];
+    assert!(
+        !response.is_null(),
+        "{method} {path} answered {}, which is not documented: {:?}",
+        reply.status,
+        reply.body
+    );
+    let response = resolve(doc, response);
+    let content_type = reply.header("content-type").unwrap_or_default();
+    let content = &response["content"][content_type.as_str()];
+    assert!(!content.is_null(), "{method} {path} {}: {content_type} is not documented", reply.status);
+    let mut out = Vec::new();
+    violations(doc, &content["schema"], &reply.json(), "body", &mut out);
+    assert!(out.is_empty(), "{method} {path} {} does not match its schema: {out:?}", reply.status);
+    for name in response["headers"].as_object().into_iter().flat_map(|h| h.keys()) {
+        // These come with some answers only (a replay, a limit checked in Valkey, a retryable error).
+        let sometimes = ["ratelimit", "ratelimit-policy", "idempotent-replayed", "retry-after"];
+        if !sometimes.contains(&name.as_str()) {
+            assert!(reply.header(name).is_some(), "{method} {path} {}: no {name} header", reply.status);
+        }
+    }
+}
+
+#[tokio::test]
+async fn operator_answers_match_their_documented_schemas() {
+    let app = TestApp::spawn().await;
+    let doc = document();
+    let admin = operator_token(&app, "admin").await;
+    let viewer = operator_token(&app, "viewer").await;
+
+    let reply = app.ops("GET", "/ops/v1/me", Some(&viewer), None).await;
+    assert_documented(&doc, "GET", "/ops/v1/me", &reply);
+    let body = json!({ "name": "Ana", "role": "operator", "valid_days": 30 });
+    let created = app.ops("POST", "/ops/v1/operators", Some(&admin), Some(body)).await;
+    assert_eq!(created.status, 201);
+    assert_documented(&doc, "POST", "/ops/v1/operators", &created);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let revoke = format!("/ops/v1/operators/{id}/revoke");
+    let revoked = app.ops("POST", &revoke, Some(&admin), None).await;
+    assert_documented(&doc, "POST", "/ops/v1/operators/{id}/revoke", &revoked);
+    let listed = app.ops("GET", "/ops/v1/operators", Some(&admin), None).await;
+    assert!(listed.json()["items"].as_array().unwrap().iter().any(|o| !o["revoked_at"].is_null()));
+    assert_documented(&doc, "GET", "/ops/v1/operators", &listed);
+    let audit = app.ops("GET", "/ops/v1/audit?limit=1", Some(&viewer), None).await;
+    assert!(audit.json()["next_cursor"].is_string(), "two changes, one per page");
+    assert_documented(&doc, "GET", "/ops/v1/audit", &audit);
+
+    // Errors: documented statuses, in the shared shape.
+    let cases = [
+        ("GET", "/ops/v1/me", None, None),
+        ("GET", "/ops/v1/operators", Some(viewer.as_str()), None),
+        ("GET", "/ops/v1/audit?limit=0", Some(viewer.as_str()), None),
+        ("POST", "/ops/v1/operators", Some(admin.as_str()), Some(json!({ "name": "x", "role": "root" }))),
+        ("POST", "/ops/v1/operators/{id}/revoke", Some(admin.as_str()), None),
+    ];
+    let expected = [401, 403, 400, 400, 404];
+    for ((method, path, token, body), status) in cases.into_iter().zip(expected) {
+        let reply = app.ops(method, &path.replace("{id}", &id), token, body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {:?}", reply.body);
+        assert_documented(&doc, method, path.split('?').next().unwrap(), &reply);
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn public_answers_match_their_documented_schemas() {
+    let app = TestApp::spawn().await;
+    let doc = document();
+    app.product("p-open", "EUR", &["25.00"]).await;
+    app.load_cards("p-open", 2500, 3).await;
+
+    let body = r#"{"product_id":"p-open","denomination":"25.00","quantity":2,"client_reference":"o-1"}"#;
+    let created = app.allocate("openapi-1", body).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_documented(&doc, "POST", "/v1/allocations", &created);
+    let id = created.json()["allocation_id"].as_str().unwrap().to_owned();
+    let one = app.send("GET", &format!("/v1/allocations/{id}"), Some(&app.key), None, b"").await;
+    assert_documented(&doc, "GET", "/v1/allocations/{id}", &one);
+    let products = app.send("GET", "/v1/products", Some(&app.key), None, b"").await;
+    assert_documented(&doc, "GET", "/v1/products", &products);
+    for path in ["/livez", "/readyz"] {
+        let reply = app.send("GET", path, None, None, b"").await;
+        assert_documented(&doc, "GET", path, &reply);
+    }
+
+    let too_many = r#"{"product_id":"p-open","denomination":"25.00","quantity":5}"#;
+    let errors = [
+        app.allocate("openapi-2", too_many).await,
+        app.allocate("openapi-1", too_many).await,
+        app.send("POST", "/v1/allocations", Some(&app.key), None, body.as_bytes()).await,
+        app.send("POST", "/v1/allocations", None, Some("openapi-3"), body.as_bytes()).await,
+    ];
+    for (reply, status) in errors.iter().zip([409, 422, 400, 401]) {
+        assert_eq!(reply.status, status, "{:?}", reply.body);
+        assert_documented(&doc, "POST", "/v1/allocations", reply);
+    }
+    let missing =
+        app.send("GET", &format!("/v1/allocations/{}", uuid::Uuid::now_v7()), Some(&app.key), None, b"").await;
+    assert_eq!(missing.status, 404);
+    assert_documented(&doc, "GET", "/v1/allocations/{id}", &missing);
+    app.finish().await;
+}

@@ -2,6 +2,8 @@
 //! operator API (acting as `cli:<os user>`), and prints the result.
 
 pub mod operators;
+pub mod stock;
+pub mod jobs;
 
 use allot_origin::error::AppError;
 use anyhow::Context;

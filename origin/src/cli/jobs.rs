@@ -103,7 +103,14 @@ pub async fn run(action: JobsAction) -> anyhow::Result<()> {
             for j in job_ops::list(pool, &registry).await.map_err(fail)? {
                 let last = j.last_runs.first().map_or_else(
                     || "never run".to_owned(),
-                    |r| format!("{} at {}{}", r.outcome, at(r.started_at), r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))),
+                    |r| {
+                        format!(
+                            "{} at {}{}",
+                            r.outcome,
+                            at(r.started_at),
+                            r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
+                        )
+                    },
                 );
                 let by = j.updated_by.as_ref().map_or(String::new(), |b| format!(" (changed by {b})"));
                 let ovr = j.override_interval_secs.map_or_else(|| "-".to_owned(), |s| s.to_string());
@@ -122,7 +129,10 @@ pub async fn run(action: JobsAction) -> anyhow::Result<()> {
         JobsAction::Schedule { name, every_secs, default: _ } => {
             job_ops::schedule(pool, &actor, &registry, &name, every_secs).await.map_err(fail)?;
             match every_secs {
-                Some(s) => println!("{name}: every {s} s (schedulers pick it up within {} s)", jobs::OVERRIDE_REFRESH.as_secs()),
+                Some(s) => println!(
+                    "{name}: every {s} s (schedulers pick it up within {} s)",
+                    jobs::OVERRIDE_REFRESH.as_secs()
+                ),
                 None => println!("{name}: the interval in code"),
             }
         }
@@ -147,7 +157,10 @@ pub async fn run(action: JobsAction) -> anyhow::Result<()> {
         JobsAction::Divergences { product, limit, cursor } => {
             let page = Page::parse(cursor.as_deref(), limit).map_err(fail)?;
             let (rows, next) = job_ops::divergences(pool, product.as_deref(), page).await.map_err(fail)?;
-            println!("{:>8} {:<25} {:<20} {:>12} {:>10} {:>10} healed", "id", "at", "product", "denomination", "postgres", "cache");
+            println!(
+                "{:>8} {:<25} {:<20} {:>12} {:>10} {:>10} healed",
+                "id", "at", "product", "denomination", "postgres", "cache"
+            );
             for d in &rows {
                 let cache = d.cache_active.map_or_else(|| "missing".to_owned(), |n| n.to_string());
                 println!(

@@ -82,10 +82,17 @@ pub async fn run(args: StockArgs) -> anyhow::Result<()> {
     let pool = allot_origin::db::connect_admin(&cfg.database_url).await?;
     match args.action {
         None => {
-            let cache =
-                cfg.valkey_url.as_deref().map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout)).transpose()?;
-            let state =
-                args.state.as_deref().map(StockState::parse).transpose().map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let cache = cfg
+                .valkey_url
+                .as_deref()
+                .map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
+                .transpose()?;
+            let state = args
+                .state
+                .as_deref()
+                .map(StockState::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let filter = StockFilter { product_id: args.product, state };
             let rows = stock::list(&pool, cache.as_ref(), cfg.stock_low_threshold, &filter).await.map_err(fail)?;
             print_table(&rows);

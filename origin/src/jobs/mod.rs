@@ -313,7 +313,8 @@ pub async fn run_scheduler(ctx: JobContext, jobs: Vec<Arc<dyn Job>>) {
         while running.try_join_next().is_some() {}
         let now = OffsetDateTime::now_utc().unix_timestamp();
         for job in &jobs {
-            let every = intervals.get(job.name()).copied().unwrap_or_else(|| job.default_interval()).as_secs().max(1) as i64;
+            let every =
+                intervals.get(job.name()).copied().unwrap_or_else(|| job.default_interval()).as_secs().max(1) as i64;
             let slot = now - now.rem_euclid(every);
             if last_slot.get(job.name()) == Some(&slot) {
                 continue;

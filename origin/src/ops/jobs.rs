@@ -70,7 +70,10 @@ pub struct JobStatus {
 pub fn find<'a>(registry: &'a [Arc<dyn Job>], name: &str) -> Result<&'a Arc<dyn Job>, AppError> {
     registry.iter().find(|j| j.name() == name).ok_or_else(|| {
         let names: Vec<&str> = registry.iter().map(|j| j.name()).collect();
-        AppError::api(ErrorCode::NotFound, format!("no job {name:?} is registered here; registered: {}", names.join(", ")))
+        AppError::api(
+            ErrorCode::NotFound,
+            format!("no job {name:?} is registered here; registered: {}", names.join(", ")),
+        )
     })
 }
 
@@ -97,12 +100,11 @@ async fn recent_runs(pool: &PgPool, name: &str, limit: i64) -> Result<Vec<JobRun
 pub async fn list(pool: &PgPool, registry: &[Arc<dyn Job>]) -> Result<Vec<JobStatus>, AppError> {
     let mut out = Vec::with_capacity(registry.len());
     for job in registry {
-        let row: Option<OverrideRow> = sqlx::query_as(
-            "SELECT enabled, interval_secs, updated_at, updated_by FROM scheduled_jobs WHERE name = $1",
-        )
-        .bind(job.name())
-        .fetch_optional(pool)
-        .await?;
+        let row: Option<OverrideRow> =
+            sqlx::query_as("SELECT enabled, interval_secs, updated_at, updated_by FROM scheduled_jobs WHERE name = $1")
+                .bind(job.name())
+                .fetch_optional(pool)
+                .await?;
         let default_interval_secs = job.default_interval().as_secs();
         let override_interval_secs = row.as_ref().and_then(|r| r.interval_secs).map(i64::from);
         out.push(JobStatus {

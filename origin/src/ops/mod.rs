@@ -12,10 +12,10 @@
 pub mod audit;
 pub mod cards;
 pub mod clients;
+pub mod jobs;
 pub mod operators;
 pub mod page;
 pub mod stock;
-pub mod jobs;
 
 pub use audit::Actor;
 pub use cards::{NewCard, load_cards, rebuild_all_caches, rebuild_product_cache, upsert_product};

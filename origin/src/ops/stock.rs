@@ -255,7 +255,8 @@ pub async fn resolve_bucket(pool: &PgPool, product_id: &str, denomination: &str)
     let Some(currency) = currency else {
         return Err(AppError::api(ErrorCode::NotFound, format!("no product {product_id:?}")));
     };
-    let currency = Currency::parse(&currency).map_err(|e| AppError::Internal(anyhow::anyhow!("stored currency: {e}")))?;
+    let currency =
+        Currency::parse(&currency).map_err(|e| AppError::Internal(anyhow::anyhow!("stored currency: {e}")))?;
     let minor = Denomination::parse(denomination)
         .and_then(|d| d.to_minor(currency.exponent()))
         .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
@@ -285,7 +286,9 @@ pub async fn set_threshold(
     threshold: Option<i64>,
 ) -> Result<(), AppError> {
     if threshold.is_some_and(|t| !(0..=MAX_THRESHOLD).contains(&t)) {
-        return Err(ApiError::validation("low_stock_threshold", format!("must be 0 to {MAX_THRESHOLD}, or null")).into());
+        return Err(
+            ApiError::validation("low_stock_threshold", format!("must be 0 to {MAX_THRESHOLD}, or null")).into()
+        );
     }
     let mut tx = pool.begin().await?;
     let previous: Option<Option<i32>> = sqlx::query_scalar(

@@ -69,7 +69,11 @@ async fn one(st: &AppState, name: &str) -> Result<Response, AppError> {
 }
 
 /// Pause a job.
-pub async fn pause(State(st): State<AppState>, caller: OpsCaller, Path(name): Path<String>) -> Result<Response, AppError> {
+pub async fn pause(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
     job_ops::pause(&st.db.primary, &caller.actor, &registry(&st), &name).await?;
     one(&st, &name).await
 }
@@ -105,7 +109,11 @@ pub async fn schedule(
 
 /// Run a job now in this process, in the background: `202` with the run's id and where to
 /// watch it.
-pub async fn run(State(st): State<AppState>, caller: OpsCaller, Path(name): Path<String>) -> Result<Response, AppError> {
+pub async fn run(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
     let run_id = job_ops::run_in_background(&job_context(&st), &caller.actor, &registry(&st), &name).await?;
     let runs = format!("/ops/v1/jobs/{name}/runs");
     let doc = serde_json::json!({ "job": name, "run_id": run_id, "runs": runs });

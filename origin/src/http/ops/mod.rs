@@ -1,9 +1,9 @@
 //! The operator API, `/ops/v1/…` on the operator listener: bearer operator tokens, one role per
 //! route (the [`ROUTES`] table), and the extractors its handlers share.
 
+pub mod jobs;
 pub mod operators;
 pub mod stock;
-pub mod jobs;
 
 use allot_shared::{ApiError, ErrorCode, request_headers};
 use axum::Router;

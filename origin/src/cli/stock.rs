@@ -34,7 +34,7 @@ pub enum StockAction {
         #[arg(long)]
         denomination: String,
         /// Low at or below this many active cards.
-        #[arg(long, conflicts_with = "default", required_unless_present = "default")]
+        #[arg(long, conflicts_with = "default", required_unless_present = "default", allow_hyphen_values = true)]
         cards: Option<i64>,
         /// Use the configured default (ALLOT_STOCK_LOW_THRESHOLD).
         #[arg(long)]

@@ -27,6 +27,8 @@ METRICS = {
     "allot_cache_rebuilds_total": ("counter", {"trigger"}),
     "allot_allocation_batch_size": ("histogram", set()),
     "allot_inventory_active_cards": ("gauge", {"product_id", "denomination_minor"}),
+    "allot_stock_state": ("gauge", {"product_id", "denomination_minor"}),
+    "allot_stock_transitions_total": ("counter", {"state"}),
     "allot_job_runs_total": ("counter", {"job_name", "outcome"}),
     "allot_job_duration_seconds": ("histogram", {"job_name"}),
     "allot_db_pool_connections": ("gauge", {"pool", "state"}),

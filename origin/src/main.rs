@@ -36,10 +36,10 @@ enum Command {
     Cron,
     /// Server, worker and cron in one process.
     RunAll,
-    /// Scheduled jobs by hand.
+    /// Scheduled jobs: list, pause, resume, re-time, run now, runs, divergences.
     Jobs {
         #[command(subcommand)]
-        action: JobsAction,
+        action: cli::jobs::JobsAction,
     },
     /// Apply or revert database migrations (never run implicitly).
     Migrate {
@@ -86,17 +86,8 @@ enum Command {
     Audit(cli::operators::AuditArgs),
     /// Print the OpenAPI document (public and operator APIs) as JSON; needs no database.
     Openapi,
-}
-
-#[derive(Subcommand)]
-enum JobsAction {
-    /// Run one job now (as a singleton: skipped if it is running elsewhere).
-    Run {
-        /// The job's name (see `allot jobs list`).
-        name: String,
-    },
-    /// List the jobs this configuration registers, with their last run.
-    List,
+    /// Stock per product and denomination; `allot stock threshold` sets a low-stock threshold.
+    Stock(cli::stock::StockArgs),
 }
 
 #[derive(Subcommand)]
@@ -306,38 +297,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker => run_processes(Roles { server: false, worker: true, cron: false }).await,
         Command::Cron => run_processes(Roles { server: false, worker: false, cron: true }).await,
         Command::RunAll => run_processes(Roles { server: true, worker: true, cron: true }).await,
-        Command::Jobs { action } => {
-            let services = Services::init(Config::from_env()?)?;
-            services.check_schema().await?;
-            let jobs = jobs::registry(&services.config, services.cache.is_some());
-            match action {
-                JobsAction::Run { name } => {
-                    let job = jobs.iter().find(|j| j.name() == name).with_context(|| {
-                        let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
-                        format!("no job {name:?} is registered here; registered: {}", names.join(", "))
-                    })?;
-                    let ctx = services.job_context(CancellationToken::new());
-                    let outcome = jobs::run_once(job.as_ref(), &ctx, None, &jobs::instance_name()).await?;
-                    println!("{name}: {outcome:?}");
-                    if let jobs::RunOutcome::Failed(e) = outcome {
-                        anyhow::bail!("{name} failed: {e}");
-                    }
-                }
-                JobsAction::List => {
-                    for job in &jobs {
-                        let last: Option<(String, time::OffsetDateTime)> = sqlx::query_as(
-                            "SELECT outcome, started_at FROM job_runs WHERE job_name = $1 ORDER BY started_at DESC LIMIT 1",
-                        )
-                        .bind(job.name())
-                        .fetch_optional(&services.db.primary)
-                        .await?;
-                        let last = last.map(|(o, t)| format!("{o} at {t}")).unwrap_or_else(|| "never run".into());
-                        println!("{:<20} every {:>6}s  last: {last}", job.name(), job.default_interval().as_secs());
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Jobs { action } => cli::jobs::run(action).await,
         Command::Migrate { action } => {
             let pool = db::connect_admin(&database_url()?).await?;
             match action {
@@ -421,6 +381,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", allot_origin::openapi::pretty_json());
             Ok(())
         }
+        Command::Stock(args) => cli::stock::run(args).await,
         Command::Inventory { action } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;

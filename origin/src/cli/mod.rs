@@ -1,7 +1,9 @@
 //! The operators' commands: each parses its arguments, calls the same service function as the
 //! operator API (acting as `cli:<os user>`), and prints the result.
 
+pub mod jobs;
 pub mod operators;
+pub mod stock;
 
 use allot_origin::error::AppError;
 use anyhow::Context;

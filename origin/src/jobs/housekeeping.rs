@@ -1,4 +1,5 @@
-//! Housekeeping: expire idempotency keys and prune job history, in small batches.
+//! Housekeeping: expire idempotency keys, prune job history and the reconciler's divergences,
+//! and prune the audit trail past its retention, in small batches.
 
 use std::time::Duration;
 
@@ -53,7 +54,8 @@ impl Job for IdempotencyExpiry {
     }
 }
 
-/// Deletes finished job runs older than the history retention (default 14 days).
+/// Deletes finished job runs and recorded cache divergences older than the history retention
+/// (default 14 days).
 pub struct JobHistoryPrune;
 
 impl Job for JobHistoryPrune {
@@ -75,8 +77,68 @@ impl Job for JobHistoryPrune {
                 ctx.config.job_history_retention.as_secs() as i64,
             )
             .await?;
+            let divergences = in_batches(
+                ctx,
+                "DELETE FROM cache_divergences WHERE id = ANY(ARRAY(
+                    SELECT id FROM cache_divergences WHERE at < now() - make_interval(secs => $1) LIMIT $2))",
+                ctx.config.job_history_retention.as_secs() as i64,
+            )
+            .await?;
             let mut counts = Counts::new();
             counts.insert("deleted".into(), n.into());
+            counts.insert("divergences_deleted".into(), divergences.into());
+            Ok(counts)
+        })
+    }
+}
+
+/// Deletes audit rows older than the audit retention (`ALLOT_AUDIT_RETENTION_DAYS`, at least
+/// 30). The table refuses every other delete: each batch's transaction says it is the
+/// retention job (`SET LOCAL allot.audit_prune = 'on'`), and even then the trigger keeps rows
+/// younger than 30 days.
+pub struct AuditPrune;
+
+impl AuditPrune {
+    async fn batch(ctx: &JobContext, older_than_secs: i64) -> anyhow::Result<u64> {
+        let mut tx = ctx.db.primary.begin().await?;
+        sqlx::query("SET LOCAL allot.audit_prune = 'on'").execute(&mut *tx).await?;
+        let n = sqlx::query(
+            "DELETE FROM audit_log WHERE id = ANY(ARRAY(
+                SELECT id FROM audit_log WHERE at < now() - make_interval(secs => $1) ORDER BY at LIMIT $2))",
+        )
+        .bind(older_than_secs as f64)
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+impl Job for AuditPrune {
+    fn name(&self) -> &'static str {
+        "audit-prune"
+    }
+
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(86_400)
+    }
+
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>> {
+        Box::pin(async move {
+            let retention = ctx.config.audit_retention.as_secs() as i64;
+            debug_assert!(retention >= 30 * 86_400, "the configuration keeps audit rows at least 30 days");
+            let mut deleted = 0;
+            loop {
+                let n = Self::batch(ctx, retention).await?;
+                deleted += n;
+                if n < BATCH as u64 || ctx.shutdown.is_cancelled() {
+                    break;
+                }
+            }
+            let mut counts = Counts::new();
+            counts.insert("deleted".into(), deleted.into());
             Ok(counts)
         })
     }

@@ -4,11 +4,13 @@
 //! runs from overlapping, and the `job_runs_one_per_slot` constraint lets exactly one process
 //! claim each tick (slots are aligned to the epoch, so every scheduler agrees on them). Every
 //! run, skip and failure is recorded in `job_runs`. `scheduled_jobs` rows override the
-//! schedule or disable a job without a deploy; they are re-read every 30 s.
+//! schedule (re-read every 30 s) or pause a job without a deploy (read by each tick's claim, so
+//! a pause holds from the next tick).
 
 pub mod housekeeping;
 pub mod pump;
 pub mod reconcile;
+pub mod stock_watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use tracing::Instrument;
 use crate::cache::InventoryCache;
 use crate::config::Config;
 use crate::db::Db;
+use crate::ops::Actor;
 
 /// Named numbers a run reports (`{"buckets": 100, "divergent": 0}`).
 pub type Counts = serde_json::Map<String, serde_json::Value>;
@@ -75,6 +78,9 @@ pub fn registry(cfg: &Config, has_cache: bool) -> Vec<Arc<dyn Job>> {
     if cfg.features.housekeeping {
         jobs.push(Arc::new(housekeeping::IdempotencyExpiry));
         jobs.push(Arc::new(housekeeping::JobHistoryPrune));
+        jobs.push(Arc::new(housekeeping::AuditPrune));
+        // Postgres alone: a region without a cache still hears about stock.
+        jobs.push(Arc::new(stock_watch::StockWatch));
     }
     jobs
 }
@@ -90,6 +96,21 @@ pub enum RunOutcome {
     SkippedOverlap,
     /// Another process already claimed this tick.
     AlreadyClaimed,
+    /// The job is paused: the tick was not claimed (nothing recorded).
+    Paused,
+}
+
+impl RunOutcome {
+    /// The outcome's label in `allot_job_runs_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded(_) => "succeeded",
+            RunOutcome::Failed(_) => "failed",
+            RunOutcome::SkippedOverlap => "skipped",
+            RunOutcome::AlreadyClaimed => "already_claimed",
+            RunOutcome::Paused => "paused",
+        }
+    }
 }
 
 fn lock_key(name: &str) -> i64 {
@@ -103,32 +124,77 @@ pub fn instance_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Run a job once as a singleton: for tick `slot`, or by hand when `slot` is `None`.
-///
-/// First the tick is claimed (one `job_runs` row per job and slot, whoever inserts it first),
-/// then the job's advisory lock is taken; if a run from an earlier tick still holds it, this
-/// tick's row is recorded as skipped.
-pub async fn run_once(
+/// A run claimed in `job_runs` (outcome `running`), on the connection that will hold its lock.
+pub struct Claimed {
+    run_id: i64,
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+impl Claimed {
+    /// The run's id in `job_runs`.
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+}
+
+/// Why a run was not claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotClaimed {
+    /// Another process already claimed this tick.
+    AlreadyClaimed,
+    /// The job is paused (`scheduled_jobs.enabled = false`); only scheduled ticks are refused.
+    Paused,
+}
+
+/// Claim a run of `job`: for tick `slot`, or by hand when `slot` is `None`. A scheduled tick is
+/// claimed once across processes, and not at all while the job is paused: the pause is read in
+/// the claiming statement itself, so it holds from the next tick on at no extra cost. A run by
+/// hand ignores the pause. With `audit`, the claim is audited `job.run` in its transaction.
+pub async fn claim(
     job: &dyn Job,
     ctx: &JobContext,
     slot: Option<OffsetDateTime>,
     instance: &str,
-) -> anyhow::Result<RunOutcome> {
+    audit: Option<&Actor>,
+) -> anyhow::Result<Result<Claimed, NotClaimed>> {
     let name = job.name();
     let mut conn = ctx.db.primary.acquire().await?;
-    let run_id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO job_runs (job_name, instance, slot, outcome) VALUES ($1, $2, $3, 'running')
-         ON CONFLICT (job_name, slot) DO NOTHING RETURNING id",
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let (run_id, paused): (Option<i64>, bool) = sqlx::query_as(
+        "WITH paused AS (
+             SELECT $3::timestamptz IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM scheduled_jobs WHERE name = $1 AND NOT enabled) AS yes
+         ), claimed AS (
+             INSERT INTO job_runs (job_name, instance, slot, outcome)
+             SELECT $1, $2, $3, 'running' FROM paused WHERE NOT paused.yes
+             ON CONFLICT (job_name, slot) DO NOTHING RETURNING id
+         )
+         SELECT (SELECT id FROM claimed), (SELECT yes FROM paused)",
     )
     .bind(name)
     .bind(instance)
     .bind(slot)
-    .fetch_optional(&mut *conn)
+    .fetch_one(&mut *tx)
     .await?;
     let Some(run_id) = run_id else {
-        metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => "already_claimed").increment(1);
-        return Ok(RunOutcome::AlreadyClaimed);
+        let (why, label) =
+            if paused { (NotClaimed::Paused, "paused") } else { (NotClaimed::AlreadyClaimed, "already_claimed") };
+        metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => label).increment(1);
+        return Ok(Err(why));
     };
+    if let Some(actor) = audit {
+        let change = serde_json::json!({ "run_id": run_id, "instance": instance });
+        crate::ops::audit::record(&mut tx, actor, "job.run", name, change).await.map_err(anyhow::Error::new)?;
+    }
+    tx.commit().await?;
+    Ok(Ok(Claimed { run_id, conn }))
+}
+
+/// Run a claimed run as a singleton: take the job's advisory lock, or, if a run from an earlier
+/// tick (or by hand) still holds it, record this one as skipped.
+pub async fn run_claimed(job: &dyn Job, ctx: &JobContext, claimed: Claimed) -> anyhow::Result<RunOutcome> {
+    let name = job.name();
+    let Claimed { run_id, mut conn } = claimed;
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock_key(name)).fetch_one(&mut *conn).await?;
     if !locked {
@@ -147,12 +213,7 @@ pub async fn run_once(
         tracing::info_span!("job", otel.name = %format!("job.{name}"), job = name, outcome = tracing::field::Empty);
     let result = run_locked(job, ctx, run_id, &mut conn).instrument(span.clone()).await;
     if let Ok(outcome) = &result {
-        let label = match outcome {
-            RunOutcome::Succeeded(_) => "succeeded",
-            RunOutcome::Failed(_) => "failed",
-            RunOutcome::SkippedOverlap => "skipped",
-            RunOutcome::AlreadyClaimed => "already_claimed",
-        };
+        let label = outcome.label();
         span.record("outcome", label);
         metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => label).increment(1);
     }
@@ -162,6 +223,24 @@ pub async fn run_once(
         let _ = conn.close().await;
     }
     result
+}
+
+/// Run a job once as a singleton: for tick `slot`, or by hand when `slot` is `None`.
+///
+/// First the tick is claimed (one `job_runs` row per job and slot, whoever inserts it first;
+/// none while the job is paused, unless by hand), then the job's advisory lock is taken; if a
+/// run from an earlier tick still holds it, this tick's row is recorded as skipped.
+pub async fn run_once(
+    job: &dyn Job,
+    ctx: &JobContext,
+    slot: Option<OffsetDateTime>,
+    instance: &str,
+) -> anyhow::Result<RunOutcome> {
+    match claim(job, ctx, slot, instance, None).await? {
+        Ok(claimed) => run_claimed(job, ctx, claimed).await,
+        Err(NotClaimed::AlreadyClaimed) => Ok(RunOutcome::AlreadyClaimed),
+        Err(NotClaimed::Paused) => Ok(RunOutcome::Paused),
+    }
 }
 
 async fn run_locked(
@@ -201,23 +280,17 @@ async fn run_locked(
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Override {
-    enabled: bool,
-    interval: Option<Duration>,
+/// Each job's interval override from `scheduled_jobs` (pauses are read when a tick is claimed).
+async fn load_intervals(db: &Db) -> anyhow::Result<HashMap<String, Duration>> {
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT name, interval_secs FROM scheduled_jobs WHERE interval_secs IS NOT NULL")
+            .fetch_all(&db.primary)
+            .await?;
+    Ok(rows.into_iter().map(|(n, secs)| (n, Duration::from_secs(secs.max(1) as u64))).collect())
 }
 
-async fn load_overrides(db: &Db) -> anyhow::Result<HashMap<String, Override>> {
-    let rows: Vec<(String, bool, Option<i32>)> =
-        sqlx::query_as("SELECT name, enabled, interval_secs FROM scheduled_jobs").fetch_all(&db.primary).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(n, enabled, secs)| (n, Override { enabled, interval: secs.map(|s| Duration::from_secs(s as u64)) }))
-        .collect())
-}
-
-/// How often the scheduler re-reads `scheduled_jobs`.
-const OVERRIDE_REFRESH: Duration = Duration::from_secs(30);
+/// How often the scheduler re-reads interval overrides from `scheduled_jobs`.
+pub const OVERRIDE_REFRESH: Duration = Duration::from_secs(30);
 
 /// The scheduler: runs each due job once per tick until `ctx.shutdown`, then waits for the
 /// running ones to finish their current step.
@@ -225,14 +298,14 @@ pub async fn run_scheduler(ctx: JobContext, jobs: Vec<Arc<dyn Job>>) {
     let instance = instance_name();
     let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
     tracing::info!(jobs = ?names, instance, "scheduler started");
-    let mut overrides: HashMap<String, Override> = HashMap::new();
+    let mut intervals: HashMap<String, Duration> = HashMap::new();
     let mut refreshed_at: Option<std::time::Instant> = None;
     let mut last_slot: HashMap<&'static str, i64> = HashMap::new();
     let mut running: JoinSet<()> = JoinSet::new();
     loop {
         if refreshed_at.is_none_or(|t| t.elapsed() >= OVERRIDE_REFRESH) {
-            match load_overrides(&ctx.db).await {
-                Ok(o) => overrides = o,
+            match load_intervals(&ctx.db).await {
+                Ok(i) => intervals = i,
                 Err(e) => tracing::warn!(error = %e, "could not read scheduled_jobs; keeping the previous schedule"),
             }
             refreshed_at = Some(std::time::Instant::now());
@@ -240,18 +313,16 @@ pub async fn run_scheduler(ctx: JobContext, jobs: Vec<Arc<dyn Job>>) {
         while running.try_join_next().is_some() {}
         let now = OffsetDateTime::now_utc().unix_timestamp();
         for job in &jobs {
-            let o = overrides.get(job.name()).copied();
-            if o.is_some_and(|o| !o.enabled) {
-                continue;
-            }
-            let every = o.and_then(|o| o.interval).unwrap_or_else(|| job.default_interval()).as_secs().max(1) as i64;
+            let every =
+                intervals.get(job.name()).copied().unwrap_or_else(|| job.default_interval()).as_secs().max(1) as i64;
             let slot = now - now.rem_euclid(every);
             if last_slot.get(job.name()) == Some(&slot) {
                 continue;
             }
             last_slot.insert(job.name(), slot);
             // A run from an earlier tick still going (here or elsewhere) makes run_once record
-            // this tick as skipped: the advisory lock is per session, not per process.
+            // this tick as skipped: the advisory lock is per session, not per process. A paused
+            // job's tick is refused by the claim itself, so a pause holds from the next tick.
             let (job, ctx2, instance2) = (job.clone(), ctx.clone(), instance.clone());
             let slot_time = OffsetDateTime::from_unix_timestamp(slot).ok();
             running.spawn(async move {

@@ -1,6 +1,7 @@
 //! The reconciler: per product and denomination, compare Postgres's active count with the
 //! cache's; rebuild the products that differ (missing ids back in, stale ids out), with a
-//! structured warning carrying both counts for every divergence.
+//! structured warning carrying both counts for every divergence and a `cache_divergences` row
+//! saying whether the rebuild healed it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,6 +104,31 @@ async fn differing(
     Ok((pg, out))
 }
 
+/// Record a product's divergent buckets in `cache_divergences` (the cache's count `NULL` when
+/// the set was missing), with whether the rebuild healed them.
+async fn record_divergences(
+    pool: &sqlx::PgPool,
+    product: &str,
+    diffs: &[(i64, u64, Option<u64>)],
+    healed: bool,
+) -> anyhow::Result<()> {
+    let denominations: Vec<i64> = diffs.iter().map(|d| d.0).collect();
+    let postgres: Vec<i64> = diffs.iter().map(|d| d.1 as i64).collect();
+    let cached: Vec<Option<i64>> = diffs.iter().map(|d| d.2.map(|n| n as i64)).collect();
+    sqlx::query(
+        "INSERT INTO cache_divergences (product_id, denomination_minor, postgres_active, cache_active, healed)
+         SELECT $1, d, p, c, $5 FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS u(d, p, c)",
+    )
+    .bind(product)
+    .bind(&denominations)
+    .bind(&postgres)
+    .bind(&cached)
+    .bind(healed)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 impl Job for Reconciler {
     fn name(&self) -> &'static str {
         "reconcile"
@@ -135,6 +161,7 @@ impl Job for Reconciler {
                 }
             }
             let mut divergent_buckets = 0u64;
+            let mut failure: Option<anyhow::Error> = None;
             for (product, diffs) in &suspects {
                 for (denomination_minor, postgres, cached) in diffs {
                     divergent_buckets += 1;
@@ -143,8 +170,23 @@ impl Job for Reconciler {
                         cache_active = ?cached, "inventory cache diverged from Postgres; rebuilding"
                     );
                 }
-                ops::rebuild_product_cache(pool, cache, product).await?;
-                metrics::counter!("allot_cache_divergences_healed_total").increment(diffs.len() as u64);
+                // One product's failed rebuild does not keep the others from healing; the run
+                // fails at the end, and every divergence is on record either way.
+                let healed = match ops::rebuild_product_cache(pool, cache, product).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(product_id = %product, error = %format!("{e:#}"), "rebuild failed");
+                        failure.get_or_insert(e.context(format!("rebuilding {product}")));
+                        false
+                    }
+                };
+                record_divergences(pool, product, diffs, healed).await?;
+                if healed {
+                    metrics::counter!("allot_cache_divergences_healed_total").increment(diffs.len() as u64);
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             let mut counts = Counts::new();
             counts.insert("buckets".into(), (buckets as u64).into());

@@ -6,12 +6,16 @@
 //! - [`clients`]: clients and their API keys
 //! - [`cards`]: products, card loads and cache rebuilds
 //! - [`page`]: cursor pagination of listings
+//! - [`stock`]: stock per bucket, low-stock thresholds and states
+//! - [`jobs`]: scheduled jobs (pause, resume, re-time, run now) and the reconciler's divergences
 
 pub mod audit;
 pub mod cards;
 pub mod clients;
+pub mod jobs;
 pub mod operators;
 pub mod page;
+pub mod stock;
 
 pub use audit::Actor;
 pub use cards::{NewCard, load_cards, rebuild_all_caches, rebuild_product_cache, upsert_product};

@@ -1,7 +1,9 @@
 //! The operator API, `/ops/v1/…` on the operator listener: bearer operator tokens, one role per
 //! route (the [`ROUTES`] table), and the extractors its handlers share.
 
+pub mod jobs;
 pub mod operators;
+pub mod stock;
 
 use allot_shared::{ApiError, ErrorCode, request_headers};
 use axum::Router;
@@ -42,6 +44,15 @@ pub const ROUTES: &[OpsRoute] = &[
     route("GET", "/ops/v1/operators", Role::Admin),
     route("POST", "/ops/v1/operators", Role::Admin),
     route("POST", "/ops/v1/operators/{id}/revoke", Role::Admin),
+    route("GET", "/ops/v1/stock", Role::Viewer),
+    route("PUT", "/ops/v1/stock/{product_id}/{denomination}/threshold", Role::Operator),
+    route("GET", "/ops/v1/jobs", Role::Viewer),
+    route("GET", "/ops/v1/jobs/{name}/runs", Role::Viewer),
+    route("POST", "/ops/v1/jobs/{name}/pause", Role::Operator),
+    route("POST", "/ops/v1/jobs/{name}/resume", Role::Operator),
+    route("PUT", "/ops/v1/jobs/{name}/schedule", Role::Operator),
+    route("POST", "/ops/v1/jobs/{name}/run", Role::Operator),
+    route("GET", "/ops/v1/divergences", Role::Viewer),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -56,6 +67,15 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/audit", get(operators::audit))
         .route("/ops/v1/operators", get(operators::list).post(operators::create))
         .route("/ops/v1/operators/{id}/revoke", post(operators::revoke))
+        .route("/ops/v1/stock", get(stock::list))
+        .route("/ops/v1/stock/{product_id}/{denomination}/threshold", axum::routing::put(stock::set_threshold))
+        .route("/ops/v1/jobs", get(jobs::list))
+        .route("/ops/v1/jobs/{name}/runs", get(jobs::runs))
+        .route("/ops/v1/jobs/{name}/pause", post(jobs::pause))
+        .route("/ops/v1/jobs/{name}/resume", post(jobs::resume))
+        .route("/ops/v1/jobs/{name}/schedule", axum::routing::put(jobs::schedule))
+        .route("/ops/v1/jobs/{name}/run", post(jobs::run))
+        .route("/ops/v1/divergences", get(jobs::divergences))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

@@ -1,0 +1,140 @@
+//! `/ops/v1/jobs` and `/ops/v1/divergences`: the schedule, pauses, re-timing, runs by hand, run
+//! history, and the reconciler's divergences.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer};
+use tokio_util::sync::CancellationToken;
+
+use super::{JsonBody, OpsCaller, QueryOf, listing};
+use crate::error::AppError;
+use crate::http::AppState;
+use crate::jobs::{self, Job, JobContext};
+use crate::ops::jobs as job_ops;
+use crate::ops::page::Page;
+
+/// A field that must be present and may be `null` (serde's `Option` alone makes it optional).
+pub fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T>::deserialize(d)
+}
+
+/// The jobs this process's configuration registers (the same list `allot cron` schedules).
+fn registry(st: &AppState) -> Vec<Arc<dyn Job>> {
+    jobs::registry(&st.config, st.engine.cache().is_some())
+}
+
+/// What a run by hand in the serving process works with. It is not cancelled on shutdown: a
+/// run by hand ends with the process, like any request still in flight at the deadline.
+fn job_context(st: &AppState) -> JobContext {
+    JobContext {
+        config: st.config.clone(),
+        db: st.db.clone(),
+        cache: st.engine.cache().cloned(),
+        shutdown: CancellationToken::new(),
+    }
+}
+
+/// Every registered job with its schedule and last runs.
+pub async fn list(State(st): State<AppState>) -> Result<Response, AppError> {
+    Ok(listing(job_ops::list(&st.db.primary, &registry(&st)).await?, None))
+}
+
+/// A page of a listing: cursor and limit only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A job's runs, newest first.
+pub async fn runs(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    QueryOf(q): QueryOf<PageQuery>,
+) -> Result<Response, AppError> {
+    let page = Page::parse(q.cursor.as_deref(), q.limit)?;
+    let (rows, next) = job_ops::runs(&st.db.primary, &registry(&st), &name, page).await?;
+    Ok(listing(rows, next))
+}
+
+/// The job as it stands after a change.
+async fn one(st: &AppState, name: &str) -> Result<Response, AppError> {
+    let all = job_ops::list(&st.db.primary, &registry(st)).await?;
+    Ok(Json(all.into_iter().find(|j| j.name == name)).into_response())
+}
+
+/// Pause a job.
+pub async fn pause(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    job_ops::pause(&st.db.primary, &caller.actor, &registry(&st), &name).await?;
+    one(&st, &name).await
+}
+
+/// Resume a job.
+pub async fn resume(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    job_ops::resume(&st.db.primary, &caller.actor, &registry(&st), &name).await?;
+    one(&st, &name).await
+}
+
+/// A new interval: seconds, or null for the interval in code.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    #[serde(deserialize_with = "nullable")]
+    interval_secs: Option<i64>,
+}
+
+/// Re-time a job.
+pub async fn schedule(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<ScheduleBody>,
+) -> Result<Response, AppError> {
+    job_ops::schedule(&st.db.primary, &caller.actor, &registry(&st), &name, body.interval_secs).await?;
+    one(&st, &name).await
+}
+
+/// Run a job now in this process, in the background: `202` with the run's id and where to
+/// watch it.
+pub async fn run(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    let run_id = job_ops::run_in_background(&job_context(&st), &caller.actor, &registry(&st), &name).await?;
+    let runs = format!("/ops/v1/jobs/{name}/runs");
+    let doc = serde_json::json!({ "job": name, "run_id": run_id, "runs": runs });
+    Ok((StatusCode::ACCEPTED, [(axum::http::header::LOCATION, runs)], Json(doc)).into_response())
+}
+
+/// The divergences query: a product and a page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DivergenceQuery {
+    product_id: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The reconciler's divergences, newest first.
+pub async fn divergences(
+    State(st): State<AppState>,
+    QueryOf(q): QueryOf<DivergenceQuery>,
+) -> Result<Response, AppError> {
+    let page = Page::parse(q.cursor.as_deref(), q.limit)?;
+    let (rows, next) = job_ops::divergences(&st.db.primary, q.product_id.as_deref(), page).await?;
+    Ok(listing(rows, next))
+}

@@ -5,11 +5,13 @@
 //! - [`operators`]: operators, their roles and tokens
 //! - [`clients`]: clients and their API keys
 //! - [`cards`]: products, card loads and cache rebuilds
+//! - [`imports`]: streamed CSV imports of cards, all or nothing
 //! - [`page`]: cursor pagination of listings
 
 pub mod audit;
 pub mod cards;
 pub mod clients;
+pub mod imports;
 pub mod operators;
 pub mod page;
 

@@ -1,6 +1,7 @@
 //! The operator API, `/ops/v1/…` on the operator listener: bearer operator tokens, one role per
 //! route (the [`ROUTES`] table), and the extractors its handlers share.
 
+pub mod imports;
 pub mod operators;
 
 use allot_shared::{ApiError, ErrorCode, request_headers};
@@ -42,6 +43,9 @@ pub const ROUTES: &[OpsRoute] = &[
     route("GET", "/ops/v1/operators", Role::Admin),
     route("POST", "/ops/v1/operators", Role::Admin),
     route("POST", "/ops/v1/operators/{id}/revoke", Role::Admin),
+    route("GET", "/ops/v1/imports", Role::Viewer),
+    route("POST", "/ops/v1/imports", Role::Operator),
+    route("GET", "/ops/v1/imports/{id}", Role::Viewer),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -56,6 +60,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/audit", get(operators::audit))
         .route("/ops/v1/operators", get(operators::list).post(operators::create))
         .route("/ops/v1/operators/{id}/revoke", post(operators::revoke))
+        .route("/ops/v1/imports", get(imports::list).post(imports::create))
+        .route("/ops/v1/imports/{id}", get(imports::get_one))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

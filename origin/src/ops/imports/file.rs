@@ -285,7 +285,10 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn lines_of(chunks: &[&[u8]]) -> (Vec<(u64, Option<Vec<u8>>)>, Option<u64>) {
+    /// Each line's number and bytes (`None`: too long).
+    type Lines = Vec<(u64, Option<Vec<u8>>)>;
+
+    fn lines_of(chunks: &[&[u8]]) -> (Lines, Option<u64>) {
         let mut splitter = LineSplitter::default();
         let mut out = Vec::new();
         for c in chunks {

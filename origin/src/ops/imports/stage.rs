@@ -154,20 +154,40 @@ impl<'k> Stager<'k> {
         let secret = serde_json::to_vec(&CardSecret { code: card.code, pin: card.pin })
             .expect("a struct of two strings serializes");
         let sealed = self.keys.seal(&secret, &self.aad);
-        let expires = card.expires_at.map(|t| t.format(&Rfc3339).expect("a parsed time formats"));
-        let mut row = String::with_capacity(64 + 2 * (32 + sealed.ciphertext.len() + 12));
-        // COPY text format: bytea as \x hex, its backslash escaped; \N is NULL. Key ids are
+        let out = &mut self.copy;
+        let _ = write!(Utf8Sink(&mut *out), "{number}");
+        // COPY text format: bytea as \x hex (its backslash escaped), \N is NULL. Key ids are
         // letters, digits, '-' and '_' (the key ring refuses others), so need no escaping.
-        let _ = write!(
-            row,
-            "{number}\t\\\\x{}\t\\\\x{}\t\\\\x{}\t{}\t{}\n",
-            hex::encode(digest),
-            hex::encode(&sealed.ciphertext),
-            hex::encode(&sealed.nonce),
-            sealed.key_id,
-            expires.as_deref().unwrap_or("\\N"),
-        );
-        self.copy.extend_from_slice(row.as_bytes());
+        for bytes in [&digest[..], &sealed.ciphertext, &sealed.nonce] {
+            out.extend_from_slice(b"\t\\\\x");
+            push_hex(out, bytes);
+        }
+        out.push(b'\t');
+        out.extend_from_slice(sealed.key_id.as_bytes());
+        out.push(b'\t');
+        match card.expires_at {
+            Some(t) => out.extend_from_slice(t.format(&Rfc3339).expect("a parsed time formats").as_bytes()),
+            None => out.extend_from_slice(b"\\N"),
+        }
+        out.push(b'\n');
+    }
+}
+
+/// `write!` into a byte buffer.
+struct Utf8Sink<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8Sink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
     }
 }
 

@@ -72,7 +72,7 @@ enum Command {
         #[command(subcommand)]
         action: ProductAction,
     },
-    /// Load cards and rebuild the cache.
+    /// Rebuild the cache.
     Inventory {
         #[command(subcommand)]
         action: InventoryAction,
@@ -88,6 +88,8 @@ enum Command {
     Openapi,
     /// Stock per product and denomination; `allot stock threshold` sets a low-stock threshold.
     Stock(cli::stock::StockArgs),
+    /// Import a CSV file of cards (all or nothing), or show and list imports.
+    Import(cli::imports::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -174,18 +176,6 @@ enum ProductAction {
 
 #[derive(Subcommand)]
 enum InventoryAction {
-    /// Load cards from a CSV file of `code[,pin[,expires_at RFC 3339]]` lines.
-    Load {
-        /// Product id.
-        #[arg(long)]
-        product: String,
-        /// Denomination, e.g. 25.00.
-        #[arg(long)]
-        denomination: String,
-        /// The CSV file.
-        #[arg(long)]
-        file: std::path::PathBuf,
-    },
     /// Rebuild every product's cache set from Postgres.
     RebuildCache,
 }
@@ -382,34 +372,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stock(args) => cli::stock::run(args).await,
+        Command::Import(args) => cli::imports::run(args).await,
         Command::Inventory { action } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
             let cache = cache_from(&cfg)?;
             match action {
-                InventoryAction::Load { product, denomination, file } => {
-                    let currency: String = sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
-                        .bind(&product)
-                        .fetch_optional(&pool)
-                        .await?
-                        .with_context(|| format!("no product {product}"))?;
-                    let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;
-                    let minor = Denomination::parse(&denomination)
-                        .and_then(|d| d.to_minor(currency.exponent()))
-                        .map_err(|e| anyhow::anyhow!("denomination: {e}"))?;
-                    let cards = read_cards(&file)?;
-                    let ids = ops::load_cards(
-                        &pool,
-                        &ops::Actor::cli(),
-                        cache.as_ref(),
-                        &cfg.card_keys,
-                        &product,
-                        minor,
-                        &cards,
-                    )
-                    .await?;
-                    println!("loaded {} card(s)", ids.len());
-                }
                 InventoryAction::RebuildCache => {
                     let cache = cache.context("VALKEY_URL is `none`: there is no cache to rebuild")?;
                     let (products, cards) = ops::rebuild_all_caches(&pool, &cache).await?;
@@ -419,26 +387,4 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn read_cards(path: &std::path::Path) -> anyhow::Result<Vec<ops::NewCard>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut cards = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut fields = line.split(',').map(str::trim);
-        let code = fields.next().unwrap_or_default().to_owned();
-        let pin = fields.next().filter(|p| !p.is_empty()).map(str::to_owned);
-        let expires_at = fields
-            .next()
-            .filter(|e| !e.is_empty())
-            .map(|e| time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339))
-            .transpose()
-            .with_context(|| format!("{}:{}: expires_at must be RFC 3339", path.display(), n + 1))?;
-        cards.push(ops::NewCard { code, pin, expires_at });
-    }
-    Ok(cards)
 }

@@ -50,7 +50,11 @@ async fn every_route_refuses_each_role_below_its_own_and_admits_the_rest() {
             if role.allows(route.role) {
                 assert!(![401, 403, 405].contains(&r.status) && r.status < 500, "{what}");
                 if r.status == 404 {
-                    assert_ne!(r.json()["error"]["message"].as_str().unwrap_or("").get(..12), Some("no route for"), "{what}");
+                    assert_ne!(
+                        r.json()["error"]["message"].as_str().unwrap_or("").get(..12),
+                        Some("no route for"),
+                        "{what}"
+                    );
                 }
             } else {
                 assert_eq!(r.status, 403, "{what}");

@@ -1,7 +1,7 @@
 -- Fill a benchmark database by SQL, in chunks of one transaction each.
 --
 -- Before this runs, scripts/bench has loaded a few thousand real cards per bucket with
--- `allot inventory load` (encrypted with the run's card key, bound to their product and
+-- `allot import` (encrypted with the run's card key, bound to their product and
 -- denomination). Here they are multiplied: each copy keeps a real card's ciphertext (so it still
 -- decrypts: the sealing binds product and denomination, not the row) and gets a fresh unique
 -- code_digest.

@@ -50,7 +50,10 @@ fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(middleware::error_shape))
         .layer(CompressionLayer::new())
-        .layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline))
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::Deadlines { request: state.config.request_timeout, import: state.config.import_timeout },
+            middleware::deadline,
+        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::track_metrics))
         .layer(

@@ -5,6 +5,7 @@
 //! - [`operators`]: operators, their roles and tokens
 //! - [`clients`]: clients and their API keys
 //! - [`cards`]: products, card loads and cache rebuilds
+//! - [`imports`]: streamed CSV imports of cards, all or nothing
 //! - [`page`]: cursor pagination of listings
 //! - [`stock`]: stock per bucket, low-stock thresholds and states
 //! - [`jobs`]: scheduled jobs (pause, resume, re-time, run now) and the reconciler's divergences
@@ -12,6 +13,7 @@
 pub mod audit;
 pub mod cards;
 pub mod clients;
+pub mod imports;
 pub mod jobs;
 pub mod operators;
 pub mod page;

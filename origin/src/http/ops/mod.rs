@@ -1,6 +1,7 @@
 //! The operator API, `/ops/v1/…` on the operator listener: bearer operator tokens, one role per
 //! route (the [`ROUTES`] table), and the extractors its handlers share.
 
+pub mod imports;
 pub mod jobs;
 pub mod operators;
 pub mod stock;
@@ -53,6 +54,9 @@ pub const ROUTES: &[OpsRoute] = &[
     route("PUT", "/ops/v1/jobs/{name}/schedule", Role::Operator),
     route("POST", "/ops/v1/jobs/{name}/run", Role::Operator),
     route("GET", "/ops/v1/divergences", Role::Viewer),
+    route("GET", "/ops/v1/imports", Role::Viewer),
+    route("POST", "/ops/v1/imports", Role::Operator),
+    route("GET", "/ops/v1/imports/{id}", Role::Viewer),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -76,6 +80,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/jobs/{name}/schedule", axum::routing::put(jobs::schedule))
         .route("/ops/v1/jobs/{name}/run", post(jobs::run))
         .route("/ops/v1/divergences", get(jobs::divergences))
+        .route("/ops/v1/imports", get(imports::list).post(imports::create))
+        .route("/ops/v1/imports/{id}", get(imports::get_one))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

@@ -1,0 +1,65 @@
+//! `/ops/v1/imports`: upload a CSV of cards (streamed), and read imports and their progress.
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::operators::parse_uuid;
+use super::{OpsCaller, QueryOf, listing};
+use crate::error::AppError;
+use crate::http::AppState;
+use crate::ops::imports::{self, ImportContext, ImportTarget};
+
+/// Where an upload goes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    product_id: String,
+    denomination: String,
+    id: Option<String>,
+}
+
+/// Import the body (a CSV file, streamed) into one bucket: `201` with the import when it
+/// committed, `400 VALIDATION_FAILED` with its problems when not.
+pub async fn create(
+    State(st): State<AppState>,
+    caller: OpsCaller,
+    QueryOf(q): QueryOf<ImportQuery>,
+    req: Request,
+) -> Result<Response, AppError> {
+    let id = q.id.as_deref().map(|v| parse_uuid("id", v)).transpose()?;
+    let target = ImportTarget { product_id: q.product_id, denomination: q.denomination, id };
+    let ctx = ImportContext {
+        pool: &st.db.primary,
+        cache: st.engine.cache(),
+        keys: &st.config.card_keys,
+        max_bytes: st.config.import_max_bytes,
+    };
+    let body = req.into_body().into_data_stream();
+    let import = imports::import(ctx, &caller.actor, &target, body).await?;
+    let location =
+        HeaderValue::from_str(&format!("/ops/v1/imports/{}", import.id)).map_err(|e| AppError::Internal(e.into()))?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(import)).into_response())
+}
+
+/// One import, with its progress.
+pub async fn get_one(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, AppError> {
+    let id = parse_uuid("id", &id)?;
+    Ok(Json(imports::get(&st.db.primary, id).await?).into_response())
+}
+
+/// A page of the listing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Imports, newest first.
+pub async fn list(State(st): State<AppState>, QueryOf(q): QueryOf<ListQuery>) -> Result<Response, AppError> {
+    let (items, next) = imports::list(&st.db.primary, q.cursor.as_deref(), q.limit).await?;
+    Ok(listing(items, next))
+}

@@ -1,0 +1,561 @@
+//! Card imports: a CSV file streamed into one bucket, checked line by line, all or nothing.
+//!
+//! The operator API and the CLI both call [`import`] with the file as a stream of chunks. Each
+//! line is checked and sealed as it arrives and copied (`COPY … FROM STDIN`) into a temporary
+//! staging table with its line number, inside one transaction; duplicates within the file and
+//! against stored cards are found by SQL; then either every card is inserted, the import is
+//! marked committed and audited (`import.commit`) in that transaction, or nothing is, and the
+//! import ends `rejected` with its first 100 line-numbered problems (`import.reject`). Memory is
+//! bounded whatever the file's size: one line, one COPY buffer, 100 problems.
+
+pub mod file;
+pub mod progress;
+pub mod stage;
+
+use std::sync::Arc;
+
+use allot_shared::{ApiError, Currency, Denomination, ErrorCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use self::progress::{Phase, Progress, ProgressWriter};
+use self::stage::{MAX_PROBLEMS, Problem, Problems, Stager};
+use super::audit::{self, Actor};
+use super::cards::{rebuild_product_cache, refresh_planner_statistics};
+use super::page::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::cache::{CacheState, InventoryCache};
+use crate::crypto::{KeyRing, card_aad};
+use crate::error::AppError;
+
+/// COPY text is sent to Postgres in pieces of about this size.
+const COPY_SEND_BYTES: usize = 1 << 20;
+
+/// Bytes read from a file at a time.
+const FILE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Card ids read per query when the committed cards go into the cache.
+const CACHE_CHUNK: i64 = 10_000;
+
+/// What an import needs besides its file.
+#[derive(Clone, Copy)]
+pub struct ImportContext<'a> {
+    /// The primary pool (the import's transaction, and its progress on another connection).
+    pub pool: &'a PgPool,
+    /// The inventory cache, if there is one.
+    pub cache: Option<&'a InventoryCache>,
+    /// The card keys.
+    pub keys: &'a KeyRing,
+    /// The largest file accepted, in bytes.
+    pub max_bytes: u64,
+}
+
+/// Where the cards go, and the import's id if the caller chose it.
+#[derive(Debug, Clone)]
+pub struct ImportTarget {
+    /// The product.
+    pub product_id: String,
+    /// The denomination, as written (`25.00`).
+    pub denomination: String,
+    /// The id to give the import (a client may pick it to poll progress); new if `None`.
+    pub id: Option<Uuid>,
+}
+
+/// An import as listed and shown.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Import {
+    /// Its id.
+    pub id: Uuid,
+    /// The product.
+    pub product_id: String,
+    /// The denomination, in the product's currency (`25.00`).
+    pub denomination: String,
+    /// receiving, validating, committing, committed, rejected or failed.
+    pub state: String,
+    /// Lines read so far, the header included.
+    pub lines_read: i64,
+    /// Card lines that passed every check.
+    pub accepted: i64,
+    /// Card lines with a problem.
+    pub rejected: i64,
+    /// The first 100 problems: `[{line, problem}]`.
+    pub problems: serde_json::Value,
+    /// Who started it: an operator id, or `cli:<os user>`.
+    pub created_by: String,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When its row last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When it ended (committed, rejected or failed).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ImportRow {
+    id: Uuid,
+    product_id: String,
+    denomination_minor: i64,
+    currency: String,
+    state: String,
+    lines_read: i64,
+    accepted: i64,
+    rejected: i64,
+    problems: serde_json::Value,
+    created_by: String,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+}
+
+impl From<ImportRow> for Import {
+    fn from(r: ImportRow) -> Self {
+        let denomination = match Currency::parse(&r.currency) {
+            Ok(c) => c.format_minor(r.denomination_minor),
+            Err(_) => r.denomination_minor.to_string(),
+        };
+        Self {
+            id: r.id,
+            product_id: r.product_id,
+            denomination,
+            state: r.state,
+            lines_read: r.lines_read,
+            accepted: r.accepted,
+            rejected: r.rejected,
+            problems: r.problems,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+const SELECT_IMPORT: &str = "SELECT i.id, i.product_id, i.denomination_minor, p.currency, i.state, i.lines_read,
+        i.accepted, i.rejected, i.problems, i.created_by, i.created_at, i.updated_at, i.finished_at
+   FROM imports i JOIN products p ON p.id = i.product_id";
+
+/// One import.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Import, AppError> {
+    let row: Option<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_IMPORT} WHERE i.id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.map(Import::from).ok_or_else(|| AppError::api(ErrorCode::NotFound, format!("no import {id}")))
+}
+
+/// One page of imports, newest first, and the cursor of the next (`limit` 1-100).
+pub async fn list(
+    pool: &PgPool,
+    cursor: Option<&str>,
+    limit: Option<u32>,
+) -> Result<(Vec<Import>, Option<String>), AppError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")).into());
+    }
+    let after = cursor.map(decode_cursor).transpose()?;
+    let rows: Vec<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_IMPORT}
+          WHERE ($1::timestamptz IS NULL OR (i.created_at, i.id) < ($1, $2))
+          ORDER BY i.created_at DESC, i.id DESC LIMIT $3"
+    )))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(i64::from(limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    let mut items: Vec<Import> = rows.into_iter().map(Import::from).collect();
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|i| encode_cursor(i.created_at, i.id))
+    } else {
+        None
+    };
+    Ok((items, next))
+}
+
+/// The cursor "imports older than this one": its creation time (microseconds) and id.
+fn encode_cursor(created_at: OffsetDateTime, id: Uuid) -> String {
+    let micros = created_at.unix_timestamp_nanos() / 1000;
+    URL_SAFE_NO_PAD.encode(format!("i1:{micros}:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(OffsetDateTime, Uuid), AppError> {
+    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
+    let (micros, id) = text.strip_prefix("i1:").and_then(|t| t.split_once(':')).ok_or_else(bad)?;
+    let micros: i128 = micros.parse().map_err(|_| bad())?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// The error a rejected import answers with: `400 VALIDATION_FAILED`, its counts and first
+/// problems in the details.
+pub fn rejection(import: &Import, problems: u64) -> ApiError {
+    let noun = if problems == 1 { "problem" } else { "problems" };
+    ApiError::new(ErrorCode::ValidationFailed, format!("the file has {problems} {noun}; nothing was imported"))
+        .with_details(serde_json::json!({
+            "import_id": import.id,
+            "lines_read": import.lines_read,
+            "accepted": import.accepted,
+            "rejected": import.rejected,
+            "problems": import.problems,
+        }))
+}
+
+/// Import a file of cards into one bucket, all or nothing. Returns the committed import; a
+/// file with problems is refused with [`rejection`] (the import row ends `rejected`).
+pub async fn import<S, E>(
+    ctx: ImportContext<'_>,
+    actor: &Actor,
+    target: &ImportTarget,
+    body: S,
+) -> Result<Import, AppError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let minor = bucket(ctx.pool, &target.product_id, &target.denomination).await?;
+    let id = target.id.unwrap_or_else(Uuid::now_v7);
+    create_row(ctx.pool, actor, id, &target.product_id, minor).await?;
+    let progress = Arc::new(Progress::default());
+    let writer = ProgressWriter::start(ctx.pool.clone(), id, progress.clone());
+
+    let mut tx = ctx.pool.begin().await?;
+    open_staging(&mut tx).await?;
+    let mut stager = Stager::new(ctx.keys, card_aad(&target.product_id, minor));
+    let read = receive(&mut tx, &mut stager, &progress, ctx.max_bytes, body).await?;
+    let mut problems = std::mem::take(&mut stager.problems);
+    let lines_read = read.lines_read;
+    let mut accepted = stager.accepted;
+    drop(stager);
+
+    if read.complete {
+        progress.enter(Phase::Validating);
+        let (duplicates, unlisted) = find_duplicates(&mut tx).await?;
+        accepted -= duplicates.len() as u64 + unlisted;
+        problems.merge(duplicates, unlisted);
+    }
+    let counts = Counts { lines_read, accepted, rejected: problems.lines() };
+    progress.count(counts.lines_read, counts.accepted, counts.rejected);
+    if problems.total() > 0 {
+        drop(tx); // rolls back: the staging table and everything else go
+        writer.stop().await;
+        let import = reject(ctx.pool, actor, id, &target.product_id, minor, counts, &problems).await?;
+        return Err(rejection(&import, problems.total()).into());
+    }
+
+    progress.enter(Phase::Committing);
+    let inserted = insert_cards(&mut tx, id, &target.product_id, minor).await?;
+    debug_assert_eq!(inserted, counts.accepted, "every staged card is inserted");
+    writer.stop().await;
+    finish(&mut tx, id, "committed", counts, &[]).await?;
+    let change = serde_json::json!({
+        "import_id": id, "product_id": target.product_id, "denomination_minor": minor, "cards": inserted,
+    });
+    audit::record(&mut tx, actor, "import.commit", &id.to_string(), change).await?;
+    tx.commit().await?;
+
+    if let Some(cache) = ctx.cache
+        && let Err(e) = add_import_to_cache(ctx.pool, cache, id, &target.product_id, minor).await
+    {
+        tracing::warn!(error = %e, import = %id, "imported cards not added to the cache; the reconciler will add them");
+    }
+    refresh_planner_statistics(ctx.pool).await;
+    get(ctx.pool, id).await
+}
+
+/// A file as the stream of chunks [`import`] reads (the CLI's way in).
+pub async fn file_chunks(
+    path: &std::path::Path,
+) -> std::io::Result<impl Stream<Item = std::io::Result<Bytes>> + Unpin + use<>> {
+    let file = tokio::fs::File::open(path).await?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(file, FILE_CHUNK_BYTES))
+}
+
+/// The denomination's minor units, if the product exists and offers it.
+async fn bucket(pool: &PgPool, product_id: &str, denomination: &str) -> Result<i64, AppError> {
+    let currency: Option<String> =
+        sqlx::query_scalar("SELECT currency FROM products WHERE id = $1").bind(product_id).fetch_optional(pool).await?;
+    let currency = currency.ok_or_else(|| ApiError::validation("product_id", format!("no product {product_id:?}")))?;
+    let currency = Currency::parse(&currency).map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+    let minor = Denomination::parse(denomination)
+        .and_then(|d| d.to_minor(currency.exponent()))
+        .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
+    let offered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM product_denominations WHERE product_id = $1 AND denomination_minor = $2)",
+    )
+    .bind(product_id)
+    .bind(minor)
+    .fetch_one(pool)
+    .await?;
+    if !offered {
+        let reason = format!("{denomination} is not offered for product {product_id}");
+        return Err(ApiError::validation("denomination", reason).into());
+    }
+    Ok(minor)
+}
+
+/// The import's row, committed at once so its progress can be read.
+async fn create_row(pool: &PgPool, actor: &Actor, id: Uuid, product_id: &str, minor: i64) -> Result<(), AppError> {
+    let created = sqlx::query(
+        "INSERT INTO imports (id, product_id, denomination_minor, created_by) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(product_id)
+    .bind(minor)
+    .bind(actor.name())
+    .execute(pool)
+    .await?;
+    if created.rows_affected() == 0 {
+        return Err(ApiError::validation("id", format!("an import with id {id} already exists")).into());
+    }
+    Ok(())
+}
+
+/// The staging table, gone at the end of the transaction. The transaction may last as long
+/// as the upload, so the configured statement limit (meant for requests) does not apply.
+async fn open_staging(tx: &mut PgConnection) -> Result<(), AppError> {
+    sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
+    sqlx::query(
+        "CREATE TEMP TABLE import_staging (
+             line            bigint NOT NULL,
+             code_digest     bytea NOT NULL,
+             code_ciphertext bytea NOT NULL,
+             code_nonce      bytea NOT NULL,
+             code_key_id     text NOT NULL,
+             expires_at      timestamptz
+         ) ON COMMIT DROP",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What reading the file found.
+struct Read {
+    lines_read: u64,
+    /// Whether the whole file was read and staged (the duplicate checks make sense).
+    complete: bool,
+}
+
+/// Counters of a finished import.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    lines_read: u64,
+    accepted: u64,
+    rejected: u64,
+}
+
+/// Read the body to its end (or to a problem that ends reading), staging every good line.
+async fn receive<S, E>(
+    tx: &mut PgConnection,
+    stager: &mut Stager<'_>,
+    progress: &Progress,
+    max_bytes: u64,
+    mut body: S,
+) -> Result<Read, AppError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut copy = tx.copy_in_raw("COPY import_staging FROM STDIN").await?;
+    let mut splitter = file::LineSplitter::default();
+    let mut bytes: u64 = 0;
+    let mut ended = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                ended = Some(format!("the upload broke off after {bytes} bytes ({e}); send the whole file again"));
+                break;
+            }
+        };
+        bytes += chunk.len() as u64;
+        if bytes > max_bytes {
+            ended = Some(format!("the file is larger than the limit of {max_bytes} bytes; split it"));
+            break;
+        }
+        splitter.feed(&chunk, |n, line| stager.line(n, line));
+        progress.count(splitter.lines(), stager.accepted, stager.rejected());
+        if stager.header_refused() {
+            // Without a header no line can be read.
+            break;
+        }
+        if stager.copy.len() >= COPY_SEND_BYTES {
+            copy.send(std::mem::take(&mut stager.copy)).await?;
+        }
+    }
+    let lines_read = splitter.lines();
+    if let Some(reason) = ended {
+        stager.problems.push(None, reason);
+    } else if !stager.header_refused() {
+        match splitter.unfinished_line() {
+            Some(last) => stager.problems.push(
+                Some(last),
+                format!("the file ends mid-line (no newline after line {last}); it may have been cut off"),
+            ),
+            None if bytes == 0 => stager.problems.push(None, "the file is empty"),
+            None if lines_read == 1 && stager.has_header() => stager.problems.push(None, "the file has no cards"),
+            None => {}
+        }
+    }
+    let complete = stager.problems.total() == stager.problems.lines() && !stager.header_refused();
+    if !complete {
+        // Postgres answers the abort with an error; that is the expected end of this COPY.
+        let _ = copy.abort("the file was refused").await;
+        return Ok(Read { lines_read, complete });
+    }
+    if !stager.copy.is_empty() {
+        copy.send(std::mem::take(&mut stager.copy)).await?;
+    }
+    let staged = copy.finish().await?;
+    debug_assert_eq!(staged, stager.accepted, "one staging row per accepted line");
+    Ok(Read { lines_read, complete })
+}
+
+/// Lines whose code is already loaded, or repeats an earlier line: the first 100 by line, and
+/// how many more.
+async fn find_duplicates(tx: &mut PgConnection) -> Result<(Vec<Problem>, u64), AppError> {
+    let rows: Vec<(i64, i64, bool, i64)> = sqlx::query_as(
+        "SELECT line, first_line, loaded, count(*) OVER () FROM (
+             SELECT s.line, min(s.line) OVER (PARTITION BY s.code_digest) AS first_line, i.id IS NOT NULL AS loaded
+               FROM import_staging s LEFT JOIN inventories i ON i.code_digest = s.code_digest
+         ) d
+          WHERE loaded OR line <> first_line
+          ORDER BY line LIMIT $1",
+    )
+    .bind(MAX_PROBLEMS as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let total = rows.first().map_or(0, |r| r.3 as u64);
+    let listed: Vec<Problem> = rows
+        .into_iter()
+        .map(|(line, first, loaded, _)| Problem {
+            line: Some(line as u64),
+            problem: if loaded {
+                "this code is already loaded".to_owned()
+            } else {
+                format!("the same code as line {first}")
+            },
+        })
+        .collect();
+    let unlisted = total - listed.len() as u64;
+    Ok((listed, unlisted))
+}
+
+/// Every staged card into the bucket, tagged with the import.
+async fn insert_cards(tx: &mut PgConnection, id: Uuid, product_id: &str, minor: i64) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "INSERT INTO inventories
+             (product_id, denomination_minor, code_ciphertext, code_nonce, code_key_id, code_digest, expires_at, import_id)
+         SELECT $1, $2, code_ciphertext, code_nonce, code_key_id, code_digest, expires_at, $3
+           FROM import_staging",
+    )
+    .bind(product_id)
+    .bind(minor)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Write the import's end: its state, counters and problems.
+async fn finish(
+    tx: &mut PgConnection,
+    id: Uuid,
+    state: &str,
+    counts: Counts,
+    problems: &[Problem],
+) -> Result<(), AppError> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let problems = serde_json::to_value(problems).map_err(|e| AppError::Internal(e.into()))?;
+    sqlx::query(
+        "UPDATE imports SET state = $2, lines_read = $3, accepted = $4, rejected = $5, problems = $6,
+                updated_at = now(), finished_at = now()
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(n(counts.lines_read))
+    .bind(n(counts.accepted))
+    .bind(n(counts.rejected))
+    .bind(problems)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// End the import `rejected` with its problems, audited; returns it as it now reads.
+async fn reject(
+    pool: &PgPool,
+    actor: &Actor,
+    id: Uuid,
+    product_id: &str,
+    minor: i64,
+    counts: Counts,
+    problems: &Problems,
+) -> Result<Import, AppError> {
+    let mut tx = pool.begin().await?;
+    finish(&mut tx, id, "rejected", counts, problems.listed()).await?;
+    let change = serde_json::json!({
+        "import_id": id, "product_id": product_id, "denomination_minor": minor,
+        "lines_read": counts.lines_read, "problems": problems.total(),
+    });
+    audit::record(&mut tx, actor, "import.reject", &id.to_string(), change).await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// The committed cards into the product's set, read in chunks; a cold set is built instead
+/// (from every active card of the product, these included).
+async fn add_import_to_cache(
+    pool: &PgPool,
+    cache: &InventoryCache,
+    id: Uuid,
+    product_id: &str,
+    minor: i64,
+) -> anyhow::Result<()> {
+    let mut after = 0_i64;
+    loop {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM inventories WHERE import_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                .bind(id)
+                .bind(after)
+                .bind(CACHE_CHUNK)
+                .fetch_all(pool)
+                .await?;
+        let Some(&last) = ids.last() else { return Ok(()) };
+        let added = cache.put_back(product_id, minor, &ids).await?;
+        if added == 0 && cache.state(product_id).await? == CacheState::Cold {
+            rebuild_product_cache(pool, cache, product_id).await?;
+            return Ok(());
+        }
+        after = last;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).unwrap();
+        let id = Uuid::new_v4();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
+        for bad in ["", "x", "aTE6", &URL_SAFE_NO_PAD.encode("i1:12:nope"), &URL_SAFE_NO_PAD.encode("v1:5")] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -3,15 +3,19 @@
 //!
 //! - [`audit`]: who acts, and the audit row
 //! - [`operators`]: operators, their roles and tokens
-//! - [`clients`]: clients and their API keys
+//! - [`clients`]: clients and their API keys: listing, suspension, issue, revoke, rotation
 //! - [`cards`]: products, card loads and cache rebuilds
 //! - [`page`]: cursor pagination of listings
+//! - [`voids`]: voiding cards by ids, import or bucket
+//! - [`allocations`]: allocation lookup with masked codes, and audited reveals
 
+pub mod allocations;
 pub mod audit;
 pub mod cards;
 pub mod clients;
 pub mod operators;
 pub mod page;
+pub mod voids;
 
 pub use audit::Actor;
 pub use cards::{NewCard, load_cards, rebuild_all_caches, rebuild_product_cache, upsert_product};

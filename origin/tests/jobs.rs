@@ -72,7 +72,7 @@ async fn the_reconciler_heals_missing_and_stale_ids_and_reports_divergence() {
 
     // Ids popped and never allocated (a crash), and ids allocated behind the cache's back.
     app.cache.pop("rc", 1000, 4).await.unwrap();
-    sqlx::query("UPDATE inventories SET status = 'void' WHERE id = ANY($1)")
+    sqlx::query("UPDATE inventories SET status = 'void', voided_at = now(), void_reason = 'test' WHERE id = ANY($1)")
         .bind(&ids[10..13])
         .execute(&app.pool)
         .await

@@ -1,5 +1,6 @@
 //! The one way an allocation becomes a response body: a fresh allocation, a replay and a read
-//! all go through [`render`], so a replay is byte for byte the first response.
+//! all go through [`render`], so a replay is byte for byte the first response — unless an
+//! operator voided one of its cards since, which the body then shows (`voided_at`).
 
 use allot_shared::{AllocatedCard, AllocationResponse, Currency};
 use bytes::Bytes;

@@ -279,6 +279,19 @@ impl InventoryCache {
         Ok(added)
     }
 
+    /// Remove ids from a product's set (voided cards), in chunks; returns how many were members.
+    /// A cold set has nothing to remove: its next build reads only active cards.
+    pub async fn remove(&self, product_id: &str, ids: &[i64]) -> Result<usize, CacheError> {
+        let key = self.key(product_id);
+        let mut removed = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let mut conn = self.conn.clone();
+            let n: usize = self.bounded(conn.zrem(&key, chunk)).await?;
+            removed += n;
+        }
+        Ok(removed)
+    }
+
     /// Cards of each denomination in a product's set, or `None` when the set is cold.
     pub async fn counts(&self, product_id: &str, denominations: &[i64]) -> Result<Option<Vec<u64>>, CacheError> {
         let key = self.key(product_id);

@@ -60,12 +60,12 @@ enum Command {
     /// Manage clients.
     Client {
         #[command(subcommand)]
-        action: ClientAction,
+        action: cli::clients::ClientAction,
     },
     /// Manage API keys.
     Key {
         #[command(subcommand)]
-        action: KeyAction,
+        action: cli::clients::KeyAction,
     },
     /// Manage products.
     Product {
@@ -90,6 +90,13 @@ enum Command {
     Stock(cli::stock::StockArgs),
     /// Import a CSV file of cards (all or nothing), or show and list imports.
     Import(cli::imports::ImportArgs),
+    /// Void cards by ids, by import, or by product and denomination.
+    Void(cli::cards::VoidArgs),
+    /// Look allocations up (codes masked) or reveal one's codes.
+    Allocation {
+        #[command(subcommand)]
+        action: cli::cards::AllocationAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,45 +120,6 @@ enum DemoAction {
         /// Active cards to keep per denomination.
         #[arg(long, default_value_t = 400)]
         cards_per_denomination: usize,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClientAction {
-    /// Create a client in this origin's region.
-    Create {
-        /// Display name.
-        #[arg(long)]
-        name: String,
-    },
-    /// Set a client's request limit at the origin (takes effect within the key cache's TTL).
-    Limit {
-        /// The client's id.
-        client: uuid::Uuid,
-        /// Requests per minute, across every edge location and origin instance.
-        #[arg(long, conflicts_with = "default", required_unless_present = "default")]
-        per_minute: Option<u32>,
-        /// Go back to the configured default (ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE).
-        #[arg(long)]
-        default: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeyAction {
-    /// Issue a key for a client (shown once).
-    Issue {
-        /// The client's id.
-        #[arg(long)]
-        client: uuid::Uuid,
-        /// A label for operators.
-        #[arg(long)]
-        label: Option<String>,
-    },
-    /// Revoke a key by its id.
-    Revoke {
-        /// The key id (the part after the region).
-        key_id: String,
     },
 }
 
@@ -325,34 +293,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", generate_card_key(&key_id));
             Ok(())
         }
-        Command::Client { action: ClientAction::Create { name } } => {
-            let cfg = Config::from_env()?;
-            let pool = db::connect_admin(&cfg.database_url).await?;
-            println!("{}", ops::create_client(&pool, &ops::Actor::cli(), &name, &cfg.region, None).await?);
-            Ok(())
-        }
-        Command::Client { action: ClientAction::Limit { client, per_minute, default: _ } } => {
-            let pool = db::connect_admin(&database_url()?).await?;
-            ops::set_client_rate_limit(&pool, &ops::Actor::cli(), client, per_minute).await?;
-            match per_minute {
-                Some(n) => println!("client {client}: {n} requests per minute"),
-                None => println!("client {client}: the configured default limit"),
-            }
-            Ok(())
-        }
-        Command::Key { action } => {
-            let pool = db::connect_admin(&database_url()?).await?;
-            match action {
-                KeyAction::Issue { client, label } => {
-                    println!("{}", ops::issue_key(&pool, &ops::Actor::cli(), client, label.as_deref()).await?.expose());
-                }
-                KeyAction::Revoke { key_id } => {
-                    ops::revoke_key(&pool, &ops::Actor::cli(), &key_id).await?;
-                    println!("revoked {key_id}");
-                }
-            }
-            Ok(())
-        }
+        Command::Client { action } => cli::clients::run_client(action).await,
+        Command::Key { action } => cli::clients::run_key(action).await,
+        Command::Void(args) => cli::cards::void(args).await,
+        Command::Allocation { action } => cli::cards::allocation(action).await,
         Command::Product { action: ProductAction::Upsert { id, name, currency, denominations } } => {
             let pool = db::connect_admin(&database_url()?).await?;
             let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;

@@ -235,7 +235,7 @@ async fn allocates_correctly_from_a_cache_full_of_stale_ids() {
     app.product("stale", "USD", &["10.00"]).await;
     let first = app.load_cards("stale", 1000, 30).await;
     // Every cached id goes stale: voided or allocated behind the cache's back.
-    sqlx::query("UPDATE inventories SET status = 'void' WHERE id = ANY($1)")
+    sqlx::query("UPDATE inventories SET status = 'void', voided_at = now(), void_reason = 'test' WHERE id = ANY($1)")
         .bind(&first[..30])
         .execute(&app.pool)
         .await

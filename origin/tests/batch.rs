@@ -50,7 +50,7 @@ async fn each_request_in_a_batch_gets_its_own_outcome() {
     // One key already live; one 20.00 card gone in Postgres but still in the cache.
     let used = app.allocate("used", r#"{"product_id":"b","denomination":"10.00","quantity":1}"#).await;
     assert_eq!(used.status, 201);
-    sqlx::query("UPDATE inventories SET status = 'void' WHERE id = $1")
+    sqlx::query("UPDATE inventories SET status = 'void', voided_at = now(), void_reason = 'test' WHERE id = $1")
         .bind(twenties[1])
         .execute(&app.pool)
         .await

@@ -149,6 +149,9 @@ pub struct AllocatedCard {
     /// When the card expires (RFC 3339), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// When an operator voided the card (RFC 3339), if they did; absent for every other card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voided_at: Option<String>,
 }
 
 /// The `201` body of a successful allocation, stored and replayed byte for byte.
@@ -255,11 +258,18 @@ mod tests {
             currency: Currency::parse("USD").unwrap(),
             quantity: 1,
             client_reference: None,
-            cards: vec![AllocatedCard { card_id: 7, code: "ABCD".into(), pin: None, expires_at: None }],
+            cards: vec![AllocatedCard {
+                card_id: 7,
+                code: "ABCD".into(),
+                pin: None,
+                expires_at: None,
+                voided_at: None,
+            }],
             created_at: "2026-11-21T00:00:00Z".into(),
         };
         let json = serde_json::to_string(&resp).unwrap();
         assert!(!json.contains("pin"));
+        assert!(!json.contains("voided_at"), "a card that is not void says nothing about voids");
         assert_eq!(serde_json::from_str::<AllocationResponse>(&json).unwrap(), resp);
     }
 

@@ -1,5 +1,6 @@
 //! The one way an allocation becomes a response body: a fresh allocation, a replay and a read
-//! all go through [`render`], so a replay is byte for byte the first response.
+//! all go through [`render`], so a replay is byte for byte the first response — unless an
+//! operator voided one of its cards since, which the body then shows (`voided_at`).
 
 use allot_shared::{AllocatedCard, AllocationResponse, Currency};
 use bytes::Bytes;
@@ -28,6 +29,9 @@ pub struct ClaimedCard {
     pub code_key_id: String,
     /// Expiry.
     pub expires_at: Option<OffsetDateTime>,
+    /// When an operator voided it; never set for a card just claimed (only active cards are).
+    #[sqlx(default)]
+    pub voided_at: Option<OffsetDateTime>,
 }
 
 /// An allocation's fields, everything the body holds besides the cards.
@@ -61,16 +65,13 @@ pub fn render(keys: &KeyRing, head: &AllocationHead, cards: &[ClaimedCard]) -> R
     let aad = card_aad(&head.product_id, head.denomination_minor);
     let mut out = Vec::with_capacity(cards.len());
     for c in cards {
-        let plain = keys
-            .open(&c.code_ciphertext, &c.code_nonce, &c.code_key_id, &aad)
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("card {}: {e}", c.id)))?;
-        let secret: CardSecret = serde_json::from_slice(&plain)
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("card {} payload: {e}", c.id)))?;
+        let secret = open_card(keys, &aad, c)?;
         out.push(AllocatedCard {
             card_id: c.id,
             code: secret.code,
             pin: secret.pin,
             expires_at: c.expires_at.map(format_time),
+            voided_at: c.voided_at.map(format_time),
         });
     }
     let response = AllocationResponse {
@@ -84,6 +85,14 @@ pub fn render(keys: &KeyRing, head: &AllocationHead, cards: &[ClaimedCard]) -> R
         created_at: format_time(head.created_at),
     };
     Ok(Bytes::from(serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?))
+}
+
+/// Decrypt one card's code and PIN; `aad` is [`card_aad`] of the card's bucket.
+pub fn open_card(keys: &KeyRing, aad: &[u8], c: &ClaimedCard) -> Result<CardSecret, AppError> {
+    let plain = keys
+        .open(&c.code_ciphertext, &c.code_nonce, &c.code_key_id, aad)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("card {}: {e}", c.id)))?;
+    serde_json::from_slice(&plain).map_err(|e| AppError::Internal(anyhow::anyhow!("card {} payload: {e}", c.id)))
 }
 
 /// A stored allocation rendered for its owner; `None` when it does not exist or is not theirs.

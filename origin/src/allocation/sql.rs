@@ -118,7 +118,7 @@ SELECT a.product_id, a.denomination_minor, a.quantity, a.client_reference, a.cre
   FROM allocations a JOIN products p ON p.id = a.product_id
  WHERE a.id = $1 AND a.client_id = $2";
 
-/// An allocation's cards, in their positions.
+/// An allocation's cards, in their positions, with when each was voided (if it was).
 pub const ALLOCATION_CARDS: &str = "
-SELECT id, allocation_position AS position, code_ciphertext, code_nonce, code_key_id, expires_at
+SELECT id, allocation_position AS position, code_ciphertext, code_nonce, code_key_id, expires_at, voided_at
   FROM inventories WHERE allocation_id = $1 ORDER BY allocation_position";

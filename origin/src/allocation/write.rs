@@ -106,6 +106,7 @@ fn outcome(rows: Vec<Row>) -> Written {
                         code_nonce: r.6?,
                         code_key_id: r.7?,
                         expires_at: r.8,
+                        voided_at: None,
                     })
                 })
                 .collect();

@@ -1,6 +1,8 @@
 //! The operators' commands: each parses its arguments, calls the same service function as the
 //! operator API (acting as `cli:<os user>`), and prints the result.
 
+pub mod cards;
+pub mod clients;
 pub mod imports;
 pub mod jobs;
 pub mod operators;

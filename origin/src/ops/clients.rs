@@ -1,8 +1,14 @@
-//! Clients and their API keys. Key secrets are shown once and stored only as digests.
+//! Clients and their API keys. Key secrets are shown once and stored only as digests; a
+//! rotated key keeps working until its `expires_at`, while its successor is live at once.
 
 use allot_shared::{ApiError, ApiKey, ErrorCode, Region, api_key::base62_from_random};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
+use serde::Serialize;
 use sqlx::PgPool;
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use super::audit::{self, Actor};
@@ -129,4 +135,246 @@ pub async fn revoke_key(pool: &PgPool, actor: &Actor, key_id: &str) -> Result<()
     audit::record(&mut tx, actor, "key.revoke", key_id, serde_json::json!({})).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// A client as listed: its fields and a summary of its keys.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ClientSummary {
+    /// Client id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Home region.
+    pub region: String,
+    /// Plan.
+    pub plan: String,
+    /// `active` or `suspended`.
+    pub status: String,
+    /// Its own requests-per-minute limit (`null`: the configured default).
+    pub rate_limit_per_minute: Option<i32>,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Keys that authenticate now (live or expiring).
+    pub usable_keys: i64,
+    /// The latest use of any of its keys (written at most once a minute per key).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// One API key as operators see it (never its secret).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct KeyRecord {
+    /// The key's public id.
+    pub key_id: String,
+    /// Its label.
+    pub label: Option<String>,
+    /// Issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last authenticated request (written at most once a minute per key and instance).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// When it stops working (set by a rotation).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Revoked, if so.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// `live`, `expiring` (works until `expires_at`), `expired` or `revoked`.
+    pub state: String,
+}
+
+/// A client with every one of its keys, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientDetail {
+    /// The client.
+    #[serde(flatten)]
+    pub client: ClientSummary,
+    /// Its keys.
+    pub keys: Vec<KeyRecord>,
+}
+
+/// The columns of a [`ClientSummary`], over `clients c`.
+const CLIENT_COLUMNS: &str = "c.id, c.name, c.region, c.plan, c.status, c.rate_limit_per_minute, c.created_at,
+        (SELECT count(*) FROM api_keys k WHERE k.client_id = c.id AND k.revoked_at IS NULL
+            AND (k.expires_at IS NULL OR k.expires_at > now())) AS usable_keys,
+        (SELECT max(k.last_used_at) FROM api_keys k WHERE k.client_id = c.id) AS last_used_at";
+
+/// Which clients to list: a status, and a page by id.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFilter {
+    /// Only `active` or only `suspended` clients.
+    pub status: Option<String>,
+    /// Only clients with an id above this (the cursor).
+    pub after: Option<Uuid>,
+    /// At most this many (1-[`super::page::MAX_LIMIT`]).
+    pub limit: u32,
+}
+
+/// Read a client listing's cursor (opaque to callers: the last id of the previous page).
+pub fn parse_client_cursor(cursor: &str) -> Result<Uuid, AppError> {
+    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
+    text.strip_prefix("c1:").and_then(|id| Uuid::parse_str(id).ok()).ok_or_else(bad)
+}
+
+fn client_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("c1:{id}"))
+}
+
+/// One page of clients in id order, and the cursor of the next.
+pub async fn list_clients(
+    pool: &PgPool,
+    filter: &ClientFilter,
+) -> Result<(Vec<ClientSummary>, Option<String>), AppError> {
+    if let Some(s) = &filter.status
+        && s != "active"
+        && s != "suspended"
+    {
+        return Err(ApiError::validation("status", "must be active or suspended").into());
+    }
+    if !(1..=super::page::MAX_LIMIT).contains(&filter.limit) {
+        return Err(ApiError::validation("limit", format!("must be 1 to {}", super::page::MAX_LIMIT)).into());
+    }
+    let sql = format!(
+        "SELECT {CLIENT_COLUMNS} FROM clients c
+          WHERE ($1::text IS NULL OR c.status = $1) AND ($2::uuid IS NULL OR c.id > $2)
+          ORDER BY c.id LIMIT $3"
+    );
+    let mut rows: Vec<ClientSummary> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&filter.status)
+        .bind(filter.after)
+        .bind(i64::from(filter.limit) + 1)
+        .fetch_all(pool)
+        .await?;
+    let next = if rows.len() > filter.limit as usize {
+        rows.truncate(filter.limit as usize);
+        rows.last().map(|c| client_cursor(c.id))
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// A client and all its keys.
+pub async fn show_client(pool: &PgPool, id: Uuid) -> Result<ClientDetail, AppError> {
+    let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients c WHERE c.id = $1");
+    let client: Option<ClientSummary> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?;
+    let client = client.ok_or_else(|| no_client(id))?;
+    let keys: Vec<KeyRecord> = sqlx::query_as(
+        "SELECT key_id, label, created_at, last_used_at, expires_at, revoked_at,
+                CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+                     WHEN expires_at IS NULL THEN 'live'
+                     WHEN expires_at > now() THEN 'expiring'
+                     ELSE 'expired' END AS state
+           FROM api_keys WHERE client_id = $1 ORDER BY created_at DESC, key_id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(ClientDetail { client, keys })
+}
+
+/// Suspend (`active = false`) or resume a client; its keys get `403` while it is suspended,
+/// within the key cache's TTL. Returns whether the status changed (only a change is audited).
+pub async fn set_client_active(pool: &PgPool, actor: &Actor, id: Uuid, active: bool) -> Result<bool, AppError> {
+    let (from, to, action) =
+        if active { ("suspended", "active", "client.resume") } else { ("active", "suspended", "client.suspend") };
+    let mut tx = pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM clients WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let status = status.ok_or_else(|| no_client(id))?;
+    if status != from {
+        debug_assert_eq!(status, to, "a client is active or suspended");
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query("UPDATE clients SET status = $2 WHERE id = $1").bind(id).bind(to).execute(&mut *tx).await?;
+    audit::record(&mut tx, actor, action, &id.to_string(), serde_json::json!({ "from": from, "to": to })).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The longest a rotated-out key may keep working.
+pub const MAX_ROTATION_OVERLAP: Duration = Duration::days(30);
+
+/// When a rotated-out key stops: `overlap_secs` from now, or at `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationEnd {
+    /// This many seconds from now (0 to [`MAX_ROTATION_OVERLAP`]).
+    OverlapSecs(u64),
+    /// At this time (now to now + [`MAX_ROTATION_OVERLAP`]).
+    Until(OffsetDateTime),
+}
+
+impl RotationEnd {
+    /// The old key's expiry, checked against the bounds.
+    fn expires_at(self, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
+        let max = MAX_ROTATION_OVERLAP.whole_seconds();
+        match self {
+            RotationEnd::OverlapSecs(s) if s <= max as u64 => Ok(now + Duration::seconds(s as i64)),
+            RotationEnd::OverlapSecs(_) => Err(ApiError::validation("overlap_secs", format!("must be 0 to {max}"))),
+            RotationEnd::Until(t) if t < now => Err(ApiError::validation("until", "must not be in the past")),
+            RotationEnd::Until(t) if t > now + MAX_ROTATION_OVERLAP => {
+                Err(ApiError::validation("until", "must be within 30 days"))
+            }
+            RotationEnd::Until(t) => Ok(t),
+        }
+    }
+}
+
+/// A rotation's result: the new key (shown once) and when the old one stops.
+pub struct Rotated {
+    /// The client both keys belong to.
+    pub client_id: Uuid,
+    /// The new key, live at once.
+    pub key: ApiKey,
+    /// The label both share.
+    pub label: Option<String>,
+    /// The old key's id.
+    pub old_key_id: String,
+    /// When the old key stops working.
+    pub old_expires_at: OffsetDateTime,
+}
+
+/// Rotate a key: a new key for the same client and label, live at once; the old one works
+/// until `end`. Only a live key (not revoked, not already rotated out) can be rotated.
+pub async fn rotate_key(pool: &PgPool, actor: &Actor, key_id: &str, end: RotationEnd) -> Result<Rotated, AppError> {
+    let mut tx = pool.begin().await?;
+    let now: OffsetDateTime = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+    let old_expires_at = end.expires_at(now)?;
+    let old: Option<(Uuid, Option<String>, bool, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT client_id, label, revoked_at IS NOT NULL, expires_at FROM api_keys WHERE key_id = $1 FOR UPDATE",
+    )
+    .bind(key_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((client_id, label, revoked, expires_at)) = old else {
+        return Err(AppError::api(ErrorCode::NotFound, format!("no key with id {key_id}")));
+    };
+    if revoked {
+        return Err(ApiError::validation("key_id", "the key is revoked; issue a new key instead").into());
+    }
+    if let Some(t) = expires_at {
+        let reason = format!("the key is already rotated out (it expires at {t}); rotate its successor instead");
+        return Err(ApiError::validation("key_id", reason).into());
+    }
+    let key = insert_key(&mut tx, client_id, label.as_deref()).await?;
+    sqlx::query("UPDATE api_keys SET expires_at = $2 WHERE key_id = $1")
+        .bind(key_id)
+        .bind(old_expires_at)
+        .execute(&mut *tx)
+        .await?;
+    let change = serde_json::json!({
+        "client_id": client_id,
+        "new_key_id": key.key_id(),
+        "old_expires_at": old_expires_at.format(&Rfc3339).unwrap_or_default(),
+    });
+    audit::record(&mut tx, actor, "key.rotate", key_id, change).await?;
+    tx.commit().await?;
+    Ok(Rotated { client_id, key, label, old_key_id: key_id.to_owned(), old_expires_at })
 }

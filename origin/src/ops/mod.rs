@@ -3,13 +3,16 @@
 //!
 //! - [`audit`]: who acts, and the audit row
 //! - [`operators`]: operators, their roles and tokens
-//! - [`clients`]: clients and their API keys
+//! - [`clients`]: clients and their API keys: listing, suspension, issue, revoke, rotation
 //! - [`cards`]: products, card loads and cache rebuilds
 //! - [`imports`]: streamed CSV imports of cards, all or nothing
 //! - [`page`]: cursor pagination of listings
 //! - [`stock`]: stock per bucket, low-stock thresholds and states
 //! - [`jobs`]: scheduled jobs (pause, resume, re-time, run now) and the reconciler's divergences
+//! - [`voids`]: voiding cards by ids, import or bucket
+//! - [`allocations`]: allocation lookup with masked codes, and audited reveals
 
+pub mod allocations;
 pub mod audit;
 pub mod cards;
 pub mod clients;
@@ -18,6 +21,7 @@ pub mod jobs;
 pub mod operators;
 pub mod page;
 pub mod stock;
+pub mod voids;
 
 pub use audit::Actor;
 pub use cards::{NewCard, load_cards, rebuild_all_caches, rebuild_product_cache, upsert_product};

@@ -1,6 +1,8 @@
 //! The operator API, `/ops/v1/…` on the operator listener: bearer operator tokens, one role per
 //! route (the [`ROUTES`] table), and the extractors its handlers share.
 
+pub mod cards;
+pub mod clients;
 pub mod imports;
 pub mod jobs;
 pub mod operators;
@@ -13,7 +15,7 @@ use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -57,6 +59,19 @@ pub const ROUTES: &[OpsRoute] = &[
     route("GET", "/ops/v1/imports", Role::Viewer),
     route("POST", "/ops/v1/imports", Role::Operator),
     route("GET", "/ops/v1/imports/{id}", Role::Viewer),
+    route("GET", "/ops/v1/clients", Role::Viewer),
+    route("POST", "/ops/v1/clients", Role::Admin),
+    route("GET", "/ops/v1/clients/{id}", Role::Viewer),
+    route("POST", "/ops/v1/clients/{id}/suspend", Role::Admin),
+    route("POST", "/ops/v1/clients/{id}/resume", Role::Admin),
+    route("PUT", "/ops/v1/clients/{id}/rate-limit", Role::Admin),
+    route("POST", "/ops/v1/clients/{id}/keys", Role::Admin),
+    route("POST", "/ops/v1/keys/{key_id}/revoke", Role::Admin),
+    route("POST", "/ops/v1/keys/{key_id}/rotate", Role::Admin),
+    route("POST", "/ops/v1/voids", Role::Operator),
+    route("GET", "/ops/v1/allocations", Role::Viewer),
+    route("GET", "/ops/v1/allocations/{id}", Role::Viewer),
+    route("POST", "/ops/v1/allocations/{id}/reveal", Role::Admin),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -72,16 +87,28 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/operators", get(operators::list).post(operators::create))
         .route("/ops/v1/operators/{id}/revoke", post(operators::revoke))
         .route("/ops/v1/stock", get(stock::list))
-        .route("/ops/v1/stock/{product_id}/{denomination}/threshold", axum::routing::put(stock::set_threshold))
+        .route("/ops/v1/stock/{product_id}/{denomination}/threshold", put(stock::set_threshold))
         .route("/ops/v1/jobs", get(jobs::list))
         .route("/ops/v1/jobs/{name}/runs", get(jobs::runs))
         .route("/ops/v1/jobs/{name}/pause", post(jobs::pause))
         .route("/ops/v1/jobs/{name}/resume", post(jobs::resume))
-        .route("/ops/v1/jobs/{name}/schedule", axum::routing::put(jobs::schedule))
+        .route("/ops/v1/jobs/{name}/schedule", put(jobs::schedule))
         .route("/ops/v1/jobs/{name}/run", post(jobs::run))
         .route("/ops/v1/divergences", get(jobs::divergences))
         .route("/ops/v1/imports", get(imports::list).post(imports::create))
         .route("/ops/v1/imports/{id}", get(imports::get_one))
+        .route("/ops/v1/clients", get(clients::list).post(clients::create))
+        .route("/ops/v1/clients/{id}", get(clients::show))
+        .route("/ops/v1/clients/{id}/suspend", post(clients::suspend))
+        .route("/ops/v1/clients/{id}/resume", post(clients::resume))
+        .route("/ops/v1/clients/{id}/rate-limit", put(clients::rate_limit))
+        .route("/ops/v1/clients/{id}/keys", post(clients::issue_key))
+        .route("/ops/v1/keys/{key_id}/revoke", post(clients::revoke_key))
+        .route("/ops/v1/keys/{key_id}/rotate", post(clients::rotate_key))
+        .route("/ops/v1/voids", post(cards::void))
+        .route("/ops/v1/allocations", get(cards::find))
+        .route("/ops/v1/allocations/{id}", get(cards::show))
+        .route("/ops/v1/allocations/{id}/reveal", post(cards::reveal))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

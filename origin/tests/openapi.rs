@@ -218,7 +218,122 @@ async fn operator_answers_match_their_documented_schemas() {
         assert_eq!(reply.status, status, "{method} {path}: {:?}", reply.body);
         assert_documented(&doc, method, path.split('?').next().unwrap(), &reply);
     }
+    stock_and_job_answers_match_their_documented_schemas(&app, &doc, &admin, &viewer).await;
     app.finish().await;
+}
+
+/// The stock, jobs and divergences routes: each answers a success and its errors as documented.
+async fn stock_and_job_answers_match_their_documented_schemas(app: &TestApp, doc: &Value, admin: &str, viewer: &str) {
+    app.product("p-doc", "EUR", &["25.00", "50.00"]).await;
+    app.load_cards("p-doc", 2500, 2).await;
+    let stock = app.ops("GET", "/ops/v1/stock?product_id=p-doc", Some(viewer), None).await;
+    assert_eq!(stock.status, 200, "{:?}", stock.body);
+    assert_eq!(stock.json()["items"].as_array().unwrap().len(), 2, "two buckets: {:?}", stock.body);
+    assert_documented(doc, "GET", "/ops/v1/stock", &stock);
+    let threshold = "/ops/v1/stock/{product_id}/{denomination}/threshold";
+    let body = json!({ "low_stock_threshold": 5 });
+    let set = app.ops("PUT", "/ops/v1/stock/p-doc/25.00/threshold", Some(admin), Some(body)).await;
+    assert_eq!((set.status, set.json()["threshold_source"].as_str()), (200, Some("bucket")), "{:?}", set.body);
+    assert_documented(doc, "PUT", threshold, &set);
+
+    let run = app.ops("POST", "/ops/v1/jobs/stock-watch/run", Some(admin), None).await;
+    assert_eq!(run.status, 202, "{:?}", run.body);
+    assert_documented(doc, "POST", "/ops/v1/jobs/{name}/run", &run);
+    let run_id = run.json()["run_id"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let runs = loop {
+        let runs = app.ops("GET", "/ops/v1/jobs/stock-watch/runs?limit=1", Some(viewer), None).await;
+        assert_eq!((runs.status, &runs.json()["items"][0]["id"]), (200, &run_id), "{:?}", runs.body);
+        if runs.json()["items"][0]["outcome"] != "running" {
+            break runs;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run finished within 60 s: {:?}", runs.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_documented(doc, "GET", "/ops/v1/jobs/{name}/runs", &runs);
+    for (method, action, body) in
+        [("POST", "pause", None), ("POST", "resume", None), ("PUT", "schedule", Some(json!({ "interval_secs": 60 })))]
+    {
+        let reply = app.ops(method, &format!("/ops/v1/jobs/stock-watch/{action}"), Some(admin), body).await;
+        assert_eq!(reply.status, 200, "{action}: {:?}", reply.body);
+        assert_documented(doc, method, &format!("/ops/v1/jobs/{{name}}/{action}"), &reply);
+    }
+    let jobs = app.ops("GET", "/ops/v1/jobs", Some(viewer), None).await;
+    let watch = jobs.json()["items"].as_array().unwrap().iter().find(|j| j["name"] == "stock-watch").cloned();
+    let watch = watch.unwrap_or_else(|| panic!("stock-watch is listed: {:?}", jobs.body));
+    assert!(watch["updated_by"].is_string() && watch["last_runs"][0]["slot"].is_null(), "{watch}");
+    assert_documented(doc, "GET", "/ops/v1/jobs", &jobs);
+
+    sqlx::query(
+        "INSERT INTO cache_divergences (product_id, denomination_minor, postgres_active, cache_active, healed)
+         VALUES ('p-doc', 2500, 2, NULL, true), ('p-doc', 2500, 2, 1, false)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let divergences = app.ops("GET", "/ops/v1/divergences?product_id=p-doc&limit=1", Some(viewer), None).await;
+    assert!(divergences.json()["next_cursor"].is_string(), "two rows, one per page: {:?}", divergences.body);
+    assert_documented(doc, "GET", "/ops/v1/divergences", &divergences);
+
+    // Errors: (method, path sent, documented path, token, body, status).
+    let schedule = "/ops/v1/jobs/{name}/schedule";
+    let cases = [
+        ("GET", "/ops/v1/stock?state=full", "/ops/v1/stock", viewer, None, 400),
+        ("GET", "/ops/v1/stock?colour=blue", "/ops/v1/stock", viewer, None, 400),
+        ("PUT", "/ops/v1/stock/p-doc/25.00/threshold", threshold, admin, Some(json!({})), 400),
+        (
+            "PUT",
+            "/ops/v1/stock/p-doc/25.001/threshold",
+            threshold,
+            admin,
+            Some(json!({ "low_stock_threshold": 5 })),
+            400,
+        ),
+        (
+            "PUT",
+            "/ops/v1/stock/p-doc/30.00/threshold",
+            threshold,
+            admin,
+            Some(json!({ "low_stock_threshold": 5 })),
+            404,
+        ),
+        (
+            "PUT",
+            "/ops/v1/stock/p-doc/25.00/threshold",
+            threshold,
+            viewer,
+            Some(json!({ "low_stock_threshold": 5 })),
+            403,
+        ),
+        ("GET", "/ops/v1/jobs/stock-watch/runs?limit=0", "/ops/v1/jobs/{name}/runs", viewer, None, 400),
+        ("GET", "/ops/v1/jobs/nope/runs", "/ops/v1/jobs/{name}/runs", viewer, None, 404),
+        ("POST", "/ops/v1/jobs/nope/pause", "/ops/v1/jobs/{name}/pause", admin, None, 404),
+        ("POST", "/ops/v1/jobs/nope/resume", "/ops/v1/jobs/{name}/resume", admin, None, 404),
+        ("PUT", "/ops/v1/jobs/stock-watch/schedule", schedule, admin, Some(json!({ "interval_secs": 1 })), 400),
+        ("PUT", "/ops/v1/jobs/nope/schedule", schedule, admin, Some(json!({ "interval_secs": 60 })), 404),
+        ("POST", "/ops/v1/jobs/nope/run", "/ops/v1/jobs/{name}/run", admin, None, 404),
+        ("POST", "/ops/v1/jobs/stock-watch/run", "/ops/v1/jobs/{name}/run", viewer, None, 403),
+        ("GET", "/ops/v1/divergences?cursor=nope", "/ops/v1/divergences", viewer, None, 400),
+        ("GET", "/ops/v1/divergences?colour=blue", "/ops/v1/divergences", viewer, None, 400),
+        ("GET", "/ops/v1/jobs/stock-watch/runs?colour=blue", "/ops/v1/jobs/{name}/runs", viewer, None, 400),
+        ("PUT", "/ops/v1/jobs/stock-watch/schedule", schedule, admin, Some(json!({})), 400),
+    ];
+    for (method, path, documented, token, body, status) in cases {
+        // These examples are made by calling the code the handler calls: they are the real answer.
+        let exact = path.ends_with("colour=blue") || path.contains("/nope/") || body == Some(json!({}));
+        let reply = app.ops(method, path, Some(token), body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {:?}", reply.body);
+        assert_documented(doc, method, documented, &reply);
+        if exact {
+            let examples = &doc["paths"][documented][method.to_lowercase()]["responses"][status.to_string()]["content"]
+                ["application/json"]["examples"];
+            let message = &reply.json()["error"]["message"];
+            assert!(
+                examples.as_object().unwrap().values().any(|e| &e["value"]["error"]["message"] == message),
+                "{method} {path}: {message} is not a documented example"
+            );
+        }
+    }
 }
 
 #[tokio::test]

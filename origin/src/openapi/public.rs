@@ -49,7 +49,13 @@ fn sample_request() -> Value {
 }
 
 fn sample_allocation() -> Value {
-    let card = |id: i64, code: &str| AllocatedCard { card_id: id, code: code.into(), pin: None, expires_at: None, voided_at: None };
+    let card = |id: i64, code: &str| AllocatedCard {
+        card_id: id,
+        code: code.into(),
+        pin: None,
+        expires_at: None,
+        voided_at: None,
+    };
     let response = AllocationResponse {
         allocation_id: SAMPLE_ALLOCATION_ID.into(),
         product_id: "amazon-us".into(),

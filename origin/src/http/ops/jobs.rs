@@ -65,7 +65,11 @@ pub async fn runs(
 /// The job as it stands after a change.
 async fn one(st: &AppState, name: &str) -> Result<Response, AppError> {
     let all = job_ops::list(&st.db.primary, &registry(st)).await?;
-    Ok(Json(all.into_iter().find(|j| j.name == name)).into_response())
+    // The change just succeeded on a registered job, so it is listed.
+    let job = all.into_iter().find(|j| j.name == name).ok_or_else(|| {
+        AppError::Internal(anyhow::anyhow!("job {name} changed but is not in the registry's listing"))
+    })?;
+    Ok(Json(job).into_response())
 }
 
 /// Pause a job.

@@ -45,10 +45,12 @@ pub async fn set_threshold(
     let pool = &st.db.primary;
     let minor = stock::resolve_bucket(pool, &product_id, &denomination).await?;
     stock::set_threshold(pool, &caller.actor, &product_id, minor, body.low_stock_threshold).await?;
-    let filter = StockFilter { product_id: Some(product_id), state: None };
+    let filter = StockFilter { product_id: Some(product_id.clone()), state: None };
     let bucket = stock::list(pool, st.engine.cache(), st.config.stock_low_threshold, &filter)
         .await?
         .into_iter()
-        .find(|b| b.denomination_minor == minor);
+        .find(|b| b.denomination_minor == minor)
+        // The bucket was just resolved and changed, and buckets are never deleted.
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("bucket {product_id}/{minor} changed but is not listed")))?;
     Ok(Json(bucket).into_response())
 }

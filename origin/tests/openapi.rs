@@ -219,7 +219,252 @@ async fn operator_answers_match_their_documented_schemas() {
         assert_documented(&doc, method, path.split('?').next().unwrap(), &reply);
     }
     stock_and_job_answers_match_their_documented_schemas(&app, &doc, &admin, &viewer).await;
+    import_answers_match_their_documented_schemas(&app, &doc, &admin, &viewer).await;
+    client_and_key_answers_match_their_documented_schemas(&app, &doc, &admin, &viewer).await;
+    void_and_allocation_answers_match_their_documented_schemas(&app, &doc, &admin, &viewer).await;
     app.finish().await;
+}
+
+/// An error case: (method, path sent, documented path, token, body, status, whether its message
+/// is one of the documented examples: those made by calling the code the handler calls).
+type Case<'a> = (&'a str, String, &'a str, &'a str, Option<Value>, u16, bool);
+
+/// Send each case and check its answer against the document.
+async fn assert_errors_documented(app: &TestApp, doc: &Value, cases: Vec<Case<'_>>) {
+    for (method, path, documented, token, body, status, exact) in cases {
+        let reply = app.ops(method, &path, Some(token), body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {:?}", reply.body);
+        assert_documented(doc, method, documented, &reply);
+        if exact {
+            assert_documented_example(doc, method, documented, &reply);
+        }
+    }
+}
+
+/// The error message of `reply` is one of the documented examples of its status.
+fn assert_documented_example(doc: &Value, method: &str, documented: &str, reply: &Reply) {
+    let examples = &doc["paths"][documented][method.to_lowercase()]["responses"][reply.status.to_string()]["content"]["application/json"]
+        ["examples"];
+    let message = &reply.json()["error"]["message"];
+    assert!(
+        examples.as_object().unwrap().values().any(|e| &e["value"]["error"]["message"] == message),
+        "{method} {documented}: {message} is not a documented example"
+    );
+}
+
+/// `POST /ops/v1/imports?<query>` with a CSV body.
+async fn upload(app: &TestApp, token: &str, query: &str, csv: &str) -> Reply {
+    let url = format!("{}/ops/v1/imports?{query}", app.operator);
+    let req = app.http.post(url).bearer_auth(token).header("content-type", "text/csv").body(csv.to_owned());
+    common::read(req.send().await.expect("upload sent")).await
+}
+
+/// The imports routes: an import committed and one rejected, the listing, one import, and
+/// their errors.
+async fn import_answers_match_their_documented_schemas(app: &TestApp, doc: &Value, admin: &str, viewer: &str) {
+    app.product("p-imp", "EUR", &["25.00"]).await;
+    let csv = "code,pin,expires_at\nDOC-0001,1234,2099-12-31T23:59:59Z\nDOC-0002,,\n\"DOC,0003\",9999,\n";
+    let created = upload(app, admin, "product_id=p-imp&denomination=25.00", csv).await;
+    assert_eq!((created.status, created.json()["state"].as_str()), (201, Some("committed")), "{:?}", created.body);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.header("location"), Some(format!("/ops/v1/imports/{id}")));
+    assert_documented(doc, "POST", "/ops/v1/imports", &created);
+    let rejected = upload(app, admin, "product_id=p-imp&denomination=25.00", csv).await;
+    assert_eq!(rejected.status, 400, "{:?}", rejected.body);
+    assert_eq!(rejected.json()["error"]["details"]["problems"][0]["problem"], "this code is already loaded");
+    assert_documented(doc, "POST", "/ops/v1/imports", &rejected);
+    let one = app.ops("GET", &format!("/ops/v1/imports/{id}"), Some(viewer), None).await;
+    assert_eq!(one.status, 200, "{:?}", one.body);
+    assert_documented(doc, "GET", "/ops/v1/imports/{id}", &one);
+    let page = app.ops("GET", "/ops/v1/imports?limit=1", Some(viewer), None).await;
+    assert_eq!(page.json()["items"][0]["state"], "rejected", "newest first: {:?}", page.body);
+    assert!(page.json()["next_cursor"].is_string(), "two imports, one per page: {:?}", page.body);
+    assert_documented(doc, "GET", "/ops/v1/imports", &page);
+
+    let missing = upload(app, admin, "denomination=25.00", csv).await;
+    assert_eq!(missing.status, 400, "{:?}", missing.body);
+    assert_documented(doc, "POST", "/ops/v1/imports", &missing);
+    assert_documented_example(doc, "POST", "/ops/v1/imports", &missing);
+    let unknown = upload(app, admin, "product_id=p-imp&denomination=25.00&colour=blue", csv).await;
+    assert_documented_example(doc, "POST", "/ops/v1/imports", &unknown);
+    let forbidden = upload(app, viewer, "product_id=p-imp&denomination=25.00", csv).await;
+    assert_eq!(forbidden.status, 403, "{:?}", forbidden.body);
+    assert_documented(doc, "POST", "/ops/v1/imports", &forbidden);
+    let nobody = uuid::Uuid::now_v7();
+    let show = "/ops/v1/imports/{id}";
+    assert_errors_documented(
+        app,
+        doc,
+        vec![
+            ("GET", "/ops/v1/imports/nope".into(), show, viewer, None, 400, true),
+            ("GET", format!("/ops/v1/imports/{nobody}"), show, viewer, None, 404, false),
+            ("GET", "/ops/v1/imports?limit=0".into(), "/ops/v1/imports", viewer, None, 400, true),
+            ("GET", "/ops/v1/imports?colour=blue".into(), "/ops/v1/imports", viewer, None, 400, true),
+        ],
+    )
+    .await;
+}
+
+/// The clients and keys routes: each answers a success and its errors as documented.
+async fn client_and_key_answers_match_their_documented_schemas(app: &TestApp, doc: &Value, admin: &str, viewer: &str) {
+    let created = app.ops("POST", "/ops/v1/clients", Some(admin), Some(json!({ "name": "Doc shop" }))).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_documented(doc, "POST", "/ops/v1/clients", &created);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let client = format!("/ops/v1/clients/{id}");
+
+    let issued = app.ops("POST", &format!("{client}/keys"), Some(admin), Some(json!({ "label": "doc" }))).await;
+    assert_eq!(issued.status, 201, "{:?}", issued.body);
+    assert_documented(doc, "POST", "/ops/v1/clients/{id}/keys", &issued);
+    let key_id = issued.json()["key_id"].as_str().unwrap().to_owned();
+    let body = json!({ "overlap_secs": 600 });
+    let rotated = app.ops("POST", &format!("/ops/v1/keys/{key_id}/rotate"), Some(admin), Some(body)).await;
+    assert_eq!(rotated.status, 201, "{:?}", rotated.body);
+    assert_documented(doc, "POST", "/ops/v1/keys/{key_id}/rotate", &rotated);
+    let new_key_id = rotated.json()["key_id"].as_str().unwrap().to_owned();
+    let revoked = app.ops("POST", &format!("/ops/v1/keys/{new_key_id}/revoke"), Some(admin), None).await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    assert_documented(doc, "POST", "/ops/v1/keys/{key_id}/revoke", &revoked);
+    let unlabelled = app.ops("POST", &format!("{client}/keys"), Some(admin), Some(json!({}))).await;
+    assert_eq!((unlabelled.status, &unlabelled.json()["label"]), (201, &Value::Null), "{:?}", unlabelled.body);
+    assert_documented(doc, "POST", "/ops/v1/clients/{id}/keys", &unlabelled);
+
+    for (action, status) in [("suspend", "suspended"), ("suspend", "suspended"), ("resume", "active")] {
+        let reply = app.ops("POST", &format!("{client}/{action}"), Some(admin), None).await;
+        assert_eq!((reply.status, reply.json()["status"].as_str()), (200, Some(status)), "{:?}", reply.body);
+        assert_documented(doc, "POST", &format!("/ops/v1/clients/{{id}}/{action}"), &reply);
+    }
+    for limit in [json!(1200), Value::Null] {
+        let reply =
+            app.ops("PUT", &format!("{client}/rate-limit"), Some(admin), Some(json!({ "per_minute": limit }))).await;
+        assert_eq!((reply.status, &reply.json()["rate_limit_per_minute"]), (200, &limit), "{:?}", reply.body);
+        assert_documented(doc, "PUT", "/ops/v1/clients/{id}/rate-limit", &reply);
+    }
+    let shown = app.ops("GET", &client, Some(viewer), None).await;
+    let states: Vec<Value> = shown.json()["keys"].as_array().unwrap().iter().map(|k| k["state"].clone()).collect();
+    assert_eq!(states.len(), 3, "{:?}", shown.body);
+    assert!(states.contains(&json!("expiring")) && states.contains(&json!("revoked")), "{states:?}");
+    assert_documented(doc, "GET", "/ops/v1/clients/{id}", &shown);
+    let listed = app.ops("GET", "/ops/v1/clients?status=active", Some(viewer), None).await;
+    assert!(listed.json()["items"].as_array().unwrap().iter().any(|c| c["id"] == id.as_str()), "{:?}", listed.body);
+    assert_documented(doc, "GET", "/ops/v1/clients", &listed);
+
+    let nobody = uuid::Uuid::now_v7();
+    let (keys, rate_limit) = ("/ops/v1/clients/{id}/keys", "/ops/v1/clients/{id}/rate-limit");
+    let (rotate, revoke) = ("/ops/v1/keys/{key_id}/rotate", "/ops/v1/keys/{key_id}/revoke");
+    let overlap = Some(json!({ "overlap_secs": 60 }));
+    assert_errors_documented(
+        app,
+        doc,
+        vec![
+            ("GET", "/ops/v1/clients?status=gone".into(), "/ops/v1/clients", viewer, None, 400, true),
+            ("GET", "/ops/v1/clients?colour=blue".into(), "/ops/v1/clients", viewer, None, 400, true),
+            ("POST", "/ops/v1/clients".into(), "/ops/v1/clients", admin, Some(json!({})), 400, true),
+            ("POST", "/ops/v1/clients".into(), "/ops/v1/clients", viewer, Some(json!({ "name": "x" })), 403, false),
+            ("GET", "/ops/v1/clients/nope".into(), "/ops/v1/clients/{id}", viewer, None, 400, true),
+            ("GET", format!("/ops/v1/clients/{nobody}"), "/ops/v1/clients/{id}", viewer, None, 404, false),
+            (
+                "POST",
+                format!("/ops/v1/clients/{nobody}/suspend"),
+                "/ops/v1/clients/{id}/suspend",
+                admin,
+                None,
+                404,
+                false,
+            ),
+            ("POST", "/ops/v1/clients/nope/resume".into(), "/ops/v1/clients/{id}/resume", admin, None, 400, true),
+            ("PUT", format!("{client}/rate-limit"), rate_limit, admin, Some(json!({})), 400, true),
+            ("PUT", format!("{client}/rate-limit"), rate_limit, admin, Some(json!({ "per_minute": "ten" })), 400, true),
+            ("PUT", format!("{client}/rate-limit"), rate_limit, admin, Some(json!({ "per_minute": 0 })), 400, true),
+            (
+                "PUT",
+                format!("/ops/v1/clients/{nobody}/rate-limit"),
+                rate_limit,
+                admin,
+                Some(json!({ "per_minute": 5 })),
+                404,
+                false,
+            ),
+            ("POST", format!("/ops/v1/clients/{nobody}/keys"), keys, admin, Some(json!({})), 404, false),
+            ("POST", format!("{client}/keys"), keys, admin, Some(json!({ "label": "x".repeat(201) })), 400, true),
+            ("POST", "/ops/v1/keys/nope/revoke".into(), revoke, admin, None, 404, false),
+            ("POST", format!("/ops/v1/keys/{key_id}/rotate"), rotate, admin, Some(json!({})), 400, true),
+            ("POST", format!("/ops/v1/keys/{key_id}/rotate"), rotate, admin, overlap.clone(), 400, false),
+            ("POST", format!("/ops/v1/keys/{new_key_id}/rotate"), rotate, admin, overlap.clone(), 400, true),
+            ("POST", "/ops/v1/keys/nope/rotate".into(), rotate, admin, overlap, 404, false),
+        ],
+    )
+    .await;
+}
+
+/// The voids and allocation lookup routes, and the public allocation after a void.
+async fn void_and_allocation_answers_match_their_documented_schemas(
+    app: &TestApp,
+    doc: &Value,
+    admin: &str,
+    viewer: &str,
+) {
+    app.product("p-void", "EUR", &["25.00"]).await;
+    app.load_cards("p-void", 2500, 3).await;
+    let body = r#"{"product_id":"p-void","denomination":"25.00","quantity":2,"client_reference":"doc-void"}"#;
+    let allocated = app.allocate("openapi-void", body).await;
+    assert_eq!(allocated.status, 201, "{:?}", allocated.body);
+    let allocation = allocated.json()["allocation_id"].as_str().unwrap().to_owned();
+    let card = allocated.json()["cards"][1]["card_id"].clone();
+
+    let body = json!({ "card_ids": [card], "reason": "supplier recall" });
+    let voided = app.ops("POST", "/ops/v1/voids", Some(admin), Some(body)).await;
+    assert_eq!((voided.status, &voided.json()["voided_allocated"]), (200, &json!(1)), "{:?}", voided.body);
+    assert_documented(doc, "POST", "/ops/v1/voids", &voided);
+    let body = json!({ "product_id": "p-void", "denomination": "25.00", "reason": "recall" });
+    let bucket = app.ops("POST", "/ops/v1/voids", Some(admin), Some(body)).await;
+    assert_eq!((bucket.status, &bucket.json()["skipped_allocated"]), (200, &json!(1)), "{:?}", bucket.body);
+    assert_documented(doc, "POST", "/ops/v1/voids", &bucket);
+
+    let public = app.send("GET", &format!("/v1/allocations/{allocation}"), Some(&app.key), None, b"").await;
+    assert!(public.json()["cards"][1]["voided_at"].is_string(), "{:?}", public.body);
+    assert!(public.json()["cards"][0].get("voided_at").is_none(), "{:?}", public.body);
+    assert_documented(doc, "GET", "/v1/allocations/{id}", &public);
+    let found = app.ops("GET", "/ops/v1/allocations?client_reference=doc-void", Some(viewer), None).await;
+    assert_eq!(found.json()["items"][0]["cards"][1]["status"], "void", "{:?}", found.body);
+    assert_documented(doc, "GET", "/ops/v1/allocations", &found);
+    let one = app.ops("GET", &format!("/ops/v1/allocations/{allocation}"), Some(viewer), None).await;
+    assert_eq!(one.status, 200, "{:?}", one.body);
+    assert_documented(doc, "GET", "/ops/v1/allocations/{id}", &one);
+    let revealed = app.ops("POST", &format!("/ops/v1/allocations/{allocation}/reveal"), Some(admin), None).await;
+    assert_eq!(revealed.status, 200, "{:?}", revealed.body);
+    assert_eq!(revealed.header("cache-control").as_deref(), Some("no-store"));
+    assert_documented(doc, "POST", "/ops/v1/allocations/{id}/reveal", &revealed);
+
+    let nobody = uuid::Uuid::now_v7();
+    let (voids, find) = ("/ops/v1/voids", "/ops/v1/allocations");
+    let (show, reveal) = ("/ops/v1/allocations/{id}", "/ops/v1/allocations/{id}/reveal");
+    let reason = |body: Value| {
+        let mut body = body;
+        body["reason"] = json!("recall");
+        Some(body)
+    };
+    assert_errors_documented(
+        app,
+        doc,
+        vec![
+            ("POST", voids.into(), voids, admin, reason(json!({})), 400, true),
+            ("POST", voids.into(), voids, admin, reason(json!({ "product_id": "p-void" })), 400, true),
+            ("POST", voids.into(), voids, admin, Some(json!({ "card_ids": [card] })), 400, true),
+            ("POST", voids.into(), voids, admin, reason(json!({ "card_ids": [999_999_999] })), 404, false),
+            ("POST", voids.into(), voids, admin, reason(json!({ "import_id": nobody })), 404, false),
+            ("POST", voids.into(), voids, viewer, reason(json!({ "card_ids": [card] })), 403, false),
+            ("GET", find.into(), find, viewer, None, 400, true),
+            ("GET", "/ops/v1/allocations?client_id=nope".into(), find, viewer, None, 400, true),
+            ("GET", "/ops/v1/allocations?card_id=1&colour=blue".into(), find, viewer, None, 400, true),
+            ("GET", "/ops/v1/allocations?client_reference=doc-void&limit=0".into(), find, viewer, None, 400, true),
+            ("GET", format!("/ops/v1/allocations/{nobody}"), show, viewer, None, 404, false),
+            ("GET", "/ops/v1/allocations/nope".into(), show, viewer, None, 400, true),
+            ("POST", format!("/ops/v1/allocations/{nobody}/reveal"), reveal, admin, None, 404, false),
+            ("POST", format!("/ops/v1/allocations/{allocation}/reveal"), reveal, viewer, None, 403, false),
+        ],
+    )
+    .await;
 }
 
 /// The stock, jobs and divergences routes: each answers a success and its errors as documented.

@@ -219,6 +219,17 @@ impl Op {
         self
     }
 
+    /// A required request body that is not JSON (a file, streamed), with its schema and an example.
+    pub fn raw_body(mut self, content_type: &str, description: &str, schema: Schema, example: Value) -> Self {
+        let content = ContentBuilder::new().schema(Some(schema)).example(Some(example));
+        let body = RequestBodyBuilder::new()
+            .description(Some(description))
+            .required(Some(Required::True))
+            .content(content_type, content.build());
+        self.operation = self.operation.request_body(Some(body.build()));
+        self
+    }
+
     /// A response as built.
     pub fn response(mut self, status: u16, response: impl Into<RefOr<Response>>) -> Self {
         self.operation = self.operation.response(status.to_string(), response);

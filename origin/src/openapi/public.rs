@@ -69,6 +69,13 @@ fn sample_allocation() -> Value {
     serde_json::to_value(response).expect("a response serialises")
 }
 
+/// The sample allocation after an operator voided its second card.
+fn sample_allocation_with_a_void() -> Value {
+    let mut allocation = sample_allocation();
+    allocation["cards"][1]["voided_at"] = json!("2026-11-27T17:00:00Z");
+    allocation
+}
+
 fn sample_catalogue() -> Value {
     let catalogue = Catalogue {
         products: vec![CatalogueEntry {
@@ -218,11 +225,19 @@ fn create_allocation() -> Op {
 fn get_allocation() -> Op {
     let not_found = ApiError::new(ErrorCode::NotFound, "no such allocation");
     let op = Op::new(HttpMethod::Get, "/v1/allocations/{id}", "getAllocation", "One allocation")
-        .description("The allocation as it was created, to its owner only: anyone else's is `404`, not `403`.")
+        .description(
+            "The allocation as it was created, to its owner only: anyone else's is `404`, not `403`. A card an \
+             operator voided since carries `voided_at`; the other cards have no such field.",
+        )
         .tag(TAG_ALLOCATIONS)
         .security(API_KEY_SCHEME)
         .path_param("id", formatted_string("uuid", "The `allocation_id` of a `201`."))
-        .json_response::<AllocationResponse>(200, "The allocation.", sample_allocation(), &rate_limit_headers())
+        .json_response::<AllocationResponse>(
+            200,
+            "The allocation.",
+            sample_allocation_with_a_void(),
+            &rate_limit_headers(),
+        )
         .error("No allocation of yours has this id.", &[not_found]);
     gate_errors(op)
 }
@@ -302,6 +317,8 @@ mod tests {
     #[test]
     fn the_examples_are_the_wire_types() {
         serde_json::from_value::<AllocationResponse>(sample_allocation()).unwrap();
+        let voided: AllocationResponse = serde_json::from_value(sample_allocation_with_a_void()).unwrap();
+        assert!(voided.cards[1].voided_at.is_some() && voided.cards[0].voided_at.is_none());
         serde_json::from_value::<Catalogue>(sample_catalogue()).unwrap();
         let failing: Health = serde_json::from_value(sample_health(HealthStatus::Fail)).unwrap();
         assert_eq!(failing.status, HealthStatus::Fail);

@@ -7,6 +7,17 @@
 //! function starting from [`op`] (which adds the tag, the operator-token security, the least
 //! role and the `401`/`403` responses), add it to [`operations`], and regenerate
 //! `docs/openapi.json` (`cargo run -p allot-origin --bin allot -- openapi > docs/openapi.json`).
+//!
+//! This file holds the shared pieces and the `me`, `audit`, `operators`, `stock`, `jobs` and
+//! `divergences` operations; each further area has its own file with the same pattern:
+//!
+//! - `/ops/v1/imports` in [`imports`]
+//! - `/ops/v1/clients` and `/ops/v1/keys` in [`clients`]
+//! - `/ops/v1/voids` and `/ops/v1/allocations` in [`cards`]
+
+pub mod cards;
+pub mod clients;
+pub mod imports;
 
 use std::sync::Arc;
 
@@ -812,4 +823,9 @@ pub fn operations() -> Vec<Op> {
         run_job(),
         divergences(),
     ]
+    .into_iter()
+    .chain(imports::operations())
+    .chain(clients::operations())
+    .chain(cards::operations())
+    .collect()
 }

@@ -1,0 +1,226 @@
+//! `/ops/v1/imports`: upload a CSV file of cards into one bucket (streamed, all or nothing), and
+//! read imports and their progress.
+
+use allot_shared::{ApiError, Denomination, ErrorCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::macros::datetime;
+use utoipa::openapi::HttpMethod;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{PageQuery, bad_input, bad_page, op, unknown_parameter};
+use crate::http::ops::imports as handler;
+use crate::openapi::build::{Op, formatted_string, header, string};
+use crate::ops::imports::{self as service, Import};
+use crate::ops::operators::Role;
+
+/// The state of an import: `receiving` → `validating` → `committing` → `committed`, or
+/// `rejected` (the file had problems) or `failed` (a server error or the deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportState {
+    /// The file is arriving and being checked line by line; the counters grow.
+    Receiving,
+    /// The file is in; duplicates are being looked for.
+    Validating,
+    /// The cards are being written.
+    Committing,
+    /// Every card was imported.
+    Committed,
+    /// The file had problems; nothing was imported.
+    Rejected,
+    /// A server error, or the upload ran past its deadline; nothing was imported.
+    Failed,
+}
+
+/// One problem of a file.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportProblem {
+    /// The line, counting the header as line 1; null for a problem of the whole file.
+    #[schema(required = true, minimum = 1)]
+    pub line: Option<u64>,
+    /// What is wrong, in a sentence.
+    pub problem: String,
+}
+
+/// An import, with its progress while it runs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportEntry {
+    /// Import id (also the cards' `import_id`, which a void can select).
+    pub id: Uuid,
+    /// Product id.
+    pub product_id: String,
+    /// The denomination as on the wire for the product's currency (`"25.00"`).
+    pub denomination: String,
+    /// Where it is.
+    pub state: ImportState,
+    /// Lines read so far, the header included (a committed file of N cards reads N + 1).
+    pub lines_read: i64,
+    /// Card lines that passed every check (for a rejected file, none was imported).
+    pub accepted: i64,
+    /// Card lines with a problem.
+    pub rejected: i64,
+    /// The first 100 problems, by line; empty unless rejected or failed.
+    pub problems: Vec<ImportProblem>,
+    /// Who started it: an operator id, or `cli:<os user>`.
+    pub created_by: String,
+    /// Started.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// When its row last changed (progress is written about once a second).
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// When it ended (committed, rejected or failed); null while it runs.
+    #[schema(format = DateTime, required = true)]
+    pub finished_at: Option<String>,
+}
+
+/// `POST /ops/v1/imports`'s query: where the cards go; unknown parameters are refused.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// The product.
+    pub product_id: String,
+    /// A denomination the product offers, as on the wire (`25.00`; `25` is the same).
+    pub denomination: String,
+    /// The id to give the import (pick one to poll `GET /ops/v1/imports/{id}` during the
+    /// upload); a new one when absent. An id already used is refused.
+    #[param(format = Uuid)]
+    pub id: Option<String>,
+}
+
+const SAMPLE_IMPORT: &str = "0192f0c1-7c7e-7000-8000-0000000000c3";
+
+fn sample_import() -> Value {
+    json!({
+        "id": SAMPLE_IMPORT, "product_id": "steam-eu", "denomination": "25.00", "state": "committed",
+        "lines_read": 1001, "accepted": 1000, "rejected": 0, "problems": [],
+        "created_by": super::SAMPLE_OPERATOR,
+        "created_at": "2026-11-27T16:18:03.12Z", "updated_at": "2026-11-27T16:18:04.48Z",
+        "finished_at": "2026-11-27T16:18:04.48Z"
+    })
+}
+
+/// The `400` a file with problems answers, made by the service's own constructor.
+fn rejected_file() -> ApiError {
+    let problems = json!([
+        { "line": 7, "problem": "the same code as line 3" },
+        { "line": 9, "problem": "this code is already loaded" }
+    ]);
+    let import = Import {
+        id: SAMPLE_IMPORT.parse().expect("a UUID"),
+        product_id: "steam-eu".into(),
+        denomination: "25.00".into(),
+        state: "rejected".into(),
+        lines_read: 9,
+        accepted: 6,
+        rejected: 2,
+        problems,
+        created_by: super::SAMPLE_OPERATOR.into(),
+        created_at: datetime!(2026-11-27 16:18:03 UTC),
+        updated_at: datetime!(2026-11-27 16:18:03 UTC),
+        finished_at: Some(datetime!(2026-11-27 16:18:03 UTC)),
+    };
+    service::rejection(&import, 2)
+}
+
+/// The `400` of a query without `product_id`, as the query extractor answers it.
+fn missing_product() -> ApiError {
+    let uri = "/?denomination=25.00".parse().expect("a valid URI");
+    let rejection =
+        axum::extract::Query::<handler::ImportQuery>::try_from_uri(&uri).err().expect("product_id is required");
+    ApiError::validation("query", rejection.body_text())
+}
+
+fn create_import() -> Op {
+    let description = "The body is the CSV file, streamed and checked line by line as it arrives (any content type \
+        is read as the file; `curl -T cards.csv -X POST …` streams it). A header line names the columns: `code` \
+        (required), `pin`, `expires_at` (RFC 3339), in any order; every line ends in a newline, the last one too. \
+        All or nothing, in one transaction: either every card is inserted, the import ends `committed` and is \
+        audited as `import.commit`, or nothing is, and it ends `rejected` with its first 100 problems by line \
+        (`import.reject`), answered as `400`. Committed cards join the cache at once. The file may be up to \
+        `ALLOT_IMPORT_MAX_BYTES` (default 1 GiB) and the upload may last up to `ALLOT_IMPORT_TIMEOUT_MS` \
+        (default 30 min), after which it ends `failed`.";
+    let op = op(HttpMethod::Post, "/ops/v1/imports", Role::Operator, "opsCreateImport", "Import cards", description)
+        .query::<ImportQuery>()
+        .raw_body(
+            "text/csv",
+            "The file: a header line, then one card per line.",
+            string("CSV, UTF-8, LF or CRLF line ends; at most 64 KiB a line."),
+            json!("code,pin,expires_at\nGIFT-0001,1234,2027-12-31T23:59:59Z\nGIFT-0002,,\n\"GIFT,0003\",9999,\n"),
+        );
+    let location = header("The import, `/ops/v1/imports/{id}`.");
+    let op = op.json_response::<ImportEntry>(
+        201,
+        "Committed: every card of the file is in the bucket.",
+        sample_import(),
+        &[("location", location)],
+    );
+    let malformed = Denomination::parse("abc").expect_err("abc is not a denomination");
+    let too_precise = Denomination::parse("25.001").and_then(|d| d.to_minor(2)).expect_err("EUR has 2 places");
+    let op = op.error(
+        "The file has problems (`details` holds the counts and the first 100 problems by line; the import ended \
+         `rejected`, nothing was imported), or the query is refused (`details.field`; no import was made).",
+        &[
+            rejected_file(),
+            missing_product(),
+            unknown_parameter::<handler::ImportQuery>(),
+            ApiError::validation("id", "must be a UUID"),
+            ApiError::validation("product_id", "no product \"steam-eu\""),
+            ApiError::validation("denomination", malformed.to_string()),
+            ApiError::validation("denomination", too_precise.to_string()),
+            ApiError::validation("denomination", "30.00 is not offered for product steam-eu"),
+            ApiError::validation("id", format!("an import with id {SAMPLE_IMPORT} already exists")),
+        ],
+    );
+    op.error(
+        "Postgres is unavailable, or the upload ran past `ALLOT_IMPORT_TIMEOUT_MS` (the import ends `failed`; \
+         nothing was imported); retry after `Retry-After`.",
+        &[
+            ApiError::new(ErrorCode::OriginUnavailable, "the request took too long; retry"),
+            ApiError::new(ErrorCode::OriginUnavailable, "the database is unavailable; retry shortly"),
+        ],
+    )
+}
+
+fn show_import() -> Op {
+    let description = "At any state: while the upload runs its counters grow (written about once a second).";
+    let op = op(HttpMethod::Get, "/ops/v1/imports/{id}", Role::Viewer, "opsShowImport", "One import", description)
+        .path_param("id", formatted_string("uuid", "The import's id."))
+        .json_response::<ImportEntry>(200, "The import.", sample_import(), &[]);
+    bad_input(op, &[ApiError::validation("id", "must be a UUID")])
+        .error("No import has this id.", &[ApiError::new(ErrorCode::NotFound, format!("no import {SAMPLE_IMPORT}"))])
+}
+
+fn list_imports() -> Op {
+    let description = "Newest first (by `created_at`, then id), with cursor pagination.";
+    let op = op(HttpMethod::Get, "/ops/v1/imports", Role::Viewer, "opsListImports", "Imports", description)
+        .query::<PageQuery>()
+        .listing_response::<ImportEntry>(
+            "A page of imports.",
+            json!({ "items": [sample_import()], "next_cursor": "aTE6MTc5NjMxMDI4MzEyMDAwMDowMTky" }),
+        );
+    let [limit, cursor] = bad_page();
+    bad_input(op, &[limit, cursor, unknown_parameter::<handler::ListQuery>()])
+}
+
+/// The imports operations, in the order of `ROUTES`.
+pub fn operations() -> Vec<Op> {
+    vec![list_imports(), create_import(), show_import()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_examples_are_the_documented_shapes() {
+        serde_json::from_value::<ImportEntry>(sample_import()).unwrap();
+        let details = rejected_file().details.expect("a rejection has details");
+        serde_json::from_value::<Vec<ImportProblem>>(details["problems"].clone()).unwrap();
+    }
+}

@@ -196,7 +196,7 @@ async fn voids_by_import_and_by_bucket_leave_allocated_cards_unless_asked() {
     assert_eq!(app.count("outbox", "topic = 'card.voided'").await, 7);
 
     let r = void(&app, &operator, json!({ "product_id": "nope", "denomination": "25", "reason": "r" })).await;
-    assert_eq!(r.status, 404);
+    assert_eq!((r.status, r.json()["error"]["message"].as_str()), (400, Some("product_id: no product \"nope\"")));
     let r = void(&app, &operator, json!({ "product_id": "vi", "denomination": "50.00", "reason": "r" })).await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "VALIDATION_FAILED"));
     app.finish().await;

@@ -190,3 +190,79 @@ pub async fn rebuild_all_caches(pool: &PgPool, cache: &InventoryCache) -> anyhow
     }
     Ok((products.len(), cards))
 }
+
+/// Why a bucket named by an operator (product id and denomination) does not resolve.
+#[derive(Debug)]
+pub enum BucketError {
+    /// No product has this id.
+    NoProduct,
+    /// The product is not offered in this denomination (formatted in its currency).
+    NotOffered(String),
+    /// The denomination is malformed, or finer than the currency allows.
+    BadDenomination(String),
+    /// Postgres failed.
+    Store(AppError),
+}
+
+impl BucketError {
+    /// The answer when a body or query named the bucket: `400 VALIDATION_FAILED` naming the field.
+    pub fn as_field(self, product_id: &str) -> AppError {
+        match self {
+            BucketError::NoProduct => ApiError::validation("product_id", format!("no product {product_id:?}")).into(),
+            BucketError::NotOffered(d) => {
+                ApiError::validation("denomination", format!("product {product_id:?} is not offered in {d}")).into()
+            }
+            BucketError::BadDenomination(reason) => ApiError::validation("denomination", reason).into(),
+            BucketError::Store(e) => e,
+        }
+    }
+
+    /// The answer when the path named the bucket: `404 NOT_FOUND` for a bucket that does not
+    /// exist, `400` for a malformed denomination.
+    pub fn as_resource(self, product_id: &str) -> AppError {
+        use allot_shared::ErrorCode::NotFound;
+        match self {
+            BucketError::NoProduct => AppError::api(NotFound, format!("no product {product_id:?}")),
+            BucketError::NotOffered(d) => {
+                AppError::api(NotFound, format!("product {product_id:?} is not offered in {d}"))
+            }
+            other => other.as_field(product_id),
+        }
+    }
+}
+
+impl From<sqlx::Error> for BucketError {
+    fn from(e: sqlx::Error) -> Self {
+        BucketError::Store(e.into())
+    }
+}
+
+/// A bucket as an operator names it (`"25"` and `"25.00"` are the same), read against the
+/// product's currency: its denomination in minor units.
+pub async fn resolve_bucket(
+    conn: &mut sqlx::PgConnection,
+    product_id: &str,
+    denomination: &str,
+) -> Result<i64, BucketError> {
+    let currency: Option<String> = sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
+        .bind(product_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let currency = currency.ok_or(BucketError::NoProduct)?;
+    let currency = Currency::parse(&currency)
+        .map_err(|e| BucketError::Store(AppError::Internal(anyhow::anyhow!("stored currency: {e}"))))?;
+    let minor = Denomination::parse(denomination)
+        .and_then(|d| d.to_minor(currency.exponent()))
+        .map_err(|e| BucketError::BadDenomination(e.to_string()))?;
+    let offered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM product_denominations WHERE product_id = $1 AND denomination_minor = $2)",
+    )
+    .bind(product_id)
+    .bind(minor)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !offered {
+        return Err(BucketError::NotOffered(currency.format_minor(minor)));
+    }
+    Ok(minor)
+}

@@ -360,6 +360,7 @@ pub async fn rotate_key(pool: &PgPool, actor: &Actor, key_id: &str, end: Rotatio
         return Err(ApiError::validation("key_id", "the key is revoked; issue a new key instead").into());
     }
     if let Some(t) = expires_at {
+        let t = crate::allocation::format_time(t);
         let reason = format!("the key is already rotated out (it expires at {t}); rotate its successor instead");
         return Err(ApiError::validation("key_id", reason).into());
     }

@@ -1,7 +1,7 @@
 //! Stock per product and denomination: active cards in Postgres and in the cache, what was
 //! allocated lately, days of cover, the low-stock threshold, and the state (ok, low, out).
 
-use allot_shared::{ApiError, Currency, Denomination, ErrorCode};
+use allot_shared::{ApiError, Currency, ErrorCode};
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -247,33 +247,10 @@ pub async fn list(
         .collect())
 }
 
-/// A bucket named as an operator writes it: product id and denomination (`"25.00"`), read
-/// against the product's currency. Unknown product or denomination not offered: `404`.
+/// A bucket named by the path (product id and denomination): `404` when it does not exist.
 pub async fn resolve_bucket(pool: &PgPool, product_id: &str, denomination: &str) -> Result<i64, AppError> {
-    let currency: Option<String> =
-        sqlx::query_scalar("SELECT currency FROM products WHERE id = $1").bind(product_id).fetch_optional(pool).await?;
-    let Some(currency) = currency else {
-        return Err(AppError::api(ErrorCode::NotFound, format!("no product {product_id:?}")));
-    };
-    let currency =
-        Currency::parse(&currency).map_err(|e| AppError::Internal(anyhow::anyhow!("stored currency: {e}")))?;
-    let minor = Denomination::parse(denomination)
-        .and_then(|d| d.to_minor(currency.exponent()))
-        .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
-    let offered: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM product_denominations WHERE product_id = $1 AND denomination_minor = $2)",
-    )
-    .bind(product_id)
-    .bind(minor)
-    .fetch_one(pool)
-    .await?;
-    if !offered {
-        return Err(AppError::api(
-            ErrorCode::NotFound,
-            format!("product {product_id:?} is not offered in {}", currency.format_minor(minor)),
-        ));
-    }
-    Ok(minor)
+    let mut conn = pool.acquire().await?;
+    super::cards::resolve_bucket(&mut conn, product_id, denomination).await.map_err(|e| e.as_resource(product_id))
 }
 
 /// Set a bucket's low-stock threshold (`None`: back to the default); audited `stock.threshold`.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use allot_shared::{ApiError, Currency, Denomination, ErrorCode};
+use allot_shared::{ApiError, Denomination, ErrorCode};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -306,30 +306,9 @@ async fn lock_selected(
     Ok((counts, ids))
 }
 
-/// The denomination in minor units of a product that offers it, or 404 / 400.
+/// The denomination in minor units of a product that offers it, or `400` naming the field.
 async fn bucket_minor(tx: &mut PgConnection, product_id: &str, denomination: &Denomination) -> Result<i64, AppError> {
-    let currency: Option<String> = sqlx::query_scalar("SELECT currency FROM products WHERE id = $1")
-        .bind(product_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let currency = currency.ok_or_else(|| AppError::api(ErrorCode::NotFound, format!("no product {product_id}")))?;
-    let currency =
-        Currency::parse(&currency).map_err(|e| AppError::Internal(anyhow::anyhow!("stored currency: {e}")))?;
-    let minor =
-        denomination.to_minor(currency.exponent()).map_err(|e| ApiError::validation("denomination", e.to_string()))?;
-    let offered: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM product_denominations WHERE product_id = $1 AND denomination_minor = $2)",
-    )
-    .bind(product_id)
-    .bind(minor)
-    .fetch_one(&mut *tx)
-    .await?;
-    if !offered {
-        return Err(
-            ApiError::validation("denomination", format!("{denomination} is not offered for {product_id}")).into()
-        );
-    }
-    Ok(minor)
+    super::cards::resolve_bucket(tx, product_id, &denomination.to_string()).await.map_err(|e| e.as_field(product_id))
 }
 
 /// `404` naming the unknown ids (the first 20 in the message, up to 100 in the details).

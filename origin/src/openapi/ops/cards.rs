@@ -251,17 +251,16 @@ fn void_cards() -> Op {
             ),
             ApiError::validation("denomination", malformed.to_string()),
             ApiError::validation("denomination", too_precise.to_string()),
-            ApiError::validation("denomination", "30.00 is not offered for amazon-us"),
+            ApiError::validation("product_id", "no product \"amazon-us\""),
+            ApiError::validation("denomination", "product \"amazon-us\" is not offered in 30.00"),
             ApiError::validation("body", format!("selects 150000 cards to void; at most {MAX_VOID_CARDS} per request")),
         ],
     );
     op.error(
-        "Unknown card ids (named; the first 100 in `details.unknown_card_ids`; nothing was voided), import or \
-         product.",
+        "Unknown card ids (named; the first 100 in `details.unknown_card_ids`; nothing was voided), or import.",
         &[
             unknown_cards(),
             ApiError::new(ErrorCode::NotFound, "no import with id 0192f0c1-7c7e-7000-8000-0000000000c3"),
-            ApiError::new(ErrorCode::NotFound, "no product amazon-us"),
         ],
     )
     .error(

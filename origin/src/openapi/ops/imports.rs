@@ -173,7 +173,7 @@ fn create_import() -> Op {
             ApiError::validation("product_id", "no product \"steam-eu\""),
             ApiError::validation("denomination", malformed.to_string()),
             ApiError::validation("denomination", too_precise.to_string()),
-            ApiError::validation("denomination", "30.00 is not offered for product steam-eu"),
+            ApiError::validation("denomination", "product \"steam-eu\" is not offered in 30.00"),
             ApiError::validation("id", format!("an import with id {SAMPLE_IMPORT} already exists")),
         ],
     );
@@ -192,8 +192,10 @@ fn show_import() -> Op {
     let op = op(HttpMethod::Get, "/ops/v1/imports/{id}", Role::Viewer, "opsShowImport", "One import", description)
         .path_param("id", formatted_string("uuid", "The import's id."))
         .json_response::<ImportEntry>(200, "The import.", sample_import(), &[]);
-    bad_input(op, &[ApiError::validation("id", "must be a UUID")])
-        .error("No import has this id.", &[ApiError::new(ErrorCode::NotFound, format!("no import {SAMPLE_IMPORT}"))])
+    bad_input(op, &[ApiError::validation("id", "must be a UUID")]).error(
+        "No import has this id.",
+        &[ApiError::new(ErrorCode::NotFound, format!("no import with id {SAMPLE_IMPORT}"))],
+    )
 }
 
 fn list_imports() -> Op {

@@ -14,7 +14,7 @@ pub mod stage;
 
 use std::sync::Arc;
 
-use allot_shared::{ApiError, Currency, Denomination, ErrorCode};
+use allot_shared::{ApiError, Currency, ErrorCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -147,7 +147,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Import, AppError> {
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    row.map(Import::from).ok_or_else(|| AppError::api(ErrorCode::NotFound, format!("no import {id}")))
+    row.map(Import::from).ok_or_else(|| AppError::api(ErrorCode::NotFound, format!("no import with id {id}")))
 }
 
 /// One page of imports, newest first, and the cursor of the next (`limit` 1-100).
@@ -281,27 +281,10 @@ pub async fn file_chunks(
     Ok(tokio_util::io::ReaderStream::with_capacity(file, FILE_CHUNK_BYTES))
 }
 
-/// The denomination's minor units, if the product exists and offers it.
+/// The denomination's minor units, if the product exists and offers it; else `400`.
 async fn bucket(pool: &PgPool, product_id: &str, denomination: &str) -> Result<i64, AppError> {
-    let currency: Option<String> =
-        sqlx::query_scalar("SELECT currency FROM products WHERE id = $1").bind(product_id).fetch_optional(pool).await?;
-    let currency = currency.ok_or_else(|| ApiError::validation("product_id", format!("no product {product_id:?}")))?;
-    let currency = Currency::parse(&currency).map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
-    let minor = Denomination::parse(denomination)
-        .and_then(|d| d.to_minor(currency.exponent()))
-        .map_err(|e| ApiError::validation("denomination", e.to_string()))?;
-    let offered: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM product_denominations WHERE product_id = $1 AND denomination_minor = $2)",
-    )
-    .bind(product_id)
-    .bind(minor)
-    .fetch_one(pool)
-    .await?;
-    if !offered {
-        let reason = format!("{denomination} is not offered for product {product_id}");
-        return Err(ApiError::validation("denomination", reason).into());
-    }
-    Ok(minor)
+    let mut conn = pool.acquire().await?;
+    super::cards::resolve_bucket(&mut conn, product_id, denomination).await.map_err(|e| e.as_field(product_id))
 }
 
 /// The import's row, committed at once so its progress can be read.

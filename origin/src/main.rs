@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use allot_origin::cache::InventoryCache;
 use allot_origin::config::{Config, generate_card_key};
 use allot_origin::services::Services;
 use allot_origin::{db, demo, jobs, ops, server, telemetry};
@@ -241,14 +240,6 @@ fn database_url() -> anyhow::Result<String> {
     std::env::var("DATABASE_URL").context("DATABASE_URL is not set: set it to the Postgres primary's URL")
 }
 
-fn cache_from(cfg: &Config) -> anyhow::Result<Option<InventoryCache>> {
-    cfg.valkey_url
-        .as_deref()
-        .map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
-        .transpose()
-        .map_err(Into::into)
-}
-
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Server => run_processes(Roles { server: true, worker: false, cron: false }).await,
@@ -282,7 +273,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
             db::check_schema(&pool).await?;
-            let cache = cache_from(&cfg)?;
+            let cache = cli::cache(&cfg)?;
             let seeded = demo::seed(&pool, cache.as_ref(), &cfg, cards_per_denomination).await?;
             println!("demo client: {}", demo::DEMO_CLIENT_ID);
             println!("demo cards added: {}", seeded.cards_added);
@@ -320,7 +311,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Inventory { action } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
-            let cache = cache_from(&cfg)?;
+            let cache = cli::cache(&cfg)?;
             match action {
                 InventoryAction::RebuildCache => {
                     let cache = cache.context("VALKEY_URL is `none`: there is no cache to rebuild")?;

@@ -1,6 +1,5 @@
 //! `allot void …` and `allot allocation …`.
 
-use allot_origin::cache::InventoryCache;
 use allot_origin::config::Config;
 use allot_origin::ops::Actor;
 use allot_origin::ops::allocations::{self, AllocationLookup, AllocationPage};
@@ -37,11 +36,7 @@ pub struct VoidArgs {
 pub async fn void(args: VoidArgs) -> anyhow::Result<()> {
     let cfg = Config::from_env()?;
     let pool = admin_pool().await?;
-    let cache = cfg
-        .valkey_url
-        .as_deref()
-        .map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
-        .transpose()?;
+    let cache = super::cache(&cfg)?;
     let selector = VoidSelector::from_fields(args.cards, args.import, args.product, args.denomination.as_deref())
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let req = VoidRequest { selector, reason: args.reason, include_allocated: args.include_allocated };

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use allot_origin::cache::InventoryCache;
 use allot_origin::config::Config;
 use allot_origin::ops::Actor;
 use allot_origin::ops::imports::{self, Import, ImportContext, ImportTarget};
@@ -87,11 +86,7 @@ async fn list(limit: Option<u32>, cursor: Option<&str>) -> anyhow::Result<()> {
 async fn import_file(product_id: String, denomination: String, path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::from_env()?;
     let pool = admin_pool().await?;
-    let cache = cfg
-        .valkey_url
-        .as_deref()
-        .map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
-        .transpose()?;
+    let cache = super::cache(&cfg)?;
     let body = imports::file_chunks(&path).await.map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     let id = Uuid::now_v7();
     println!("import {id}: {} into {product_id} {denomination}", path.display());

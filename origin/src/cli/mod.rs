@@ -18,6 +18,15 @@ pub async fn admin_pool() -> anyhow::Result<PgPool> {
     allot_origin::db::connect_admin(&url).await
 }
 
+/// The inventory cache the configuration names (`None` when `VALKEY_URL` is `none`).
+pub fn cache(cfg: &allot_origin::config::Config) -> anyhow::Result<Option<allot_origin::cache::InventoryCache>> {
+    cfg.valkey_url
+        .as_deref()
+        .map(|u| allot_origin::cache::InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
+        .transpose()
+        .map_err(Into::into)
+}
+
 /// A service error as a person at the terminal should read it: the caller-facing message, or
 /// the whole cause for an internal failure.
 pub fn fail(e: AppError) -> anyhow::Error {

@@ -1,6 +1,5 @@
 //! `allot stock` and `allot stock threshold`.
 
-use allot_origin::cache::InventoryCache;
 use allot_origin::config::Config;
 use allot_origin::ops::Actor;
 use allot_origin::ops::stock::{self, BucketStock, StockFilter, StockState};
@@ -82,11 +81,7 @@ pub async fn run(args: StockArgs) -> anyhow::Result<()> {
     let pool = allot_origin::db::connect_admin(&cfg.database_url).await?;
     match args.action {
         None => {
-            let cache = cfg
-                .valkey_url
-                .as_deref()
-                .map(|u| InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
-                .transpose()?;
+            let cache = super::cache(&cfg)?;
             let state = args
                 .state
                 .as_deref()

@@ -126,18 +126,27 @@ impl ApiKey {
     ///
     /// Secrets are 190 bits of randomness, so a fast hash is safe here (no dictionary to attack).
     pub fn secret_digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"allot-api-key-v1:");
-        h.update(self.secret.as_bytes());
-        h.finalize().into()
+        domain_digest(b"allot-api-key-v1:", &self.secret)
     }
 
     /// The full key string, to hand to its owner once.
     pub fn expose(&self) -> String {
-        let body = self.body();
-        let sum = checksum(&body);
-        format!("{body}{sum}")
+        with_checksum(self.body())
     }
+}
+
+/// SHA-256 of a secret under a domain label (so a key's and a token's digests never collide).
+pub(crate) fn domain_digest(domain: &[u8], secret: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(domain);
+    h.update(secret.as_bytes());
+    h.finalize().into()
+}
+
+/// A credential's body followed by its checksum: the string handed out once.
+pub(crate) fn with_checksum(body: String) -> String {
+    let sum = checksum(&body);
+    body + &sum
 }
 
 /// Turn random bytes into a base62 string of `len` characters (for key ids and secrets).

@@ -4,9 +4,7 @@
 //! before them, so typos are refused without a lookup. The prefix differs from an API key's, so
 //! neither can be mistaken for the other. The origin stores only [`OperatorToken::secret_digest`].
 
-use sha2::{Digest, Sha256};
-
-use crate::api_key::{CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, checksum, is_base62};
+use crate::api_key::{CHECKSUM_LEN, KEY_ID_LEN, SECRET_LEN, checksum, domain_digest, is_base62, with_checksum};
 
 /// The fixed prefix of every operator token.
 pub const PREFIX: &str = "allotop";
@@ -80,17 +78,12 @@ impl OperatorToken {
 
     /// The SHA-256 digest of the secret, which is all the origin stores.
     pub fn secret_digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"allot-operator-token-v1:");
-        h.update(self.secret.as_bytes());
-        h.finalize().into()
+        domain_digest(b"allot-operator-token-v1:", &self.secret)
     }
 
     /// The full token string, to hand to its operator once.
     pub fn expose(&self) -> String {
-        let body = self.body();
-        let sum = checksum(&body);
-        format!("{body}{sum}")
+        with_checksum(self.body())
     }
 }
 

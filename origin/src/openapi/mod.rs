@@ -4,10 +4,12 @@
 //! `GET /openapi.json`, and `docs/openapi.json` is a committed copy a test keeps current.
 //!
 //! - [`build`]: the operation builder and its helpers
+//! - [`check`]: a small JSON Schema check the tests hold examples and answers to
 //! - [`public`]: `/v1/…`, `/livez`, `/readyz` (tags `allocations`, `catalogue`, `health`)
 //! - [`ops`]: `/ops/v1/…` (tag `operators`), one entry per row of `http::ops::ROUTES`
 
 pub mod build;
+pub mod check;
 pub mod ops;
 pub mod public;
 #[cfg(test)]
@@ -25,6 +27,8 @@ use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, ServerBuilder};
 
 use build::{NamedSchema, Op, error_response};
+
+use crate::ops::operators::Role;
 
 /// The public API's security scheme: `Authorization: Bearer <API key>`.
 pub const API_KEY_SCHEME: &str = "api_key";
@@ -160,7 +164,7 @@ pub fn document() -> OpenApi {
         assert!(paths.get_path_operation(path, method.clone()).is_none(), "an operation on {path} is described twice");
         paths.add_path_operation(path, vec![method], operation);
     }
-    let mut shared = vec![(ops::RoleName::name().into_owned(), <ops::RoleName as utoipa::PartialSchema>::schema())];
+    let mut shared = vec![(Role::name().into_owned(), <Role as utoipa::PartialSchema>::schema())];
     let responses = shared_responses(&mut shared);
     register(shared, &mut schemas);
     let components = ComponentsBuilder::new()

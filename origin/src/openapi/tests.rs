@@ -180,3 +180,29 @@ fn the_committed_document_is_current() {
          cargo run -p allot-origin --bin allot -- openapi > docs/openapi.json\nand commit it"
     );
 }
+
+#[test]
+fn every_example_matches_its_schema() {
+    let doc = doc();
+    let mut checked = 0;
+    let mut out = Vec::new();
+    for (method, path, op) in documented(&doc) {
+        let mut contents = vec![("request".to_owned(), &op["requestBody"]["content"]["application/json"])];
+        for (status, response) in op["responses"].as_object().unwrap() {
+            contents.push((status.clone(), &response["content"]["application/json"]));
+        }
+        for (place, content) in contents {
+            let at = format!("{method} {path} {place}");
+            if let Some(example) = content.get("example") {
+                check::violations(&doc, &content["schema"], example, &at, &mut out);
+                checked += 1;
+            }
+            for (name, example) in content["examples"].as_object().into_iter().flatten() {
+                check::violations(&doc, &content["schema"], &example["value"], &format!("{at} {name}"), &mut out);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} examples found");
+    assert!(out.is_empty(), "examples that do not match their schemas: {out:#?}");
+}

@@ -100,7 +100,10 @@ pub fn mask_code(code: &str) -> String {
 }
 
 /// The client an allocation belongs to.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = AllocationClient)]
 pub struct ClientRef {
     /// Client id.
     pub id: Uuid,
@@ -109,50 +112,63 @@ pub struct ClientRef {
 }
 
 /// One card of an allocation, as operators see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = AllocationCard)]
 pub struct CardView {
     /// Card id.
     pub card_id: i64,
-    /// Its place in the allocation.
+    /// Its place in the allocation, from 0.
     pub position: i16,
-    /// The code: masked (`••••••1234`), or in clear when revealed.
+    /// The code: masked (six bullets and at most its last 4 characters, at most half of a short
+    /// one), in clear only from `reveal`.
     pub code: String,
-    /// The PIN: only when revealed.
+    /// The PIN: only from `reveal`, and only for a card that has one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub pin: Option<String>,
-    /// `allocated` or `void`.
+    /// `allocated`, or `void` after a void.
+    #[schema(value_type = crate::openapi::ops::cards::AllocatedCardStatus)]
     pub status: String,
-    /// Expiry (RFC 3339).
+    /// When the card expires; absent when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     pub expires_at: Option<String>,
-    /// When it was voided (RFC 3339).
+    /// When it was voided; absent unless void.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     pub voided_at: Option<String>,
-    /// Why.
+    /// Why it was voided; absent unless void.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub void_reason: Option<String>,
 }
 
 /// An allocation as operators see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct AllocationView {
     /// Allocation id.
     pub id: Uuid,
     /// Its client.
     pub client: ClientRef,
-    /// Product.
+    /// Product id.
     pub product_id: String,
-    /// Face value ("25.00").
+    /// The face value, as on the wire (`"25.00"`).
     pub denomination: String,
-    /// Currency.
+    /// The product's currency.
     pub currency: Currency,
     /// Cards.
     pub quantity: i32,
-    /// The caller's reference.
+    /// The client's reference; null when none was sent.
+    #[schema(required = true)]
     pub client_reference: Option<String>,
-    /// The Idempotency-Key it was made with.
+    /// The `Idempotency-Key` it was made with.
     pub idempotency_key: String,
-    /// Committed (RFC 3339).
+    /// Committed.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// The cards, in their positions.
     pub cards: Vec<CardView>,

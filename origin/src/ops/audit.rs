@@ -61,23 +61,26 @@ pub async fn record(
     Ok(())
 }
 
-/// One audit row, as listed.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+/// One audit row.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct AuditEntry {
-    /// Row id (the listing's order, newest first).
+    /// Row id; the listing is newest first by id.
     pub id: i64,
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: time::OffsetDateTime,
     /// Who: an operator id, or `cli:<os user>`.
     pub actor: String,
-    /// What, as `<noun>.<verb>`.
+    /// What, as `<noun>.<verb>` (`operator.create`).
     pub action: String,
-    /// To what.
+    /// To what (an id).
     pub target: String,
-    /// A summary of the change.
+    /// A summary of the change (never a secret).
     pub change: Value,
-    /// The request it came with.
+    /// The request it came with; null from the CLI.
+    #[schema(required = true)]
     pub request_id: Option<String>,
 }
 

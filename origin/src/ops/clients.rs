@@ -137,61 +137,77 @@ pub async fn revoke_key(pool: &PgPool, actor: &Actor, key_id: &str) -> Result<()
     Ok(())
 }
 
-/// A client as listed: its fields and a summary of its keys.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A client as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = ClientEntry)]
 pub struct ClientSummary {
     /// Client id.
     pub id: Uuid,
     /// Display name.
     pub name: String,
-    /// Home region.
+    /// Home region (the origin that created it).
     pub region: String,
     /// Plan.
     pub plan: String,
-    /// `active` or `suspended`.
+    /// Whether its keys work.
+    #[schema(value_type = crate::openapi::ops::clients::ClientStatus)]
     pub status: String,
-    /// Its own requests-per-minute limit (`null`: the configured default).
+    /// Its own requests-per-minute limit; null for the configured default.
+    #[schema(required = true, minimum = 1)]
     pub rate_limit_per_minute: Option<i32>,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// Keys that authenticate now (live or expiring).
     pub usable_keys: i64,
-    /// The latest use of any of its keys (written at most once a minute per key).
+    /// The latest use of any of its keys (written at most about a minute late); null if never.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub last_used_at: Option<OffsetDateTime>,
 }
 
-/// One API key as operators see it (never its secret).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One API key as operators see it: never its secret.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = KeyEntry)]
 pub struct KeyRecord {
-    /// The key's public id.
+    /// The key's public id (the part after `allot_<region>_`).
     pub key_id: String,
-    /// Its label.
+    /// Its label; null when none.
+    #[schema(required = true)]
     pub label: Option<String>,
     /// Issued.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    /// Last authenticated request (written at most once a minute per key and instance).
+    /// Last authenticated request (written at most about a minute late); null if never.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub last_used_at: Option<OffsetDateTime>,
-    /// When it stops working (set by a rotation).
+    /// When it stops working (set by a rotation); null when it does not.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub expires_at: Option<OffsetDateTime>,
-    /// Revoked, if so.
+    /// When it was revoked; null while not.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub revoked_at: Option<OffsetDateTime>,
-    /// `live`, `expiring` (works until `expires_at`), `expired` or `revoked`.
+    /// Its state now.
+    #[schema(value_type = crate::openapi::ops::clients::KeyState)]
     pub state: String,
 }
 
-/// A client with every one of its keys, newest first.
+/// A client with every one of its keys, newest first. Its schema is [`ClientSummary`]'s with
+/// `keys` added (see `openapi::ops::clients`): a derived one would be an `allOf`, which cannot
+/// say that no other field comes.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientDetail {
     /// The client.
     #[serde(flatten)]
     pub client: ClientSummary,
-    /// Its keys.
+    /// Its keys, newest first.
     pub keys: Vec<KeyRecord>,
 }
 

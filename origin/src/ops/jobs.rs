@@ -21,48 +21,60 @@ pub const MAX_INTERVAL_SECS: i64 = 7 * 86_400;
 pub const RECENT_RUNS: i64 = 5;
 
 /// One run of a job.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct JobRun {
-    /// Run id (the runs listing's order, newest first).
+    /// Run id; the runs listing is newest first by id.
     pub id: i64,
     /// The process that ran it (`host:pid`).
     pub instance: String,
-    /// The tick it ran for; `None` for a run started by hand.
+    /// The tick it ran for; null for a run by hand.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub slot: Option<OffsetDateTime>,
     /// Started.
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
-    /// Finished; `None` while running.
+    /// Finished; null while running.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub finished_at: Option<OffsetDateTime>,
-    /// running, succeeded, failed or skipped.
+    /// How it ended.
+    #[schema(value_type = crate::openapi::ops::RunOutcome)]
     pub outcome: String,
-    /// What the run reported.
+    /// What the run reported (per job: `deleted`, `transitions`, `duration_ms`, …).
     pub counts: serde_json::Value,
-    /// Why it failed or was skipped.
+    /// Why it failed or was skipped; null otherwise.
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
-/// One registered job, its schedule and its latest runs.
-#[derive(Debug, Clone, Serialize)]
+/// One registered job: its schedule, pause and latest runs.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = JobEntry)]
 pub struct JobStatus {
     /// The job's name.
     pub name: String,
     /// The interval in code, in seconds.
     pub default_interval_secs: u64,
-    /// The interval set by an operator, if any.
+    /// The interval an operator set, in seconds; null when none.
+    #[schema(required = true)]
     pub override_interval_secs: Option<i64>,
-    /// The interval the scheduler uses.
+    /// The interval the scheduler uses, in seconds.
     pub interval_secs: u64,
     /// False while paused.
     pub enabled: bool,
-    /// When the override row last changed.
+    /// When an operator last changed the job; null if never.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub updated_at: Option<OffsetDateTime>,
-    /// Who changed it last (an operator id, or `cli:<user>`).
+    /// Who changed it last (an operator id, or `cli:<os user>`); null if never.
+    #[schema(required = true)]
     pub updated_by: Option<String>,
-    /// The latest runs, newest first.
+    /// The latest runs (at most 5), newest first.
     pub last_runs: Vec<JobRun>,
 }
 
@@ -248,10 +260,12 @@ pub async fn run_in_background(
     Ok(run_id)
 }
 
-/// One divergence the reconciler found.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One divergence the reconciler found between Postgres and the cache.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct Divergence {
-    /// Row id (the listing's order, newest first).
+    /// Row id; the listing is newest first by id.
     pub id: i64,
     /// When it was found.
     #[serde(with = "time::serde::rfc3339")]
@@ -262,9 +276,10 @@ pub struct Divergence {
     pub denomination_minor: i64,
     /// Active cards in Postgres.
     pub postgres_active: i64,
-    /// Members in the cache; `None` when the set was missing.
+    /// Members in the cache; null when the set was missing.
+    #[schema(required = true)]
     pub cache_active: Option<i64>,
-    /// Whether the rebuild succeeded.
+    /// Whether the product's rebuild succeeded.
     pub healed: bool,
 }
 

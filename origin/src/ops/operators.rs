@@ -14,8 +14,11 @@ use super::audit::{self, Actor};
 use crate::error::AppError;
 
 /// What an operator may do; each role may do everything the one before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(
+    description = "viewer reads; operator also imports, voids and runs jobs; admin also manages clients, keys and operators"
+)]
 pub enum Role {
     /// Reads everything except card codes.
     Viewer,
@@ -64,15 +67,19 @@ pub struct Operator {
 }
 
 /// An operator as listed (never the token).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = OperatorEntry)]
 pub struct OperatorRecord {
     /// Operator id.
     pub id: Uuid,
     /// Display name.
     pub name: String,
-    /// Role name.
+    /// Role.
+    #[schema(value_type = Role)]
     pub role: String,
-    /// The public part of the token.
+    /// The public part of the token (`allotop_<token id>_…`).
     pub token_id: String,
     /// Created.
     #[serde(with = "time::serde::rfc3339")]
@@ -80,11 +87,13 @@ pub struct OperatorRecord {
     /// When the token stops working.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
-    /// Revoked, if so.
+    /// When the token was revoked; null while live.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub revoked_at: Option<OffsetDateTime>,
-    /// Last authenticated request (written at most once a minute).
+    /// Last authenticated request (written at most once a minute); null if never used.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub last_used_at: Option<OffsetDateTime>,
 }
 

@@ -13,8 +13,8 @@ use crate::error::AppError;
 /// The largest low-stock threshold a bucket may have.
 pub const MAX_THRESHOLD: i64 = 100_000_000;
 
-/// A bucket's stock state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A bucket's stock state: `out` (no active card), `low` (at or below its threshold), `ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StockState {
     /// More active cards than the threshold.
@@ -78,8 +78,8 @@ impl StockState {
     }
 }
 
-/// Where a bucket's threshold comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where a bucket's low-stock threshold comes from: its own, or `ALLOT_STOCK_LOW_THRESHOLD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ThresholdSource {
     /// The bucket's own `low_stock_threshold`.
@@ -88,8 +88,11 @@ pub enum ThresholdSource {
     Default,
 }
 
-/// One bucket's stock, as listed.
-#[derive(Debug, Clone, Serialize)]
+/// One bucket's stock (a product at one denomination), as listed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = StockBucket)]
 pub struct BucketStock {
     /// Product id.
     pub product_id: String,
@@ -101,23 +104,28 @@ pub struct BucketStock {
     pub denomination_minor: i64,
     /// Active cards in Postgres (the truth).
     pub active: i64,
-    /// Members of the bucket in the cache; `None` when the set is missing or Valkey did not answer.
+    /// Members of the bucket in the cache; null when the product's set is missing or Valkey did
+    /// not answer.
+    #[schema(required = true)]
     pub cached: Option<i64>,
     /// Cards allocated in the last hour.
     pub allocated_1h: i64,
     /// Cards allocated in the last 24 hours.
     pub allocated_24h: i64,
-    /// Cards allocated per hour, averaged over 24 hours.
+    /// Cards allocated per hour, averaged over 24 hours (`allocated_24h / 24`).
     pub rate_per_hour: f64,
-    /// Days until the active cards run out at that rate; `None` when nothing was allocated.
+    /// Days until the active cards run out at the last day's rate; null when nothing was
+    /// allocated in 24 hours.
+    #[schema(required = true)]
     pub days_of_cover: Option<f64>,
-    /// The low-stock threshold in effect.
+    /// The low-stock threshold in effect, in cards.
     pub low_stock_threshold: i64,
     /// Whether the threshold is the bucket's own or the default.
     pub threshold_source: ThresholdSource,
     /// The state now, from `active` and the threshold.
     pub state: StockState,
-    /// The state last published by `stock-watch`.
+    /// The state `stock-watch` last published (catches up within one tick).
+    #[schema(value_type = StockState)]
     pub published_state: String,
     /// Since when the published state holds.
     #[serde(with = "time::serde::rfc3339")]

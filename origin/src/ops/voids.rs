@@ -103,21 +103,24 @@ pub struct VoidRequest {
     pub include_allocated: bool,
 }
 
-/// What a void did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// `200` of `POST /ops/v1/voids`: what the void did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct VoidOutcome {
     /// Cards the selector matched.
     pub matched: i64,
     /// Cards voided now.
     pub voided: i64,
-    /// Of those, cards that were allocated (their allocations show them as voided).
+    /// Of those, cards that were allocated (their allocations show them voided).
     pub voided_allocated: i64,
     /// Cards that were void already (counted, not an error).
     pub already_void: i64,
     /// Allocated cards left alone (an import or bucket without `include_allocated`).
     pub skipped_allocated: i64,
-    /// The ids voided now, when at most 100.
+    /// The ids voided now; present only when at most 100.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub card_ids: Option<Vec<i64>>,
 }
 

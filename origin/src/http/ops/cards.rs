@@ -15,17 +15,28 @@ use crate::http::AppState;
 use crate::ops::allocations::{self, AllocationLookup, AllocationPage};
 use crate::ops::voids::{self, VoidRequest, VoidSelector};
 
-/// A void: exactly one selector, a reason, and whether an import or bucket includes
-/// allocated cards.
-#[derive(Deserialize)]
+/// `POST /ops/v1/voids`: exactly one selector (`card_ids`, `import_id`, or `product_id` with
+/// `denomination`), a reason, and whether an import or bucket includes allocated cards.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoidBody {
+    /// 1-10,000 card ids (a repeat counts once), voided whatever their status.
+    #[schema(min_items = 1, max_items = 10_000)]
     card_ids: Option<Vec<i64>>,
+    /// The cards of one import.
     import_id: Option<Uuid>,
+    /// With `denomination`: the cards of one bucket.
     product_id: Option<String>,
+    /// With `product_id`: a denomination the product offers (`25` and `25.00` are the same).
     denomination: Option<String>,
+    /// Why, 1-500 characters: stored on each card and in each `card.voided` event.
+    // Optional here only so that its absence gets its own message; the document says required.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 500)]
     reason: Option<String>,
+    /// For `import_id` and the bucket only: also void allocated cards (left alone and counted in
+    /// `skipped_allocated` when false).
     #[serde(default)]
+    #[schema(default = false)]
     include_allocated: bool,
 }
 
@@ -45,15 +56,26 @@ pub async fn void(
     Ok(Json(outcome).into_response())
 }
 
-/// The allocation lookup: exactly one selector, and a page.
-#[derive(Deserialize)]
+/// `GET /ops/v1/allocations`'s query: exactly one of `id`, `client_id`, `client_reference`,
+/// `card_id`; a page for `client_id` and `client_reference`. Unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AllocationQuery {
+    /// One allocation.
+    #[param(format = Uuid)]
     id: Option<String>,
+    /// A client's allocations, newest first.
+    #[param(format = Uuid)]
     client_id: Option<String>,
+    /// Allocations with this client reference (1-255 bytes), newest first.
     client_reference: Option<String>,
+    /// The allocation holding this card (none when it is not allocated).
     card_id: Option<i64>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Allocations per page, 1-100 (20 when absent; each holds up to 1000 cards).
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<u32>,
 }
 

@@ -17,12 +17,18 @@ use crate::ops::clients::{self, ClientFilter, RotationEnd};
 use crate::ops::page::DEFAULT_LIMIT;
 use allot_shared::ApiError;
 
-/// The client listing's query.
-#[derive(Deserialize)]
+/// `GET /ops/v1/clients`'s query; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ClientQuery {
+    /// Only clients in this status.
+    #[param(value_type = Option<crate::openapi::ops::clients::ClientStatus>, inline)]
     status: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page, 1-100 (50 when absent).
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<u32>,
 }
 
@@ -40,10 +46,12 @@ pub async fn show(State(st): State<AppState>, Path(id): Path<String>) -> Result<
     Ok(Json(clients::show_client(&st.db.primary, id).await?).into_response())
 }
 
-/// A new client.
-#[derive(Deserialize)]
+/// `POST /ops/v1/clients`: a new client.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClient {
+    /// Display name, 1-200 characters (trimmed).
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
@@ -85,10 +93,14 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// A client's own rate limit: a number, or `null` for the configured default.
-#[derive(Deserialize)]
+/// `PUT /ops/v1/clients/{id}/rate-limit`: the new limit.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RateLimitChange)]
 pub struct RateLimitBody {
+    /// Requests per minute, at least 1; null for the configured default
+    /// (`ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE`). The field is required.
+    #[schema(value_type = Option<u32>, required = true, minimum = 1, maximum = 2_147_483_647)]
     #[serde(default, deserialize_with = "present")]
     per_minute: Option<Option<u32>>,
 }
@@ -108,10 +120,12 @@ pub async fn rate_limit(
     Ok(Json(serde_json::json!({ "id": id, "rate_limit_per_minute": per_minute })).into_response())
 }
 
-/// A new key's label.
-#[derive(Deserialize)]
+/// `POST /ops/v1/clients/{id}/keys`: the new key's label (`{}` for none).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// At most 200 characters.
+    #[schema(max_length = 200)]
     label: Option<String>,
 }
 
@@ -138,11 +152,15 @@ pub async fn revoke_key(
     Ok(Json(serde_json::json!({ "key_id": key_id, "revoked": true })).into_response())
 }
 
-/// When the old key stops: exactly one of the two.
-#[derive(Deserialize)]
+/// `POST /ops/v1/keys/{key_id}/rotate`: when the old key stops, exactly one of the two.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = KeyRotation)]
 pub struct RotateBody {
+    /// Seconds from now, 0 to 2,592,000 (30 days).
+    #[schema(minimum = 0, maximum = 2_592_000)]
     overlap_secs: Option<u64>,
+    /// A time from now to 30 days ahead (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
     until: Option<OffsetDateTime>,
 }

@@ -12,12 +12,18 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::ops::imports::{self, ImportContext, ImportTarget};
 
-/// Where an upload goes.
-#[derive(Deserialize)]
+/// `POST /ops/v1/imports`'s query: where the cards go; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ImportQuery {
+    /// The product.
     product_id: String,
+    /// A denomination the product offers, as on the wire (`25.00`; `25` is the same).
     denomination: String,
+    /// The id to give the import (pick one to poll `GET /ops/v1/imports/{id}` during the
+    /// upload); a new one when absent. An id already used is refused.
+    #[param(format = Uuid)]
     id: Option<String>,
 }
 
@@ -50,11 +56,15 @@ pub async fn get_one(State(st): State<AppState>, Path(id): Path<String>) -> Resu
     Ok(Json(imports::get(&st.db.primary, id).await?).into_response())
 }
 
-/// A page of the listing.
-#[derive(Deserialize)]
+/// A page of the listing: cursor and limit only; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page, 1-100 (50 when absent).
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<u32>,
 }
 

@@ -43,11 +43,15 @@ pub async fn list(State(st): State<AppState>) -> Result<Response, AppError> {
     Ok(listing(job_ops::list(&st.db.primary, &registry(&st)).await?, None))
 }
 
-/// A page of a listing: cursor and limit only.
-#[derive(Deserialize)]
+/// A page of a listing: cursor and limit only; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page, 1-100 (50 when absent).
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<u32>,
 }
 
@@ -92,10 +96,13 @@ pub async fn resume(
     one(&st, &name).await
 }
 
-/// A new interval: seconds, or null for the interval in code.
-#[derive(Deserialize)]
+/// `PUT /ops/v1/jobs/{name}/schedule`: the new interval.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = JobSchedule)]
 pub struct ScheduleBody {
+    /// Seconds, 5-604,800 (7 days); null for the interval in code. The field is required.
+    #[schema(required = true, minimum = 5, maximum = 604_800)]
     #[serde(deserialize_with = "nullable")]
     interval_secs: Option<i64>,
 }
@@ -124,12 +131,17 @@ pub async fn run(
     Ok((StatusCode::ACCEPTED, [(axum::http::header::LOCATION, runs)], Json(doc)).into_response())
 }
 
-/// The divergences query: a product and a page.
-#[derive(Deserialize)]
+/// `GET /ops/v1/divergences`'s query; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DivergenceQuery {
+    /// Exactly this product.
     product_id: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page, 1-100 (50 when absent).
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<u32>,
 }
 

@@ -25,12 +25,18 @@ pub async fn list(State(st): State<AppState>) -> Result<Response, AppError> {
     Ok(listing(operators::list(&st.db.primary).await?, None))
 }
 
-/// A new operator.
-#[derive(Deserialize)]
+/// `POST /ops/v1/operators`: a new operator.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
+    /// Display name, 1-200 characters (trimmed).
+    #[schema(min_length = 1, max_length = 200, example = "Ana (on call)")]
     name: String,
+    /// Role.
+    #[schema(value_type = Role)]
     role: String,
+    /// Days until the token expires: 1-366, 90 when absent.
+    #[schema(minimum = 1, maximum = 366, default = 90)]
     valid_days: Option<u32>,
 }
 
@@ -58,18 +64,27 @@ pub async fn revoke(
     Ok(Json(serde_json::json!({ "id": id, "revoked": true })).into_response())
 }
 
-/// The audit query: filters and a page.
-#[derive(Deserialize)]
+/// `GET /ops/v1/audit`'s query: every filter narrows; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Exactly this actor: an operator id, or `cli:<os user>`.
     actor: Option<String>,
+    /// This action, or every action under a prefix ending in `.` (`operator.`).
     action: Option<String>,
+    /// Exactly this target.
     target: Option<String>,
+    /// At or after (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
     since: Option<time::OffsetDateTime>,
+    /// Before (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
     until: Option<time::OffsetDateTime>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page, 1-100 (50 when absent).
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<u32>,
 }
 

@@ -11,11 +11,15 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::ops::stock::{self, StockFilter, StockState};
 
-/// The stock query's filters.
-#[derive(Deserialize)]
+/// `GET /ops/v1/stock`'s query: every filter narrows; unknown parameters are refused.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StockQuery {
+    /// Exactly this product.
     product_id: Option<String>,
+    /// Only buckets in this state now.
+    #[param(value_type = Option<StockState>, inline)]
     state: Option<String>,
 }
 
@@ -27,10 +31,14 @@ pub async fn list(State(st): State<AppState>, QueryOf(q): QueryOf<StockQuery>) -
     Ok(listing(rows, None))
 }
 
-/// A new threshold: a number of cards, or null for the default.
-#[derive(Deserialize)]
+/// `PUT /ops/v1/stock/{product_id}/{denomination}/threshold`: the new threshold.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ThresholdChange)]
 pub struct ThresholdBody {
+    /// Cards, 0-100,000,000 (0: never `low`, only `ok` or `out`); null for the default. The field
+    /// is required.
+    #[schema(required = true, minimum = 0, maximum = 100_000_000)]
     #[serde(deserialize_with = "nullable")]
     low_stock_threshold: Option<i64>,
 }

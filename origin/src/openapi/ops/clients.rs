@@ -5,18 +5,20 @@ use allot_shared::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::macros::datetime;
-use utoipa::openapi::HttpMethod;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::openapi::schema::{ArrayBuilder, Schema};
+use utoipa::openapi::{HttpMethod, Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::{bad_body, bad_input, op, unknown_parameter};
 use crate::http::ops::clients as handler;
 use crate::openapi::build::{Op, formatted_string, string};
-use crate::ops::clients::MAX_ROTATION_OVERLAP;
+use crate::ops::clients::{ClientDetail, ClientSummary, KeyRecord, MAX_ROTATION_OVERLAP};
 use crate::ops::operators::Role;
 use crate::ops::page::MAX_LIMIT;
 
 /// Whether a client's keys work: `suspended` keys get `403` on the public API.
+// Hand-written: `clients.status` is text; no Rust enum holds these values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientStatus {
@@ -28,6 +30,7 @@ pub enum ClientStatus {
 
 /// A key's state: `live` (no expiry), `expiring` (works until `expires_at`), `expired`,
 /// `revoked`.
+// Hand-written: the key listing computes the state as text in SQL; no Rust enum holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
@@ -41,112 +44,37 @@ pub enum KeyState {
     Revoked,
 }
 
-/// A client as listed.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClientEntry {
-    /// Client id.
-    pub id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Home region (the origin that created it).
-    pub region: String,
-    /// Plan.
-    pub plan: String,
-    /// Whether its keys work.
-    pub status: ClientStatus,
-    /// Its own requests-per-minute limit; null for the configured default.
-    #[schema(required = true, minimum = 1)]
-    pub rate_limit_per_minute: Option<i32>,
-    /// Created.
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// Keys that authenticate now (live or expiring).
-    pub usable_keys: i64,
-    /// The latest use of any of its keys (written at most about a minute late); null if never.
-    #[schema(format = DateTime, required = true)]
-    pub last_used_at: Option<String>,
+/// `ClientDetail`'s schema: [`ClientSummary`]'s, with `keys` added. The derive would make it an
+/// `allOf` (the type flattens the summary), which cannot forbid other fields.
+impl PartialSchema for ClientDetail {
+    fn schema() -> RefOr<Schema> {
+        let RefOr::T(Schema::Object(mut object)) = ClientSummary::schema() else {
+            unreachable!("a struct's derived schema is an object")
+        };
+        object.description = Some("A client with every one of its keys, newest first.".to_owned());
+        let keys = ArrayBuilder::new()
+            .items(RefOr::Ref(Ref::from_schema_name(KeyRecord::name())))
+            .description(Some("Its keys, newest first."));
+        object.properties.insert("keys".to_owned(), keys.into());
+        object.required.push("keys".to_owned());
+        object.into()
+    }
 }
 
-/// One API key as operators see it: never its secret.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KeyEntry {
-    /// The key's public id (the part after `allot_<region>_`).
-    pub key_id: String,
-    /// Its label; null when none.
-    #[schema(required = true)]
-    pub label: Option<String>,
-    /// Issued.
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// Last authenticated request (written at most about a minute late); null if never.
-    #[schema(format = DateTime, required = true)]
-    pub last_used_at: Option<String>,
-    /// When it stops working (set by a rotation); null when it does not.
-    #[schema(format = DateTime, required = true)]
-    pub expires_at: Option<String>,
-    /// When it was revoked; null while not.
-    #[schema(format = DateTime, required = true)]
-    pub revoked_at: Option<String>,
-    /// Its state now.
-    pub state: KeyState,
-}
+impl ToSchema for ClientDetail {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ClientDetail".into()
+    }
 
-/// A client with every one of its keys, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClientDetail {
-    /// Client id.
-    pub id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Home region (the origin that created it).
-    pub region: String,
-    /// Plan.
-    pub plan: String,
-    /// Whether its keys work.
-    pub status: ClientStatus,
-    /// Its own requests-per-minute limit; null for the configured default.
-    #[schema(required = true, minimum = 1)]
-    pub rate_limit_per_minute: Option<i32>,
-    /// Created.
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// Keys that authenticate now (live or expiring).
-    pub usable_keys: i64,
-    /// The latest use of any of its keys (written at most about a minute late); null if never.
-    #[schema(format = DateTime, required = true)]
-    pub last_used_at: Option<String>,
-    /// Its keys, newest first.
-    pub keys: Vec<KeyEntry>,
-}
-
-/// `GET /ops/v1/clients`'s query; unknown parameters are refused.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ClientQuery {
-    /// Only clients in this status.
-    #[param(inline)]
-    pub status: Option<ClientStatus>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Rows per page, 1-100 (50 when absent).
-    #[param(minimum = 1, maximum = 100, default = 50)]
-    pub limit: Option<u32>,
-}
-
-/// `POST /ops/v1/clients`: a new client.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewClient {
-    /// Display name, 1-200 characters (trimmed).
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: String,
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        ClientSummary::schemas(schemas);
+        schemas.push((KeyRecord::name().into_owned(), KeyRecord::schema()));
+        KeyRecord::schemas(schemas);
+    }
 }
 
 /// `POST /ops/v1/clients/{id}/suspend` and `/resume`: the status now, and whether it changed.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientStatusChange {
@@ -158,18 +86,8 @@ pub struct ClientStatusChange {
     pub changed: bool,
 }
 
-/// `PUT /ops/v1/clients/{id}/rate-limit`: the new limit.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitChange {
-    /// Requests per minute, at least 1; null for the configured default
-    /// (`ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE`). The field is required.
-    #[schema(required = true, minimum = 1, maximum = 2_147_483_647)]
-    #[serde(deserialize_with = "crate::http::ops::jobs::nullable")]
-    pub per_minute: Option<u32>,
-}
-
 /// `200` of `PUT /ops/v1/clients/{id}/rate-limit`.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSet {
@@ -180,16 +98,8 @@ pub struct RateLimitSet {
     pub rate_limit_per_minute: Option<u32>,
 }
 
-/// `POST /ops/v1/clients/{id}/keys`: the new key's label (`{}` for none).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewKey {
-    /// At most 200 characters.
-    #[schema(max_length = 200)]
-    pub label: Option<String>,
-}
-
 /// `201` of `POST /ops/v1/clients/{id}/keys`: the key, shown in this response only.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuedKey {
@@ -206,6 +116,7 @@ pub struct IssuedKey {
 }
 
 /// `POST /ops/v1/keys/{key_id}/revoke`: done.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedKey {
@@ -215,19 +126,8 @@ pub struct RevokedKey {
     pub revoked: bool,
 }
 
-/// `POST /ops/v1/keys/{key_id}/rotate`: when the old key stops, exactly one of the two.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KeyRotation {
-    /// Seconds from now, 0 to 2,592,000 (30 days).
-    #[schema(minimum = 0, maximum = 2_592_000)]
-    pub overlap_secs: Option<u64>,
-    /// A time from now to 30 days ahead (RFC 3339).
-    #[schema(format = DateTime)]
-    pub until: Option<String>,
-}
-
 /// The rotated-out key of a rotation.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OldKey {
@@ -239,6 +139,8 @@ pub struct OldKey {
 }
 
 /// `201` of `POST /ops/v1/keys/{key_id}/rotate`: the new key, shown in this response only.
+// Hand-written: the handler answers with `json!` (built from `ops::clients::Rotated`, which is
+// not serialised).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotatedKey {
@@ -311,8 +213,8 @@ fn too_large(op: Op) -> Op {
 fn list_clients() -> Op {
     let description = "In id order, with cursor pagination. Never a key.";
     let op = op(HttpMethod::Get, "/ops/v1/clients", Role::Viewer, "opsListClients", "Clients", description)
-        .query::<ClientQuery>()
-        .listing_response::<ClientEntry>(
+        .query::<handler::ClientQuery>()
+        .listing_response::<ClientSummary>(
             "A page of clients.",
             json!({ "items": [sample_client()], "next_cursor": null }),
         );
@@ -331,7 +233,7 @@ fn create_client() -> Op {
     let description = "In this origin's region. Answers the client as `GET /ops/v1/clients/{id}` does, with no key \
                        yet. Audited as `client.create`.";
     let op = op(HttpMethod::Post, "/ops/v1/clients", Role::Admin, "opsCreateClient", "Create a client", description)
-        .json_body::<NewClient>("The client.", json!({ "name": "Shop" }))
+        .json_body::<handler::NewClient>("The client.", json!({ "name": "Shop" }))
         .json_response::<ClientDetail>(201, "Created.", new_client_detail(), &[]);
     let op = bad_input(
         op,
@@ -390,7 +292,7 @@ fn set_rate_limit() -> Op {
         description,
     );
     let op = client_id_param(op)
-        .json_body::<RateLimitChange>("The limit, or null for the default.", json!({ "per_minute": 1200 }))
+        .json_body::<handler::RateLimitBody>("The limit, or null for the default.", json!({ "per_minute": 1200 }))
         .json_response::<RateLimitSet>(
             200,
             "The limit now.",
@@ -418,7 +320,7 @@ fn issue_key() -> Op {
     let op =
         op(HttpMethod::Post, "/ops/v1/clients/{id}/keys", Role::Admin, "opsIssueKey", "Issue an API key", description);
     let op = client_id_param(op)
-        .json_body::<NewKey>("The key's label.", json!({ "label": "shop" }))
+        .json_body::<handler::NewKey>("The key's label.", json!({ "label": "shop" }))
         .json_response::<IssuedKey>(
             201,
             "Issued; keep the key now.",
@@ -464,17 +366,17 @@ fn rotate_key() -> Op {
     let op =
         op(HttpMethod::Post, "/ops/v1/keys/{key_id}/rotate", Role::Admin, "opsRotateKey", "Rotate a key", &description);
     let op = key_id_param(op)
-        .json_body::<KeyRotation>("When the old key stops.", json!({ "overlap_secs": 3600 }))
+        .json_body::<handler::RotateBody>("When the old key stops.", json!({ "overlap_secs": 3600 }))
         .json_response::<RotatedKey>(
-        201,
-        "Rotated; keep the new key now.",
-        json!({
-            "client_id": SAMPLE_CLIENT, "key_id": "Ef56GhJk78LmNp90", "label": "shop",
-            "key": "allot_eu_Ef56GhJk78LmNp90_…",
-            "old_key": { "key_id": "Ab12Cd34Ef56Gh78", "expires_at": "2026-11-27T11:30:00Z" }
-        }),
-        &[],
-    );
+            201,
+            "Rotated; keep the new key now.",
+            json!({
+                "client_id": SAMPLE_CLIENT, "key_id": "Ef56GhJk78LmNp90", "label": "shop",
+                "key": "allot_eu_Ef56GhJk78LmNp90_…",
+                "old_key": { "key_id": "Ab12Cd34Ef56Gh78", "expires_at": "2026-11-27T11:30:00Z" }
+            }),
+            &[],
+        );
     // The service names the old expiry in time's own display form, not RFC 3339.
     let rotated_out = datetime!(2026-11-27 11:30:00 UTC);
     let op = bad_input(
@@ -510,16 +412,4 @@ pub fn operations() -> Vec<Op> {
         revoke_key(),
         rotate_key(),
     ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_examples_are_the_documented_shapes() {
-        serde_json::from_value::<ClientEntry>(sample_client()).unwrap();
-        serde_json::from_value::<ClientDetail>(sample_client_detail()).unwrap();
-        serde_json::from_value::<ClientDetail>(new_client_detail()).unwrap();
-    }
 }

@@ -2,8 +2,9 @@
 //! [`operations`]. Every row of `http::ops::ROUTES` needs an entry here with the same least role,
 //! and nothing else under `/ops/v1` may be documented (the `openapi` tests check both).
 //!
-//! To add an operation: write its request and response schemas (a struct deriving `ToSchema`
-//! that serialises exactly as the handler's answer, or `IntoParams` for a query), write a
+//! To add an operation: derive `ToSchema` (a body or an answer) or `IntoParams` (a query) on the
+//! type the handler reads or writes (a hand-written struct here only when the handler answers
+//! with `json!`), write a
 //! function starting from [`op`] (which adds the tag, the operator-token security, the least
 //! role and the `401`/`403` responses), add it to [`operations`], and regenerate
 //! `docs/openapi.json` (`cargo run -p allot-origin --bin allot -- openapi > docs/openapi.json`).
@@ -25,20 +26,23 @@ use allot_shared::{ApiError, Denomination, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::openapi::{HttpMethod, RefOr, Server};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::ToSchema;
+use utoipa::openapi::{HttpMethod, Server};
 use uuid::Uuid;
 
 use super::build::{Op, formatted_string, header, string};
 use super::{
     LEAST_ROLE_EXTENSION, OPERATOR_TOKEN_SCHEME, RESPONSE_OPS_FORBIDDEN, RESPONSE_OPS_UNAUTHORIZED, TAG_OPERATORS,
 };
+use crate::http::ops::{jobs as jobs_http, operators as operators_http, stock as stock_http};
 use crate::jobs::{self, Job};
-use crate::ops::jobs::{self as job_ops, MAX_INTERVAL_SECS, MIN_INTERVAL_SECS, RECENT_RUNS};
-use crate::ops::operators::{DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, Role};
+use crate::ops::audit::AuditEntry;
+use crate::ops::jobs::{
+    self as job_ops, Divergence, JobRun, JobStatus, MAX_INTERVAL_SECS, MIN_INTERVAL_SECS, RECENT_RUNS,
+};
+use crate::ops::operators::{DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, OperatorRecord, Role};
 use crate::ops::page::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::ops::stock::{self, MAX_THRESHOLD};
+use crate::ops::stock::{self, BucketStock, MAX_THRESHOLD};
 
 /// An operator operation: tag `operators`, the operator token, its least role (stated first in
 /// the description and as `x-allot-least-role`), served on the operator listener, and the `401`,
@@ -76,27 +80,12 @@ fn bad_input(op: Op, examples: &[ApiError]) -> Op {
 }
 
 // ---- schemas -------------------------------------------------------------------------------
-
-/// A role name (`viewer` < `operator` < `admin`); its values are [`Role::ALL`].
-pub struct RoleName;
-
-impl PartialSchema for RoleName {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(Role::ALL.map(Role::as_str)))
-            .description(Some("viewer reads; operator also imports, voids and runs jobs; admin also manages clients, keys and operators"))
-            .into()
-    }
-}
-
-impl ToSchema for RoleName {
-    fn name() -> std::borrow::Cow<'static, str> {
-        "Role".into()
-    }
-}
+//
+// Bodies, answers and queries are the real types the handlers read and write (they derive
+// `ToSchema` or `IntoParams` where they are defined). What follows has no such type.
 
 /// `GET /ops/v1/me`: who the token belongs to.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Me {
@@ -105,57 +94,12 @@ pub struct Me {
     /// Display name.
     pub name: String,
     /// Role.
-    #[schema(schema_with = role_schema)]
+    #[schema(value_type = Role)]
     pub role: String,
-}
-
-fn role_schema() -> RefOr<Schema> {
-    RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Role"))
-}
-
-/// An operator as listed (never the token).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorEntry {
-    /// Operator id.
-    pub id: Uuid,
-    /// Display name.
-    pub name: String,
-    /// Role.
-    #[schema(schema_with = role_schema)]
-    pub role: String,
-    /// The public part of the token (`allotop_<token id>_…`).
-    pub token_id: String,
-    /// Created.
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// When the token stops working.
-    #[schema(format = DateTime)]
-    pub expires_at: String,
-    /// When the token was revoked; null while live.
-    #[schema(format = DateTime, required = true)]
-    pub revoked_at: Option<String>,
-    /// Last authenticated request (written at most once a minute); null if never used.
-    #[schema(format = DateTime, required = true)]
-    pub last_used_at: Option<String>,
-}
-
-/// `POST /ops/v1/operators`: a new operator.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewOperator {
-    /// Display name, 1-200 characters (trimmed).
-    #[schema(min_length = 1, max_length = 200, example = "Ana (on call)")]
-    pub name: String,
-    /// Role.
-    #[schema(schema_with = role_schema)]
-    pub role: String,
-    /// Days until the token expires: 1-366, 90 when absent.
-    #[schema(minimum = 1, maximum = 366, default = 90)]
-    pub valid_days: Option<u32>,
 }
 
 /// `201` of `POST /ops/v1/operators`: the token, shown in this response only.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatedOperator {
@@ -164,13 +108,14 @@ pub struct CreatedOperator {
     /// Display name, trimmed.
     pub name: String,
     /// Role.
-    #[schema(schema_with = role_schema)]
+    #[schema(value_type = Role)]
     pub role: String,
     /// The bearer token, `allotop_…`: shown once, stored only as a digest.
     pub token: String,
 }
 
 /// `POST /ops/v1/operators/{id}/revoke`: done.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokedOperator {
@@ -180,139 +125,8 @@ pub struct RevokedOperator {
     pub revoked: bool,
 }
 
-/// One audit row.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEntry {
-    /// Row id; the listing is newest first by id.
-    pub id: i64,
-    /// When.
-    #[schema(format = DateTime)]
-    pub at: String,
-    /// Who: an operator id, or `cli:<os user>`.
-    pub actor: String,
-    /// What, as `<noun>.<verb>` (`operator.create`).
-    pub action: String,
-    /// To what (an id).
-    pub target: String,
-    /// A summary of the change (never a secret).
-    pub change: Value,
-    /// The request it came with; null from the CLI.
-    #[schema(required = true)]
-    pub request_id: Option<String>,
-}
-
-/// `GET /ops/v1/audit`'s query: every filter narrows; unknown parameters are refused.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// Exactly this actor: an operator id, or `cli:<os user>`.
-    pub actor: Option<String>,
-    /// This action, or every action under a prefix ending in `.` (`operator.`).
-    pub action: Option<String>,
-    /// Exactly this target.
-    pub target: Option<String>,
-    /// At or after (RFC 3339).
-    #[param(format = DateTime)]
-    pub since: Option<String>,
-    /// Before (RFC 3339).
-    #[param(format = DateTime)]
-    pub until: Option<String>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Rows per page, 1-100 (50 when absent).
-    #[param(minimum = 1, maximum = 100, default = 50)]
-    pub limit: Option<u32>,
-}
-
-/// A bucket's stock state: `out` (no active card), `low` (at or below its threshold), `ok`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum StockState {
-    /// More active cards than the threshold.
-    Ok,
-    /// At or below the threshold, and not empty.
-    Low,
-    /// No active card.
-    Out,
-}
-
-/// Where a bucket's low-stock threshold comes from: its own, or `ALLOT_STOCK_LOW_THRESHOLD`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ThresholdSource {
-    /// The bucket's own `low_stock_threshold`.
-    Bucket,
-    /// `ALLOT_STOCK_LOW_THRESHOLD`.
-    Default,
-}
-
-/// One bucket's stock (a product at one denomination), as listed.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StockBucket {
-    /// Product id.
-    pub product_id: String,
-    /// ISO 4217 currency of the product.
-    pub currency: String,
-    /// The denomination as on the wire (`"25.00"`).
-    pub denomination: String,
-    /// The denomination in minor units.
-    pub denomination_minor: i64,
-    /// Active cards in Postgres (the truth).
-    pub active: i64,
-    /// Members of the bucket in the cache; null when the product's set is missing or Valkey did
-    /// not answer.
-    #[schema(required = true)]
-    pub cached: Option<i64>,
-    /// Cards allocated in the last hour.
-    pub allocated_1h: i64,
-    /// Cards allocated in the last 24 hours.
-    pub allocated_24h: i64,
-    /// Cards allocated per hour, averaged over 24 hours (`allocated_24h / 24`).
-    pub rate_per_hour: f64,
-    /// Days until the active cards run out at the last day's rate; null when nothing was
-    /// allocated in 24 hours.
-    #[schema(required = true)]
-    pub days_of_cover: Option<f64>,
-    /// The low-stock threshold in effect, in cards.
-    pub low_stock_threshold: i64,
-    /// Whether the threshold is the bucket's own or the default.
-    pub threshold_source: ThresholdSource,
-    /// The state now, from `active` and the threshold.
-    pub state: StockState,
-    /// The state `stock-watch` last published (catches up within one tick).
-    pub published_state: StockState,
-    /// Since when the published state holds.
-    #[schema(format = DateTime)]
-    pub published_state_at: String,
-}
-
-/// `GET /ops/v1/stock`'s query: every filter narrows; unknown parameters are refused.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct StockQuery {
-    /// Exactly this product.
-    pub product_id: Option<String>,
-    /// Only buckets in this state now.
-    #[param(inline)]
-    pub state: Option<StockState>,
-}
-
-/// `PUT /ops/v1/stock/{product_id}/{denomination}/threshold`: the new threshold.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdChange {
-    /// Cards, 0-100,000,000 (0: never `low`, only `ok` or `out`); null for the default. The field
-    /// is required.
-    #[schema(required = true, minimum = 0, maximum = 100_000_000)]
-    #[serde(deserialize_with = "crate::http::ops::jobs::nullable")]
-    pub low_stock_threshold: Option<i64>,
-}
-
 /// How a job run ended (`running` until it does).
+// Hand-written: `job_runs.outcome` is text; no Rust enum holds these four values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunOutcome {
@@ -326,80 +140,8 @@ pub enum RunOutcome {
     Skipped,
 }
 
-/// One run of a job.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JobRun {
-    /// Run id; the runs listing is newest first by id.
-    pub id: i64,
-    /// The process that ran it (`host:pid`).
-    pub instance: String,
-    /// The tick it ran for; null for a run by hand.
-    #[schema(format = DateTime, required = true)]
-    pub slot: Option<String>,
-    /// Started.
-    #[schema(format = DateTime)]
-    pub started_at: String,
-    /// Finished; null while running.
-    #[schema(format = DateTime, required = true)]
-    pub finished_at: Option<String>,
-    /// How it ended.
-    pub outcome: RunOutcome,
-    /// What the run reported (per job: `deleted`, `transitions`, `duration_ms`, …).
-    pub counts: Value,
-    /// Why it failed or was skipped; null otherwise.
-    #[schema(required = true)]
-    pub error: Option<String>,
-}
-
-/// One registered job: its schedule, pause and latest runs.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JobEntry {
-    /// The job's name.
-    pub name: String,
-    /// The interval in code, in seconds.
-    pub default_interval_secs: u64,
-    /// The interval an operator set, in seconds; null when none.
-    #[schema(required = true)]
-    pub override_interval_secs: Option<i64>,
-    /// The interval the scheduler uses, in seconds.
-    pub interval_secs: u64,
-    /// False while paused.
-    pub enabled: bool,
-    /// When an operator last changed the job; null if never.
-    #[schema(format = DateTime, required = true)]
-    pub updated_at: Option<String>,
-    /// Who changed it last (an operator id, or `cli:<os user>`); null if never.
-    #[schema(required = true)]
-    pub updated_by: Option<String>,
-    /// The latest runs (at most 5), newest first.
-    pub last_runs: Vec<JobRun>,
-}
-
-/// A page of a listing: cursor and limit only; unknown parameters are refused.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Rows per page, 1-100 (50 when absent).
-    #[param(minimum = 1, maximum = 100, default = 50)]
-    pub limit: Option<u32>,
-}
-
-/// `PUT /ops/v1/jobs/{name}/schedule`: the new interval.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JobSchedule {
-    /// Seconds, 5-604,800 (7 days); null for the interval in code. The field is required.
-    #[schema(required = true, minimum = 5, maximum = 604_800)]
-    #[serde(deserialize_with = "crate::http::ops::jobs::nullable")]
-    pub interval_secs: Option<i64>,
-}
-
 /// `202` of `POST /ops/v1/jobs/{name}/run`: the run claimed, and where to watch it.
+// Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunStarted {
@@ -409,42 +151,6 @@ pub struct RunStarted {
     pub run_id: i64,
     /// The job's runs listing (also the `Location` header).
     pub runs: String,
-}
-
-/// One divergence the reconciler found between Postgres and the cache.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Divergence {
-    /// Row id; the listing is newest first by id.
-    pub id: i64,
-    /// When it was found.
-    #[schema(format = DateTime)]
-    pub at: String,
-    /// Product id.
-    pub product_id: String,
-    /// Denomination in minor units.
-    pub denomination_minor: i64,
-    /// Active cards in Postgres.
-    pub postgres_active: i64,
-    /// Members in the cache; null when the set was missing.
-    #[schema(required = true)]
-    pub cache_active: Option<i64>,
-    /// Whether the product's rebuild succeeded.
-    pub healed: bool,
-}
-
-/// `GET /ops/v1/divergences`'s query; unknown parameters are refused.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DivergenceQuery {
-    /// Exactly this product.
-    pub product_id: Option<String>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Rows per page, 1-100 (50 when absent).
-    #[param(minimum = 1, maximum = 100, default = 50)]
-    pub limit: Option<u32>,
 }
 
 // ---- operations ----------------------------------------------------------------------------
@@ -474,7 +180,7 @@ fn audit() -> Op {
     let description = "Every mutating action, from the API or the CLI, with cursor pagination.";
     let op =
         op(HttpMethod::Get, "/ops/v1/audit", Role::Viewer, "opsAudit", "The audit trail, newest first", description)
-            .query::<AuditQuery>()
+            .query::<operators_http::AuditQuery>()
             .listing_response::<AuditEntry>("A page of audit rows.", example);
     bad_input(
         op,
@@ -496,7 +202,7 @@ fn list_operators() -> Op {
     });
     let description = "Newest first, on one page (`next_cursor` is null). Never a token.";
     op(HttpMethod::Get, "/ops/v1/operators", Role::Admin, "opsListOperators", "Every operator", description)
-        .listing_response::<OperatorEntry>("The operators.", example)
+        .listing_response::<OperatorRecord>("The operators.", example)
 }
 
 fn create_operator() -> Op {
@@ -506,7 +212,7 @@ fn create_operator() -> Op {
     );
     let op =
         op(HttpMethod::Post, "/ops/v1/operators", Role::Admin, "opsCreateOperator", "Create an operator", &description)
-            .json_body::<NewOperator>(
+            .json_body::<operators_http::NewOperator>(
                 "The operator.",
                 json!({ "name": "Ana (on call)", "role": "operator", "valid_days": 30 }),
             )
@@ -626,10 +332,10 @@ fn list_stock() -> Op {
                        `state` is computed at the request; `published_state` catches up within one `stock-watch` \
                        tick. While Valkey is down the listing still answers, with `cached: null`.";
     let op = op(HttpMethod::Get, "/ops/v1/stock", Role::Viewer, "opsListStock", "Stock per bucket", description)
-        .query::<StockQuery>()
-        .listing_response::<StockBucket>("The buckets.", json!({ "items": [sample_bucket()], "next_cursor": null }));
+        .query::<stock_http::StockQuery>()
+        .listing_response::<BucketStock>("The buckets.", json!({ "items": [sample_bucket()], "next_cursor": null }));
     let bad_state = stock::StockState::parse("full").expect_err("full is not a state");
-    bad_input(op, &[bad_state, unknown_parameter::<StockQuery>()])
+    bad_input(op, &[bad_state, unknown_parameter::<stock_http::StockQuery>()])
 }
 
 fn set_stock_threshold() -> Op {
@@ -646,16 +352,19 @@ fn set_stock_threshold() -> Op {
     )
     .path_param("product_id", string("The product's id."))
     .path_param("denomination", string("The denomination as on the wire (`25.00`)."))
-    .json_body::<ThresholdChange>("The threshold, or null for the default.", json!({ "low_stock_threshold": 50 }))
-    .json_response::<StockBucket>(200, "The bucket.", sample_bucket_with_threshold(), &[]);
+    .json_body::<stock_http::ThresholdBody>(
+        "The threshold, or null for the default.",
+        json!({ "low_stock_threshold": 50 }),
+    )
+    .json_response::<BucketStock>(200, "The bucket.", sample_bucket_with_threshold(), &[]);
     let malformed = Denomination::parse("abc").expect_err("abc is not a denomination");
     let too_precise = Denomination::parse("25.001").and_then(|d| d.to_minor(2)).expect_err("EUR has 2 places");
     bad_input(
         op,
         &[
             ApiError::validation("body", "a JSON object is required"),
-            bad_body::<ThresholdChange>("{}"),
-            bad_body::<ThresholdChange>(r#"{"low_stock_threshold": "ten"}"#),
+            bad_body::<stock_http::ThresholdBody>("{}"),
+            bad_body::<stock_http::ThresholdBody>(r#"{"low_stock_threshold": "ten"}"#),
             ApiError::validation("low_stock_threshold", format!("must be 0 to {MAX_THRESHOLD}, or null")),
             ApiError::validation("denomination", malformed.to_string()),
             ApiError::validation("denomination", too_precise.to_string()),
@@ -688,17 +397,17 @@ fn list_jobs() -> Op {
          {RECENT_RUNS} runs, newest first."
     );
     op(HttpMethod::Get, "/ops/v1/jobs", Role::Viewer, "opsListJobs", "Scheduled jobs", &description)
-        .listing_response::<JobEntry>("The jobs.", json!({ "items": [sample_job()], "next_cursor": null }))
+        .listing_response::<JobStatus>("The jobs.", json!({ "items": [sample_job()], "next_cursor": null }))
 }
 
 fn job_runs() -> Op {
     let description = "Newest first, with cursor pagination; the items are as in `last_runs`.";
     let op = op(HttpMethod::Get, "/ops/v1/jobs/{name}/runs", Role::Viewer, "opsJobRuns", "A job's runs", description);
     let op = job_name_param(op)
-        .query::<PageQuery>()
+        .query::<jobs_http::PageQuery>()
         .listing_response::<JobRun>("A page of runs.", json!({ "items": [sample_run()], "next_cursor": "djE6ODEy" }));
     let [limit, cursor] = bad_page();
-    bad_input(op, &[limit, cursor, unknown_parameter::<PageQuery>()])
+    bad_input(op, &[limit, cursor, unknown_parameter::<jobs_http::PageQuery>()])
         .error("No job with this name is registered here.", &[unknown_job()])
 }
 
@@ -706,7 +415,7 @@ fn job_runs() -> Op {
 fn change_job(path: &'static str, operation_id: &str, summary: &str, description: &str) -> Op {
     let op = op(HttpMethod::Post, path, Role::Operator, operation_id, summary, description);
     job_name_param(op)
-        .json_response::<JobEntry>(200, "The job as it stands now.", sample_job(), &[])
+        .json_response::<JobStatus>(200, "The job as it stands now.", sample_job(), &[])
         .error("No job with this name is registered here.", &[unknown_job()])
 }
 
@@ -739,14 +448,14 @@ fn schedule_job() -> Op {
     retimed["override_interval_secs"] = json!(60);
     retimed["interval_secs"] = json!(60);
     let op = job_name_param(op)
-        .json_body::<JobSchedule>("The interval, or null for the default.", json!({ "interval_secs": 60 }))
-        .json_response::<JobEntry>(200, "The job as it stands now.", retimed, &[]);
+        .json_body::<jobs_http::ScheduleBody>("The interval, or null for the default.", json!({ "interval_secs": 60 }))
+        .json_response::<JobStatus>(200, "The job as it stands now.", retimed, &[]);
     let reason = format!("must be {MIN_INTERVAL_SECS} to {MAX_INTERVAL_SECS} seconds, or null for the default");
     bad_input(
         op,
         &[
             ApiError::validation("body", "a JSON object is required"),
-            bad_body::<JobSchedule>("{}"),
+            bad_body::<jobs_http::ScheduleBody>("{}"),
             ApiError::validation("interval_secs", reason),
         ],
     )
@@ -784,7 +493,7 @@ fn divergences() -> Op {
         "Cache divergences",
         description,
     )
-    .query::<DivergenceQuery>()
+    .query::<jobs_http::DivergenceQuery>()
     .listing_response::<Divergence>(
         "A page of divergences.",
         json!({
@@ -796,17 +505,12 @@ fn divergences() -> Op {
         }),
     );
     let [limit, cursor] = bad_page();
-    bad_input(op, &[limit, cursor, unknown_parameter::<DivergenceQuery>()])
+    bad_input(op, &[limit, cursor, unknown_parameter::<jobs_http::DivergenceQuery>()])
 }
 
 /// Every operator operation, in the order of `ROUTES`.
 pub fn operations() -> Vec<Op> {
     debug_assert_eq!(DEFAULT_LIMIT, 50, "the page queries' documented default");
-    debug_assert_eq!(
-        serde_json::to_value(stock::StockState::ALL).ok(),
-        serde_json::to_value([StockState::Ok, StockState::Low, StockState::Out]).ok(),
-        "the documented stock states are the service's"
-    );
     vec![
         me(),
         audit(),

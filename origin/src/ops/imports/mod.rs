@@ -65,35 +65,41 @@ pub struct ImportTarget {
     pub id: Option<Uuid>,
 }
 
-/// An import as listed and shown.
-#[derive(Debug, Clone, serde::Serialize)]
+/// An import, with its progress while it runs.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
+#[schema(as = ImportEntry)]
 pub struct Import {
-    /// Its id.
+    /// Import id (also the cards' `import_id`, which a void can select).
     pub id: Uuid,
-    /// The product.
+    /// Product id.
     pub product_id: String,
-    /// The denomination, in the product's currency (`25.00`).
+    /// The denomination as on the wire for the product's currency (`"25.00"`).
     pub denomination: String,
-    /// receiving, validating, committing, committed, rejected or failed.
+    /// Where it is.
+    #[schema(value_type = crate::openapi::ops::imports::ImportState)]
     pub state: String,
-    /// Lines read so far, the header included.
+    /// Lines read so far, the header included (a committed file of N cards reads N + 1).
     pub lines_read: i64,
-    /// Card lines that passed every check.
+    /// Card lines that passed every check (for a rejected file, none was imported).
     pub accepted: i64,
     /// Card lines with a problem.
     pub rejected: i64,
-    /// The first 100 problems: `[{line, problem}]`.
+    /// The first 100 problems, by line; empty unless rejected or failed.
+    #[schema(value_type = Vec<stage::Problem>)]
     pub problems: serde_json::Value,
     /// Who started it: an operator id, or `cli:<os user>`.
     pub created_by: String,
-    /// When it started.
+    /// Started.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    /// When its row last changed.
+    /// When its row last changed (progress is written about once a second).
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    /// When it ended (committed, rejected or failed).
+    /// When it ended (committed, rejected or failed); null while it runs.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(required = true)]
     pub finished_at: Option<OffsetDateTime>,
 }
 

@@ -14,9 +14,12 @@ use crate::crypto::{CardSecret, KeyRing};
 pub const MAX_PROBLEMS: usize = 100;
 
 /// One problem of a file: its line (none for the file as a whole) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ImportProblem)]
 pub struct Problem {
-    /// The line, counting the header as line 1; `None` for the whole file.
+    /// The line, counting the header as line 1; null for a problem of the whole file.
+    #[schema(required = true, minimum = 1)]
     pub line: Option<u64>,
     /// What is wrong, in a sentence.
     pub problem: String,

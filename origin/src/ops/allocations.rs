@@ -129,7 +129,7 @@ pub struct CardView {
     #[schema(nullable = false)]
     pub pin: Option<String>,
     /// `allocated`, or `void` after a void.
-    #[schema(value_type = crate::openapi::ops::cards::AllocatedCardStatus)]
+    #[schema(value_type = AllocatedCardStatus)]
     pub status: String,
     /// When the card expires; absent when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -368,4 +368,15 @@ mod tests {
         assert!(AllocationLookup::from_fields(Some(id), Some(id), None, None).is_err());
         assert_eq!(AllocationLookup::from_fields(None, None, None, Some(7)).unwrap(), AllocationLookup::Card(7));
     }
+}
+
+// The values of a text column, named for the OpenAPI document (the column is read as text).
+/// A card's status in an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocatedCardStatus {
+    /// Handed out with the allocation.
+    Allocated,
+    /// Voided by an operator after it was handed out.
+    Void,
 }

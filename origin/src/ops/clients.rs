@@ -152,7 +152,7 @@ pub struct ClientSummary {
     /// Plan.
     pub plan: String,
     /// Whether its keys work.
-    #[schema(value_type = crate::openapi::ops::clients::ClientStatus)]
+    #[schema(value_type = ClientStatus)]
     pub status: String,
     /// Its own requests-per-minute limit; null for the configured default.
     #[schema(required = true, minimum = 1)]
@@ -195,7 +195,7 @@ pub struct KeyRecord {
     #[schema(required = true)]
     pub revoked_at: Option<OffsetDateTime>,
     /// Its state now.
-    #[schema(value_type = crate::openapi::ops::clients::KeyState)]
+    #[schema(value_type = KeyState)]
     pub state: String,
 }
 
@@ -394,4 +394,31 @@ pub async fn rotate_key(pool: &PgPool, actor: &Actor, key_id: &str, end: Rotatio
     audit::record(&mut tx, actor, "key.rotate", key_id, change).await?;
     tx.commit().await?;
     Ok(Rotated { client_id, key, label, old_key_id: key_id.to_owned(), old_expires_at })
+}
+
+// The values of a text column, named for the OpenAPI document (the column is read as text).
+/// Whether a client's keys work: `suspended` keys get `403` on the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientStatus {
+    /// Its keys work.
+    Active,
+    /// Its keys get `403 FORBIDDEN` (within the key cache's TTL).
+    Suspended,
+}
+
+// The values of a text column, named for the OpenAPI document (the column is read as text).
+/// A key's state: `live` (no expiry), `expiring` (works until `expires_at`), `expired`,
+/// `revoked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Works, with no expiry.
+    Live,
+    /// Rotated out: works until `expires_at`.
+    Expiring,
+    /// Past its `expires_at`.
+    Expired,
+    /// Revoked.
+    Revoked,
 }

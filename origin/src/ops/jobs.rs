@@ -41,7 +41,7 @@ pub struct JobRun {
     #[schema(required = true)]
     pub finished_at: Option<OffsetDateTime>,
     /// How it ended.
-    #[schema(value_type = crate::openapi::ops::RunOutcome)]
+    #[schema(value_type = RecordedOutcome)]
     pub outcome: String,
     /// What the run reported (per job: `deleted`, `transitions`, `duration_ms`, …).
     pub counts: serde_json::Value,
@@ -302,4 +302,20 @@ pub async fn divergences(
     .await?;
     let next = page.next_cursor(&mut rows, |r| r.id);
     Ok((rows, next))
+}
+
+// The values of a text column, named for the OpenAPI document (the column is read as text).
+/// How a job run ended (`running` until it does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = RunOutcome)]
+pub enum RecordedOutcome {
+    /// Claimed and not finished (or its process exited first).
+    Running,
+    /// Ran and succeeded.
+    Succeeded,
+    /// Ran and failed; `error` says why.
+    Failed,
+    /// Not run: the job was running elsewhere.
+    Skipped,
 }

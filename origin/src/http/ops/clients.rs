@@ -23,7 +23,7 @@ use allot_shared::ApiError;
 #[into_params(parameter_in = Query)]
 pub struct ClientQuery {
     /// Only clients in this status.
-    #[param(value_type = Option<crate::openapi::ops::clients::ClientStatus>, inline)]
+    #[param(value_type = Option<crate::ops::clients::ClientStatus>, inline)]
     status: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,

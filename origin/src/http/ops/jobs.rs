@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{JsonBody, OpsCaller, QueryOf, listing};
@@ -16,11 +16,6 @@ use crate::http::AppState;
 use crate::jobs::{self, Job, JobContext};
 use crate::ops::jobs as job_ops;
 use crate::ops::page::Page;
-
-/// A field that must be present and may be `null` (serde's `Option` alone makes it optional).
-pub fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    Option::<T>::deserialize(d)
-}
 
 /// The jobs this process's configuration registers (the same list `allot cron` schedules).
 fn registry(st: &AppState) -> Vec<Arc<dyn Job>> {
@@ -103,7 +98,7 @@ pub async fn resume(
 pub struct ScheduleBody {
     /// Seconds, 5-604,800 (7 days); null for the interval in code. The field is required.
     #[schema(required = true, minimum = 5, maximum = 604_800)]
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "super::nullable")]
     interval_secs: Option<i64>,
 }
 

@@ -200,3 +200,8 @@ fn bad_query(reason: &str) -> AppError {
 pub fn listing<T: serde::Serialize>(items: Vec<T>, next_cursor: Option<String>) -> Response {
     axum::Json(serde_json::json!({ "items": items, "next_cursor": next_cursor })).into_response()
 }
+
+/// A field that must be present and may be `null` (serde's `Option` alone makes it optional).
+pub fn nullable<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(d)
+}

@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::jobs::nullable;
 use super::{JsonBody, OpsCaller, QueryOf, listing};
 use crate::error::AppError;
 use crate::http::AppState;
@@ -39,7 +38,7 @@ pub struct ThresholdBody {
     /// Cards, 0-100,000,000 (0: never `low`, only `ok` or `out`); null for the default. The field
     /// is required.
     #[schema(required = true, minimum = 0, maximum = 100_000_000)]
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "super::nullable")]
     low_stock_threshold: Option<i64>,
 }
 

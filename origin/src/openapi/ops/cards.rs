@@ -2,9 +2,7 @@
 //! codes, and revealing them (admin, audited, never cached).
 
 use allot_shared::{ApiError, Denomination, ErrorCode};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::ToSchema;
 use utoipa::openapi::HttpMethod;
 
 use super::{bad_body, bad_input, op, unknown_parameter};
@@ -13,17 +11,6 @@ use crate::openapi::build::{Op, formatted_string, header};
 use crate::ops::allocations::{self, AllocationLookup, AllocationPage, AllocationView};
 use crate::ops::operators::Role;
 use crate::ops::voids::{MAX_CARD_IDS, MAX_VOID_CARDS, VoidOutcome, VoidSelector};
-
-/// A card's status in an allocation.
-// Hand-written: `inventories.status` is text; no Rust enum holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AllocatedCardStatus {
-    /// Handed out with the allocation.
-    Allocated,
-    /// Voided by an operator after it was handed out.
-    Void,
-}
 
 const SAMPLE_ALLOCATION: &str = "0192f0c1-7c7e-7000-8000-000000000001";
 const SAMPLE_CLIENT: &str = "0192f0c1-7c7e-7000-8000-0000000000d4";

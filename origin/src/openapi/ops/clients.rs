@@ -17,33 +17,6 @@ use crate::ops::clients::{ClientDetail, ClientSummary, KeyRecord, MAX_ROTATION_O
 use crate::ops::operators::Role;
 use crate::ops::page::MAX_LIMIT;
 
-/// Whether a client's keys work: `suspended` keys get `403` on the public API.
-// Hand-written: `clients.status` is text; no Rust enum holds these values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientStatus {
-    /// Its keys work.
-    Active,
-    /// Its keys get `403 FORBIDDEN` (within the key cache's TTL).
-    Suspended,
-}
-
-/// A key's state: `live` (no expiry), `expiring` (works until `expires_at`), `expired`,
-/// `revoked`.
-// Hand-written: the key listing computes the state as text in SQL; no Rust enum holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyState {
-    /// Works, with no expiry.
-    Live,
-    /// Rotated out: works until `expires_at`.
-    Expiring,
-    /// Past its `expires_at`.
-    Expired,
-    /// Revoked.
-    Revoked,
-}
-
 /// `ClientDetail`'s schema: [`ClientSummary`]'s, with `keys` added. The derive would make it an
 /// `allOf` (the type flattens the summary), which cannot forbid other fields.
 impl PartialSchema for ClientDetail {
@@ -81,7 +54,7 @@ pub struct ClientStatusChange {
     /// Client id.
     pub id: Uuid,
     /// The status now.
-    pub status: ClientStatus,
+    pub status: crate::ops::clients::ClientStatus,
     /// False when it already was (nothing written, no audit row).
     pub changed: bool,
 }

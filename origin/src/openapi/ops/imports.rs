@@ -2,10 +2,8 @@
 //! read imports and their progress.
 
 use allot_shared::{ApiError, Denomination, ErrorCode};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::macros::datetime;
-use utoipa::ToSchema;
 use utoipa::openapi::HttpMethod;
 
 use super::{bad_input, bad_page, op, unknown_parameter};
@@ -13,26 +11,6 @@ use crate::http::ops::imports as handler;
 use crate::openapi::build::{Op, formatted_string, header, string};
 use crate::ops::imports::{self as service, Import};
 use crate::ops::operators::Role;
-
-/// The state of an import: `receiving` → `validating` → `committing` → `committed`, or
-/// `rejected` (the file had problems) or `failed` (a server error or the deadline).
-// Hand-written: `imports.state` is text; no Rust enum holds all six values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ImportState {
-    /// The file is arriving and being checked line by line; the counters grow.
-    Receiving,
-    /// The file is in; duplicates are being looked for.
-    Validating,
-    /// The cards are being written.
-    Committing,
-    /// Every card was imported.
-    Committed,
-    /// The file had problems; nothing was imported.
-    Rejected,
-    /// A server error, or the upload ran past its deadline; nothing was imported.
-    Failed,
-}
 
 const SAMPLE_IMPORT: &str = "0192f0c1-7c7e-7000-8000-0000000000c3";
 

@@ -125,21 +125,6 @@ pub struct RevokedOperator {
     pub revoked: bool,
 }
 
-/// How a job run ended (`running` until it does).
-// Hand-written: `job_runs.outcome` is text; no Rust enum holds these four values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RunOutcome {
-    /// Claimed and not finished (or its process exited first).
-    Running,
-    /// Ran and succeeded.
-    Succeeded,
-    /// Ran and failed; `error` says why.
-    Failed,
-    /// Not run: the job was running elsewhere.
-    Skipped,
-}
-
 /// `202` of `POST /ops/v1/jobs/{name}/run`: the run claimed, and where to watch it.
 // Hand-written: the handler answers with `json!`, not a type.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

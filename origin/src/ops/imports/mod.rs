@@ -78,7 +78,7 @@ pub struct Import {
     /// The denomination as on the wire for the product's currency (`"25.00"`).
     pub denomination: String,
     /// Where it is.
-    #[schema(value_type = crate::openapi::ops::imports::ImportState)]
+    #[schema(value_type = ImportState)]
     pub state: String,
     /// Lines read so far, the header included (a committed file of N cards reads N + 1).
     pub lines_read: i64,
@@ -547,4 +547,24 @@ mod tests {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }
     }
+}
+
+// The values of a text column, named for the OpenAPI document (the column is read as text).
+/// The state of an import: `receiving` → `validating` → `committing` → `committed`, or
+/// `rejected` (the file had problems) or `failed` (a server error or the deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportState {
+    /// The file is arriving and being checked line by line; the counters grow.
+    Receiving,
+    /// The file is in; duplicates are being looked for.
+    Validating,
+    /// The cards are being written.
+    Committing,
+    /// Every card was imported.
+    Committed,
+    /// The file had problems; nothing was imported.
+    Rejected,
+    /// A server error, or the upload ran past its deadline; nothing was imported.
+    Failed,
 }

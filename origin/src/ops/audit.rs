@@ -22,10 +22,11 @@ impl Actor {
 
     /// The person running the CLI: `cli:<os user>`.
     pub fn cli() -> Self {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .ok()
-            .filter(|u| !u.is_empty() && u.len() <= 64)
+        let user = ["USER", "LOGNAME"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .find(|u| !u.is_empty() && u.len() <= 64)
+            .or_else(os_user)
             .unwrap_or_else(|| "unknown".to_owned());
         Self { name: format!("cli:{user}"), request_id: None }
     }
@@ -39,6 +40,20 @@ impl Actor {
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
     }
+}
+
+/// The process's user when the environment does not name it (services, `sudo -i`, containers):
+/// its uid from `/proc/self/status`, named by `/etc/passwd`, else `uid<n>`.
+fn os_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut fields = l.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or_else(|| format!("uid{uid}")))
 }
 
 /// Record `action` on `target` by `actor`, inside the caller's transaction.
@@ -126,4 +141,16 @@ pub async fn list(
     .await?;
     let next = page.next_cursor(&mut rows, |r| r.id);
     Ok((rows, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::os_user;
+
+    #[test]
+    fn the_os_user_is_named_without_the_environment() {
+        // The test runs as some user with a uid; it is named, never empty.
+        let user = os_user().expect("a uid in /proc/self/status");
+        assert!(!user.is_empty() && !user.contains(':'), "{user}");
+    }
 }

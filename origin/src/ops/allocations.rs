@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 
 use allot_shared::{ApiError, Currency, ErrorCode};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::audit::{self, Actor};
+use super::page;
 use crate::allocation::format_time;
 use crate::allocation::render::{ClaimedCard, open_card};
 use crate::crypto::{KeyRing, card_aad};
@@ -20,8 +19,6 @@ use crate::error::AppError;
 
 /// Allocations per page when the caller does not say (each holds up to 1000 cards).
 pub const DEFAULT_LIMIT: u32 = 20;
-/// The most allocations one page holds.
-pub const MAX_LIMIT: u32 = 100;
 /// What a masked code starts with, whatever the code's length (so the length does not show).
 const MASK: &str = "••••••";
 
@@ -69,27 +66,14 @@ pub struct AllocationPage {
 impl AllocationPage {
     /// Read a page from a query's `cursor` and `limit`.
     pub fn parse(cursor: Option<&str>, limit: Option<u32>) -> Result<Self, AppError> {
-        let limit = limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")).into());
-        }
-        let before = cursor.map(decode_cursor).transpose()?;
+        let limit = page::limit(limit, DEFAULT_LIMIT)?;
+        let before = cursor.map(|c| page::decode(CURSOR_TAG, c)).transpose()?;
         Ok(Self { before, limit })
     }
 }
 
-fn encode_cursor(at: OffsetDateTime, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("a1:{}:{id}", at.unix_timestamp_nanos()))
-}
-
-fn decode_cursor(cursor: &str) -> Result<(OffsetDateTime, Uuid), AppError> {
-    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
-    let (nanos, id) = text.strip_prefix("a1:").and_then(|t| t.split_once(':')).ok_or_else(bad)?;
-    let at = nanos.parse::<i128>().ok().and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok());
-    Ok((at.ok_or_else(bad)?, Uuid::parse_str(id).map_err(|_| bad())?))
-}
+/// The tag of allocation lookup cursors (their key: creation time and id).
+const CURSOR_TAG: &str = "a1";
 
 /// Show at most the last 4 characters of a code, and no more than half of a short one.
 pub fn mask_code(code: &str) -> String {
@@ -248,7 +232,7 @@ pub async fn find(
     };
     let next = if heads.len() > page.limit as usize {
         heads.truncate(page.limit as usize);
-        heads.last().map(|h| encode_cursor(h.created_at, h.id))
+        heads.last().map(|h| page::encode(CURSOR_TAG, &(h.created_at, h.id)))
     } else {
         None
     };
@@ -360,9 +344,10 @@ mod tests {
     fn cursors_round_trip_and_selectors_are_exclusive() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_000).unwrap();
         let id = Uuid::now_v7();
-        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
+        let decode = |c: &str| page::decode::<(OffsetDateTime, Uuid)>(CURSOR_TAG, c);
+        assert_eq!(decode(&page::encode(CURSOR_TAG, &(at, id))).unwrap(), (at, id));
         for bad in ["", "x", "YTE6", "YTE6eDp5"] {
-            assert!(decode_cursor(bad).is_err(), "{bad}");
+            assert!(decode(bad).is_err(), "{bad}");
         }
         assert!(AllocationLookup::from_fields(None, None, None, None).is_err());
         assert!(AllocationLookup::from_fields(Some(id), Some(id), None, None).is_err());

@@ -2,8 +2,6 @@
 //! rotated key keeps working until its `expires_at`, while its successor is live at once.
 
 use allot_shared::{ApiError, ApiKey, ErrorCode, Region, api_key::base62_from_random};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -12,6 +10,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use super::audit::{self, Actor};
+use super::page;
 use crate::error::AppError;
 
 fn no_client(id: Uuid) -> AppError {
@@ -228,16 +227,12 @@ pub struct ClientFilter {
     pub limit: u32,
 }
 
-/// Read a client listing's cursor (opaque to callers: the last id of the previous page).
-pub fn parse_client_cursor(cursor: &str) -> Result<Uuid, AppError> {
-    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
-    text.strip_prefix("c1:").and_then(|id| Uuid::parse_str(id).ok()).ok_or_else(bad)
-}
+/// The tag of client listing cursors (their key: the last id of the previous page).
+const CURSOR_TAG: &str = "c1";
 
-fn client_cursor(id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("c1:{id}"))
+/// Read a client listing's cursor (opaque to callers).
+pub fn parse_client_cursor(cursor: &str) -> Result<Uuid, AppError> {
+    page::decode(CURSOR_TAG, cursor)
 }
 
 /// One page of clients in id order, and the cursor of the next.
@@ -251,9 +246,7 @@ pub async fn list_clients(
     {
         return Err(ApiError::validation("status", "must be active or suspended").into());
     }
-    if !(1..=super::page::MAX_LIMIT).contains(&filter.limit) {
-        return Err(ApiError::validation("limit", format!("must be 1 to {}", super::page::MAX_LIMIT)).into());
-    }
+    let limit = page::limit(Some(filter.limit), page::DEFAULT_LIMIT)?;
     let sql = format!(
         "SELECT {CLIENT_COLUMNS} FROM clients c
           WHERE ($1::text IS NULL OR c.status = $1) AND ($2::uuid IS NULL OR c.id > $2)
@@ -262,15 +255,10 @@ pub async fn list_clients(
     let mut rows: Vec<ClientSummary> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&filter.status)
         .bind(filter.after)
-        .bind(i64::from(filter.limit) + 1)
+        .bind(i64::from(limit) + 1)
         .fetch_all(pool)
         .await?;
-    let next = if rows.len() > filter.limit as usize {
-        rows.truncate(filter.limit as usize);
-        rows.last().map(|c| client_cursor(c.id))
-    } else {
-        None
-    };
+    let next = page::next_cursor(&mut rows, limit, CURSOR_TAG, |c| c.id);
     Ok((rows, next))
 }
 

@@ -1,8 +1,11 @@
-//! Cursor pagination for operator listings: an opaque cursor over a descending id, and a limit.
+//! Cursor pagination for operator listings: one opaque cursor codec over each listing's sort
+//! key, one limit rule, and the id-ordered [`Page`] most listings use.
 
 use allot_shared::ApiError;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::error::AppError;
 
@@ -11,7 +14,82 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// The most rows one page holds.
 pub const MAX_LIMIT: u32 = 100;
 
-/// One page's bounds: rows below `before` (newest first), at most `limit`.
+/// A listing's sort key, as a cursor carries it: the last row of the previous page.
+pub trait CursorKey: Sized {
+    /// The key as text.
+    fn to_text(&self) -> String;
+    /// The key from its text, if it is one.
+    fn from_text(text: &str) -> Option<Self>;
+}
+
+impl CursorKey for i64 {
+    fn to_text(&self) -> String {
+        self.to_string()
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        text.parse().ok().filter(|n| *n > 0)
+    }
+}
+
+impl CursorKey for Uuid {
+    fn to_text(&self) -> String {
+        self.to_string()
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        Uuid::parse_str(text).ok()
+    }
+}
+
+impl CursorKey for (OffsetDateTime, Uuid) {
+    fn to_text(&self) -> String {
+        format!("{}:{}", self.0.unix_timestamp_nanos(), self.1)
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        let (nanos, id) = text.split_once(':')?;
+        let at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
+        Some((at, Uuid::parse_str(id).ok()?))
+    }
+}
+
+/// The opaque cursor for `key` in the listing `tag` (so one listing's cursor is refused by another).
+pub fn encode<K: CursorKey>(tag: &str, key: &K) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{tag}:{}", key.to_text()))
+}
+
+/// The key of a cursor of the listing `tag`, or `400 VALIDATION_FAILED`.
+pub fn decode<K: CursorKey>(tag: &str, cursor: &str) -> Result<K, AppError> {
+    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
+    text.strip_prefix(tag).and_then(|t| t.strip_prefix(':')).and_then(K::from_text).ok_or_else(bad)
+}
+
+/// A page's size: `default` when not given, else 1 to [`MAX_LIMIT`].
+pub fn limit(limit: Option<u32>, default: u32) -> Result<u32, AppError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")).into());
+    }
+    Ok(limit)
+}
+
+/// Keep the first `limit` of rows fetched with `limit + 1` (the extra row says a next page
+/// exists), and return the next page's cursor.
+pub fn next_cursor<T, K: CursorKey>(rows: &mut Vec<T>, limit: u32, tag: &str, key: impl Fn(&T) -> K) -> Option<String> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(|r| encode(tag, &key(r)))
+}
+
+/// The tag of [`Page`]'s cursors.
+const ID_TAG: &str = "v1";
+
+/// One page by a descending id: rows below `before`, at most `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
     /// Only rows with an id below this (the cursor), if any.
@@ -23,11 +101,8 @@ pub struct Page {
 impl Page {
     /// Read a page from the query's `cursor` and `limit`.
     pub fn parse(cursor: Option<&str>, limit: Option<u32>) -> Result<Self, AppError> {
-        let limit = limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")).into());
-        }
-        let before = cursor.map(decode).transpose()?;
+        let limit = self::limit(limit, DEFAULT_LIMIT)?;
+        let before = cursor.map(|c| decode(ID_TAG, c)).transpose()?;
         Ok(Self { before, limit })
     }
 
@@ -39,24 +114,8 @@ impl Page {
     /// The next cursor, given the rows fetched with [`Page::fetch_limit`] (their ids, in order);
     /// drops the extra row.
     pub fn next_cursor<T>(&self, rows: &mut Vec<T>, id: impl Fn(&T) -> i64) -> Option<String> {
-        if rows.len() <= self.limit as usize {
-            return None;
-        }
-        rows.truncate(self.limit as usize);
-        rows.last().map(|r| encode(id(r)))
+        next_cursor(rows, self.limit, ID_TAG, id)
     }
-}
-
-/// The opaque cursor for "rows below `id`".
-pub fn encode(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{id}"))
-}
-
-fn decode(cursor: &str) -> Result<i64, AppError> {
-    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
-    text.strip_prefix("v1:").and_then(|n| n.parse::<i64>().ok()).filter(|n| *n > 0).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -65,10 +124,15 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {
-        assert_eq!(decode(&encode(42)).unwrap(), 42);
+        assert_eq!(decode::<i64>(ID_TAG, &encode(ID_TAG, &42)).unwrap(), 42);
         for bad in ["", "x", "djE6", "djE6LTE", "djI6NDI"] {
-            assert!(decode(bad).is_err(), "{bad}");
+            assert!(decode::<i64>(ID_TAG, bad).is_err(), "{bad}");
         }
+        let key = (OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_789).unwrap(), Uuid::now_v7());
+        assert_eq!(decode::<(OffsetDateTime, Uuid)>("a1", &encode("a1", &key)).unwrap(), key);
+        assert!(decode::<(OffsetDateTime, Uuid)>("i1", &encode("a1", &key)).is_err(), "another listing's cursor");
+        let id = Uuid::now_v7();
+        assert_eq!(decode::<Uuid>("c1", &encode("c1", &id)).unwrap(), id);
         assert!(Page::parse(None, Some(0)).is_err());
         assert!(Page::parse(None, Some(101)).is_err());
         assert_eq!(Page::parse(None, None).unwrap(), Page { before: None, limit: 50 });
@@ -78,7 +142,7 @@ mod tests {
     fn the_extra_row_makes_the_next_cursor() {
         let page = Page { before: None, limit: 2 };
         let mut rows = vec![9, 8, 7];
-        assert_eq!(page.next_cursor(&mut rows, |r| *r), Some(encode(8)));
+        assert_eq!(page.next_cursor(&mut rows, |r| *r), Some(encode(ID_TAG, &8)));
         assert_eq!(rows, vec![9, 8]);
         let mut rows = vec![9, 8];
         assert_eq!(page.next_cursor(&mut rows, |r| *r), None);

@@ -15,8 +15,6 @@ pub mod stage;
 use std::sync::Arc;
 
 use allot_shared::{ApiError, Currency, ErrorCode};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sqlx::{PgConnection, PgPool};
@@ -27,7 +25,7 @@ use self::progress::{Phase, Progress, ProgressWriter};
 use self::stage::{MAX_PROBLEMS, Problem, Problems, Stager};
 use super::audit::{self, Actor};
 use super::cards::{rebuild_product_cache, refresh_planner_statistics};
-use super::page::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::page;
 use crate::cache::{CacheState, InventoryCache};
 use crate::crypto::{KeyRing, card_aad};
 use crate::error::AppError;
@@ -162,11 +160,8 @@ pub async fn list(
     cursor: Option<&str>,
     limit: Option<u32>,
 ) -> Result<(Vec<Import>, Option<String>), AppError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::validation("limit", format!("must be 1 to {MAX_LIMIT}")).into());
-    }
-    let after = cursor.map(decode_cursor).transpose()?;
+    let limit = page::limit(limit, page::DEFAULT_LIMIT)?;
+    let after: Option<(OffsetDateTime, Uuid)> = cursor.map(|c| page::decode(CURSOR_TAG, c)).transpose()?;
     let rows: Vec<ImportRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT_IMPORT}
           WHERE ($1::timestamptz IS NULL OR (i.created_at, i.id) < ($1, $2))
@@ -178,30 +173,12 @@ pub async fn list(
     .fetch_all(pool)
     .await?;
     let mut items: Vec<Import> = rows.into_iter().map(Import::from).collect();
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|i| encode_cursor(i.created_at, i.id))
-    } else {
-        None
-    };
+    let next = page::next_cursor(&mut items, limit, CURSOR_TAG, |i| (i.created_at, i.id));
     Ok((items, next))
 }
 
-/// The cursor "imports older than this one": its creation time (microseconds) and id.
-fn encode_cursor(created_at: OffsetDateTime, id: Uuid) -> String {
-    let micros = created_at.unix_timestamp_nanos() / 1000;
-    URL_SAFE_NO_PAD.encode(format!("i1:{micros}:{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<(OffsetDateTime, Uuid), AppError> {
-    let bad = || AppError::from(ApiError::validation("cursor", "is not a cursor this API returned"));
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = std::str::from_utf8(&raw).map_err(|_| bad())?;
-    let (micros, id) = text.strip_prefix("i1:").and_then(|t| t.split_once(':')).ok_or_else(bad)?;
-    let micros: i128 = micros.parse().map_err(|_| bad())?;
-    let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
-}
+/// The tag of import listing cursors (their key: creation time and id).
+const CURSOR_TAG: &str = "i1";
 
 /// The error a rejected import answers with: `400 VALIDATION_FAILED`, its counts and first
 /// problems in the details.
@@ -536,15 +513,19 @@ async fn add_import_to_cache(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).unwrap();
         let id = Uuid::new_v4();
-        assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
+        let decode = |c: &str| page::decode::<(OffsetDateTime, Uuid)>(CURSOR_TAG, c);
+        assert_eq!(decode(&page::encode(CURSOR_TAG, &(at, id))).unwrap(), (at, id));
         for bad in ["", "x", "aTE6", &URL_SAFE_NO_PAD.encode("i1:12:nope"), &URL_SAFE_NO_PAD.encode("v1:5")] {
-            assert!(decode_cursor(bad).is_err(), "{bad}");
+            assert!(decode(bad).is_err(), "{bad}");
         }
     }
 }

@@ -293,3 +293,51 @@ async fn the_cli_path_streams_a_file_through_the_same_service() {
     std::fs::remove_dir_all(&dir).unwrap();
     app.finish().await;
 }
+
+/// An upload that streams past the request limit: committed, because an import has its own.
+/// One that stalls past the import limit: `503`, marked failed, nothing written.
+#[tokio::test]
+async fn an_upload_has_the_import_deadline_not_the_request_deadline() {
+    let settings = |import_ms: &str| Options {
+        extra: [
+            ("ALLOT_REQUEST_TIMEOUT_MS", "1000"),
+            ("ALLOT_BODY_READ_TIMEOUT_MS", "500"),
+            ("ALLOT_IMPORT_TIMEOUT_MS", import_ms),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(settings("120000")).await;
+    app.product("slow", "EUR", &["25.00"]).await;
+    let operator = operator_token(&app, "operator").await;
+    let (tx, body) = channel_body();
+    let feeder = tokio::spawn(async move {
+        tx.send(Ok(Bytes::from_static(b"code\nSLOW-1\n"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tx.send(Ok(Bytes::from_static(b"SLOW-2\n"))).await.unwrap();
+    });
+    let r = upload(&app, &operator, "product_id=slow&denomination=25.00", body).await;
+    feeder.await.unwrap();
+    assert_eq!(r.status, 201, "past the 1 s request limit, within the import limit: {:?}", r.body);
+    assert_eq!(app.count("inventories", "product_id = 'slow'").await, 2);
+    app.finish().await;
+
+    let app = TestApp::spawn_with(settings("1500")).await;
+    app.product("slow", "EUR", &["25.00"]).await;
+    let operator = operator_token(&app, "operator").await;
+    let id = Uuid::new_v4();
+    let (tx, body) = channel_body();
+    let feeder = tokio::spawn(async move {
+        tx.send(Ok(Bytes::from_static(b"code\nSLOW-1\n"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(4000)).await;
+        let _ = tx.send(Ok(Bytes::from_static(b"SLOW-2\n"))).await;
+    });
+    let r = upload(&app, &operator, &format!("product_id=slow&denomination=25.00&id={id}"), body).await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "ORIGIN_UNAVAILABLE"), "{:?}", r.body);
+    feeder.abort();
+    wait_for(&app, &operator, id, |doc| doc["state"] == "failed").await;
+    assert_eq!(app.count("inventories", "product_id = 'slow'").await, 0);
+    app.finish().await;
+}

@@ -39,22 +39,10 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// How long a request may take: the general limit, and the longer one of an import upload.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
-    /// Every request but an import.
-    pub request: Duration,
-    /// `POST /ops/v1/imports`: a large file streams for minutes.
-    pub import: Duration,
-}
-
-/// The path of the import upload, the one route with its own deadline.
-pub const IMPORT_PATH: &str = "/ops/v1/imports";
-
-/// Bound every request's time; past it the caller gets `503 ORIGIN_UNAVAILABLE`.
-pub async fn deadline(State(limits): State<Deadlines>, req: Request, next: Next) -> Response {
-    let is_import = req.method() == axum::http::Method::POST && req.uri().path() == IMPORT_PATH;
-    let limit = if is_import { limits.import } else { limits.request };
+/// Bound a request's time; past it the caller gets `503 ORIGIN_UNAVAILABLE`. Each router sets
+/// its routes' limit (an import upload streams for minutes; everything else has the request
+/// limit).
+pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => error_response(&ApiError::new(ErrorCode::OriginUnavailable, "the request took too long; retry")),

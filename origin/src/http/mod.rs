@@ -50,10 +50,6 @@ fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(middleware::error_shape))
         .layer(CompressionLayer::new())
-        .layer(axum::middleware::from_fn_with_state(
-            middleware::Deadlines { request: state.config.request_timeout, import: state.config.import_timeout },
-            middleware::deadline,
-        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::track_metrics))
         .layer(
@@ -74,7 +70,11 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/allocations/{id}", get(allocations::get_one))
         .route("/v1/products", get(products::list))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::edge_and_key));
-    let router = Router::new().route("/livez", get(health::livez)).route("/readyz", get(health::readyz)).merge(api);
+    let router = Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .merge(api)
+        .route_layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline));
     common_layers(router, &state)
 }
 
@@ -86,6 +86,9 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(crate::openapi::serve))
-        .merge(ops::router(&state));
+        .merge(ops::router(&state))
+        .route_layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline))
+        // Added after the request limit: an import upload has its own.
+        .merge(ops::upload_router(&state));
     common_layers(router, &state)
 }

@@ -95,7 +95,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/jobs/{name}/schedule", put(jobs::schedule))
         .route("/ops/v1/jobs/{name}/run", post(jobs::run))
         .route("/ops/v1/divergences", get(jobs::divergences))
-        .route("/ops/v1/imports", get(imports::list).post(imports::create))
+        .route("/ops/v1/imports", get(imports::list))
         .route("/ops/v1/imports/{id}", get(imports::get_one))
         .route("/ops/v1/clients", get(clients::list).post(clients::create))
         .route("/ops/v1/clients/{id}", get(clients::show))
@@ -110,6 +110,16 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/allocations/{id}", get(cards::show))
         .route("/ops/v1/allocations/{id}/reveal", post(cards::reveal))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
+}
+
+/// The import upload, `POST /ops/v1/imports`: the operator API's one route whose deadline is
+/// the import limit (a large file streams for minutes), not the request limit.
+pub fn upload_router(state: &AppState) -> Router<AppState> {
+    let limit = state.config.import_timeout;
+    Router::new()
+        .route("/ops/v1/imports", post(imports::create))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
+        .route_layer(axum::middleware::from_fn_with_state(limit, super::middleware::deadline))
 }
 
 /// Authenticate the operator token and check the route's role: `401` without a live token,

@@ -183,6 +183,7 @@ struct TokenRow {
     token_digest: Vec<u8>,
     expired: bool,
     revoked: bool,
+    use_unrecorded: bool,
 }
 
 fn unauthorized(message: &str) -> AppError {
@@ -193,7 +194,8 @@ fn unauthorized(message: &str) -> AppError {
 /// minute, so reads stay cheap).
 pub async fn authenticate(pool: &PgPool, token: &OperatorToken) -> Result<Operator, AppError> {
     let row: Option<TokenRow> = sqlx::query_as(
-        "SELECT id, name, role, token_digest, expires_at <= now() AS expired, revoked_at IS NOT NULL AS revoked
+        "SELECT id, name, role, token_digest, expires_at <= now() AS expired, revoked_at IS NOT NULL AS revoked,
+                last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS use_unrecorded
            FROM operators WHERE token_id = $1",
     )
     .bind(token.token_id())
@@ -210,13 +212,16 @@ pub async fn authenticate(pool: &PgPool, token: &OperatorToken) -> Result<Operat
         return Err(unauthorized("the operator token has expired"));
     }
     let role = Role::parse(&row.role).map_err(|e| AppError::Internal(anyhow::anyhow!("stored role: {e}")))?;
-    sqlx::query(
-        "UPDATE operators SET last_used_at = now()
-          WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-    )
-    .bind(row.id)
-    .execute(pool)
-    .await?;
+    // Only when the last recorded use is a minute old: most requests make one round trip.
+    if row.use_unrecorded {
+        sqlx::query(
+            "UPDATE operators SET last_used_at = now()
+              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        )
+        .bind(row.id)
+        .execute(pool)
+        .await?;
+    }
     Ok(Operator { id: row.id, name: row.name, role })
 }
 

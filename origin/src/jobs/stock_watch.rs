@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 
 use super::{Counts, Job, JobContext};
-use crate::ops::stock::{self, BucketStock, StockState};
+use crate::ops::stock::{self, BucketState, StockState};
 
 /// Publishes stock transitions.
 pub struct StockWatch;
@@ -16,8 +16,9 @@ pub struct StockWatch;
 /// Publish `bucket`'s move from its published state to its state now: the state is updated
 /// only if it is still the one read (another run may have got there first), and the event is
 /// inserted in the same transaction. Returns whether this call published it.
-async fn publish(pool: &PgPool, bucket: &BucketStock, previous: StockState) -> anyhow::Result<bool> {
-    let Some(topic) = bucket.state.transition_topic(previous) else { return Ok(false) };
+async fn publish(pool: &PgPool, bucket: &BucketState, previous: StockState) -> anyhow::Result<bool> {
+    let state = bucket.state();
+    let Some(topic) = state.transition_topic(previous) else { return Ok(false) };
     let mut tx = pool.begin().await?;
     let at: Option<time::OffsetDateTime> = sqlx::query_scalar(
         "UPDATE product_denominations SET stock_state = $3, stock_state_at = now()
@@ -26,20 +27,21 @@ async fn publish(pool: &PgPool, bucket: &BucketStock, previous: StockState) -> a
     )
     .bind(&bucket.product_id)
     .bind(bucket.denomination_minor)
-    .bind(bucket.state.as_str())
+    .bind(state.as_str())
     .bind(previous.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(at) = at else { return Ok(false) };
+    let active = stock::active_cards(&mut tx, &bucket.product_id, bucket.denomination_minor).await?;
     // Ids and counts only: never a card code.
     let payload = serde_json::json!({
         "product_id": bucket.product_id,
         "denomination_minor": bucket.denomination_minor,
         "currency": bucket.currency,
-        "active": bucket.active,
-        "threshold": bucket.low_stock_threshold,
+        "active": active,
+        "threshold": bucket.threshold,
         "previous": previous.as_str(),
-        "state": bucket.state.as_str(),
+        "state": state.as_str(),
         "at": at.format(&time::format_description::well_known::Rfc3339)?,
     });
     sqlx::query("INSERT INTO outbox (topic, aggregate_id, payload) VALUES ($1, $2, $3)")
@@ -49,10 +51,10 @@ async fn publish(pool: &PgPool, bucket: &BucketStock, previous: StockState) -> a
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    metrics::counter!("allot_stock_transitions_total", "state" => bucket.state.as_str()).increment(1);
+    metrics::counter!("allot_stock_transitions_total", "state" => state.as_str()).increment(1);
     tracing::info!(
-        product_id = %bucket.product_id, denomination_minor = bucket.denomination_minor, active = bucket.active,
-        previous = previous.as_str(), state = bucket.state.as_str(), "{topic}"
+        product_id = %bucket.product_id, denomination_minor = bucket.denomination_minor, active,
+        previous = previous.as_str(), state = state.as_str(), "{topic}"
     );
     Ok(true)
 }
@@ -69,14 +71,14 @@ impl Job for StockWatch {
     fn run<'a>(&'a self, ctx: &'a JobContext) -> BoxFuture<'a, anyhow::Result<Counts>> {
         Box::pin(async move {
             let pool = &ctx.db.primary;
-            let buckets = stock::buckets(pool, ctx.config.stock_low_threshold).await?;
+            let buckets = stock::bucket_states(pool, ctx.config.stock_low_threshold).await?;
             let mut transitions = 0u64;
             for bucket in &buckets {
                 metrics::gauge!("allot_stock_state", "product_id" => bucket.product_id.clone(),
                     "denomination_minor" => bucket.denomination_minor.to_string())
-                .set(bucket.state.gauge());
-                let previous = StockState::parse(&bucket.published_state)
-                    .map_err(|e| anyhow::anyhow!("stored stock_state {:?}: {}", bucket.published_state, e.message))?;
+                .set(bucket.state().gauge());
+                let previous = StockState::parse(&bucket.stock_state)
+                    .map_err(|e| anyhow::anyhow!("stored stock_state {:?}: {}", bucket.stock_state, e.message))?;
                 if publish(pool, bucket, previous).await? {
                     transitions += 1;
                 }

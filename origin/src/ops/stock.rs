@@ -205,10 +205,62 @@ fn bucket(row: BucketRow, default_threshold: u32, cached: Option<i64>) -> Bucket
     }
 }
 
-/// Every bucket's stock from Postgres alone (`cached` is `None`): what `stock-watch` reads.
-pub async fn buckets(pool: &PgPool, default_threshold: u32) -> Result<Vec<BucketStock>, AppError> {
-    let rows: Vec<BucketRow> = sqlx::query_as(BUCKETS).bind(None::<String>).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|r| bucket(r, default_threshold, None)).collect())
+/// A bucket's state as `stock-watch` reads it, without the figures it does not need.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BucketState {
+    /// Product.
+    pub product_id: String,
+    /// Denomination in minor units.
+    pub denomination_minor: i64,
+    /// The product's currency.
+    pub currency: String,
+    /// The threshold in effect (the bucket's own, or the default).
+    pub threshold: i64,
+    /// The state last published.
+    pub stock_state: String,
+    /// Active cards, counted only up to `threshold + 1`: enough to tell ok, low and out.
+    pub active_up_to: i64,
+}
+
+impl BucketState {
+    /// The state now.
+    pub fn state(&self) -> StockState {
+        StockState::of(self.active_up_to, self.threshold)
+    }
+}
+
+// Each bucket's active cards are counted only up to its threshold + 1 on the partial index: a
+// tick costs the same whether a bucket holds a hundred cards or millions (a full count every 15 s
+// would read every active card, again after the reconciler's own count).
+const BUCKET_STATES: &str = "
+SELECT d.product_id, d.denomination_minor, p.currency,
+       coalesce(d.low_stock_threshold, $1)::bigint AS threshold, d.stock_state,
+       (SELECT count(*) FROM (SELECT 1 FROM inventories i
+                               WHERE i.product_id = d.product_id AND i.denomination_minor = d.denomination_minor
+                                 AND i.status = 'active'
+                               LIMIT coalesce(d.low_stock_threshold, $1) + 1) up_to) AS active_up_to
+  FROM product_denominations d
+  JOIN products p ON p.id = d.product_id
+ ORDER BY d.product_id, d.denomination_minor";
+
+/// Every bucket's state, from Postgres alone: what `stock-watch` reads every tick.
+pub async fn bucket_states(pool: &PgPool, default_threshold: u32) -> Result<Vec<BucketState>, AppError> {
+    Ok(sqlx::query_as(BUCKET_STATES).bind(i64::from(default_threshold)).fetch_all(pool).await?)
+}
+
+/// One bucket's active cards, counted exactly (for the event of a transition).
+pub async fn active_cards(
+    conn: &mut sqlx::PgConnection,
+    product_id: &str,
+    denomination_minor: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM inventories WHERE product_id = $1 AND denomination_minor = $2 AND status = 'active'",
+    )
+    .bind(product_id)
+    .bind(denomination_minor)
+    .fetch_one(conn)
+    .await
 }
 
 /// The cache's members per bucket of `rows`, product by product; after the first failure

@@ -116,6 +116,10 @@ pub struct Config {
     pub import_max_bytes: u64,
     /// Whole-request limit of an import upload (the general request limit is far too short).
     pub import_timeout: Duration,
+    /// A console session ends after this long without a request.
+    pub console_idle: Duration,
+    /// A console session ends this long after sign-in, however busy.
+    pub console_session_max: Duration,
 }
 
 /// What one slow or greedy peer may hold of a listener.
@@ -367,6 +371,12 @@ impl Config {
             stock_low_threshold: s.parse("ALLOT_STOCK_LOW_THRESHOLD", 100, "a number of cards")?,
             import_max_bytes: s.parse("ALLOT_IMPORT_MAX_BYTES", 1 << 30, "a number of bytes")?,
             import_timeout: s.millis("ALLOT_IMPORT_TIMEOUT_MS", 30 * 60_000)?,
+            console_idle: Duration::from_secs(
+                60 * s.parse::<u64>("ALLOT_CONSOLE_IDLE_MINUTES", 30, "a whole number of minutes")?.clamp(1, 24 * 60),
+            ),
+            console_session_max: Duration::from_secs(
+                3600 * s.parse::<u64>("ALLOT_CONSOLE_SESSION_HOURS", 12, "a whole number of hours")?.clamp(1, 7 * 24),
+            ),
         })
     }
 }

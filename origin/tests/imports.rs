@@ -74,6 +74,9 @@ async fn a_good_file_is_committed_allocatable_and_in_the_cache_at_once() {
         (doc["lines_read"].as_i64(), doc["accepted"].as_i64(), doc["rejected"].as_i64()),
         (Some(4), Some(3), Some(0))
     );
+    let bytes = csv.len() as i64;
+    assert_eq!((doc["bytes_read"].as_i64(), doc["bytes_expected"].as_i64()), (Some(bytes), Some(bytes)));
+    assert_eq!(doc["percent_done"], 100);
     assert_eq!(app.count("inventories", &format!("import_id = '{id}' AND status = 'active'")).await, 3);
 
     // In the cache at once (the set was cold: built now), and allocatable with the codes sent.
@@ -234,11 +237,13 @@ async fn progress_shows_while_the_upload_runs_and_viewers_only_read() {
     let url = format!("{}/ops/v1/imports?product_id=slow&denomination=25.00&id={id}", app.operator);
     let request = tokio::spawn(app.http.post(url).bearer_auth(&operator).body(body).send());
     let first: String = std::iter::once("code\n".to_owned()).chain((0..500).map(|i| format!("S-{i}\n"))).collect();
-    tx.send(Ok(Bytes::from(first))).await.unwrap();
+    tx.send(Ok(Bytes::from(first.clone()))).await.unwrap();
 
     // The file is half sent: its progress is visible to a viewer.
     let doc = wait_for(&app, &viewer, id, |d| d["lines_read"] == 501).await;
     assert_eq!((doc["state"].as_str(), doc["accepted"].as_i64()), (Some("receiving"), Some(500)));
+    assert_eq!(doc["bytes_read"].as_u64(), Some(first.len() as u64));
+    assert!(doc["bytes_expected"].is_null() && doc["percent_done"].is_null(), "no length announced: {doc}");
     tx.send(Ok(Bytes::from_static(b"S-last\n"))).await.unwrap();
     drop(tx);
     let r = read(request.await.unwrap().unwrap()).await;
@@ -260,6 +265,31 @@ async fn progress_shows_while_the_upload_runs_and_viewers_only_read() {
 }
 
 #[tokio::test]
+async fn progress_is_a_share_of_the_announced_length_and_100_once_committed() {
+    let app = TestApp::spawn().await;
+    app.product("sized", "EUR", &["25.00"]).await;
+    let operator = operator_token(&app, "operator").await;
+    let id = Uuid::new_v4();
+    let first: String = std::iter::once("code\n".to_owned()).chain((0..999).map(|i| format!("Z-{i:05}\n"))).collect();
+    let rest = "Z-last1\n";
+    let total = first.len() + rest.len();
+    let (tx, body) = channel_body();
+    let url = format!("{}/ops/v1/imports?product_id=sized&denomination=25.00&id={id}", app.operator);
+    let request =
+        tokio::spawn(app.http.post(url).bearer_auth(&operator).header("content-length", total).body(body).send());
+    tx.send(Ok(Bytes::from(first.clone()))).await.unwrap();
+    let doc = wait_for(&app, &operator, id, |d| d["lines_read"] == 1000).await;
+    assert_eq!(doc["bytes_expected"].as_u64(), Some(total as u64));
+    assert_eq!(doc["percent_done"].as_u64(), Some((first.len() * 90 / total) as u64), "{doc}");
+    tx.send(Ok(Bytes::from_static(rest.as_bytes()))).await.unwrap();
+    drop(tx);
+    let r = read(request.await.unwrap().unwrap()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!((r.json()["percent_done"].as_u64(), r.json()["bytes_read"].as_u64()), (Some(100), Some(total as u64)));
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn the_cli_path_streams_a_file_through_the_same_service() {
     let app = TestApp::spawn().await;
     app.product("cli", "EUR", &["10.00"]).await;
@@ -275,7 +305,8 @@ async fn the_cli_path_streams_a_file_through_the_same_service() {
         keys: &app.config.card_keys,
         max_bytes: app.config.import_max_bytes,
     };
-    let target = ImportTarget { product_id: "cli".into(), denomination: "10.00".into(), id: None };
+    let target =
+        ImportTarget { product_id: "cli".into(), denomination: "10.00".into(), id: None, expected_bytes: None };
 
     let body = imports::file_chunks(&good).await.unwrap();
     let import = imports::import(ctx, &Actor::cli(), &target, body).await.unwrap();

@@ -6,28 +6,7 @@ mod common;
 
 use allot_origin::http::ops::ROUTES;
 use allot_origin::ops::operators::Role;
-use common::{TestApp, operator_token};
-
-/// A concrete path for a route pattern: every `{param}` becomes a well-formed id nobody has.
-fn concrete(path: &str) -> String {
-    let mut out = String::new();
-    let mut rest = path;
-    while let Some(open) = rest.find('{') {
-        let close = rest[open..].find('}').expect("closed parameter") + open;
-        out.push_str(&rest[..open]);
-        let name = &rest[open + 1..close];
-        out.push_str(match name {
-            "denomination" => "25.00",
-            "name" => "no-such-job",
-            "key_id" => "ZZZZZZZZZZZZZZZZ",
-            "product_id" => "no-such-product",
-            _ => "00000000-0000-7000-8000-000000000000",
-        });
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    out
-}
+use common::{TestApp, concrete, operator_token};
 
 #[tokio::test]
 async fn every_route_refuses_each_role_below_its_own_and_admits_the_rest() {

@@ -139,6 +139,8 @@ export async function startOrigin(opts = {}) {
     return {
       url,
       port,
+      /** The operator listener (health, metrics, the operator API and the console). */
+      operatorUrl: `http://127.0.0.1:${operatorPort}`,
       key,
       clientId,
       secret,
@@ -150,6 +152,13 @@ export async function startOrigin(opts = {}) {
       sql: (q) => psql(dbUrl.toString(), q),
       /** Run an `allot` operator command against this origin's database; its last output line. */
       cli: (args) => run(bin, args, env).trim().split("\n").pop().trim(),
+      /** A new operator's token (`allot operator create`), shown once. */
+      operatorToken: (role, name = `test ${role}`) => {
+        const out = run(bin, ["operator", "create", "--name", name, "--role", role], env);
+        const token = /^token \(shown once\): (\S+)$/m.exec(out)?.[1];
+        if (!token) throw new Error(`no token in the output of allot operator create:\n${out}`);
+        return token;
+      },
       /** Issue another API key for the demo client. */
       issueKey: () => {
         // The command's stdout may carry log lines (RUST_LOG) besides the key.

@@ -93,7 +93,8 @@ async fn import_file(product_id: String, denomination: String, path: PathBuf) ->
     let printer = tokio::spawn(print_progress(pool.clone(), id));
     let ctx =
         ImportContext { pool: &pool, cache: cache.as_ref(), keys: &cfg.card_keys, max_bytes: cfg.import_max_bytes };
-    let target = ImportTarget { product_id, denomination, id: Some(id) };
+    let expected_bytes = tokio::fs::metadata(&path).await.ok().map(|m| m.len());
+    let target = ImportTarget { product_id, denomination, id: Some(id), expected_bytes };
     let result = imports::import(ctx, &Actor::cli(), &target, body).await;
     printer.abort();
     match result {

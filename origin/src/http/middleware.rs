@@ -63,11 +63,10 @@ pub async fn error_shape(req: Request, next: Next) -> Response {
     let status = resp.status().as_u16();
     // Our own errors are marked; health documents (`application/health+json`) carry their 503
     // on purpose. Everything else that fails came from the framework as plain text.
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json") || t.starts_with(headers::HEALTH_CONTENT_TYPE));
+    let is_json = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
+        // The console's pages say what went wrong in words, in HTML.
+        t.starts_with("application/json") || t.starts_with(headers::HEALTH_CONTENT_TYPE) || t.starts_with("text/html")
+    });
     if status < 400 || resp.extensions().get::<ErrorMarker>().is_some() || is_json {
         return resp;
     }

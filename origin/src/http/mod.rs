@@ -1,6 +1,7 @@
 //! The HTTP surface: the public API router and the operator router.
 
 pub mod allocations;
+pub mod console;
 pub mod gate;
 pub mod health;
 pub mod listener;
@@ -78,7 +79,8 @@ pub fn public_router(state: AppState) -> Router {
     common_layers(router, &state)
 }
 
-/// The operator listener: health, metrics and the operator API; never exposed through the edge.
+/// The operator listener: health, metrics, the operator API and the console; never exposed
+/// through the edge.
 pub fn operator_router(state: AppState) -> Router {
     let router = Router::new()
         .route("/livez", get(health::livez))
@@ -87,8 +89,10 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(ops::router(&state))
+        .merge(console::router(&state))
         .route_layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline))
         // Added after the request limit: an import upload has its own.
-        .merge(ops::upload_router(&state));
+        .merge(ops::upload_router(&state))
+        .merge(console::upload_router(&state));
     common_layers(router, &state)
 }

@@ -55,7 +55,7 @@ impl Job for IdempotencyExpiry {
 }
 
 /// Deletes finished job runs and recorded cache divergences older than the history retention
-/// (default 14 days).
+/// (default 14 days), and console sessions a day after they ended.
 pub struct JobHistoryPrune;
 
 impl Job for JobHistoryPrune {
@@ -84,9 +84,21 @@ impl Job for JobHistoryPrune {
                 ctx.config.job_history_retention.as_secs() as i64,
             )
             .await?;
+            // Console sessions a day after they ended, expired or went idle.
+            let sessions = in_batches(
+                ctx,
+                "DELETE FROM console_sessions WHERE id_digest = ANY(ARRAY(
+                    SELECT id_digest FROM console_sessions
+                     WHERE coalesce(ended_at, least(expires_at, last_seen_at + make_interval(secs => $1)))
+                           < now() - interval '1 day'
+                     LIMIT $2))",
+                ctx.config.console_idle.as_secs() as i64,
+            )
+            .await?;
             let mut counts = Counts::new();
             counts.insert("deleted".into(), n.into());
             counts.insert("divergences_deleted".into(), divergences.into());
+            counts.insert("console_sessions_deleted".into(), sessions.into());
             Ok(counts)
         })
     }

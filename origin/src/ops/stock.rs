@@ -307,6 +307,48 @@ pub async fn list(
         .collect())
 }
 
+/// Cards allocated in one bucket in each of the last 24 hours (`by_hour[23]` is the current hour).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyAllocations {
+    /// Product id.
+    pub product_id: String,
+    /// Denomination in minor units.
+    pub denomination_minor: i64,
+    /// Cards allocated per hour, oldest first.
+    pub by_hour: [i64; 24],
+}
+
+/// Every bucket's cards allocated per hour over the last 24 hours (the hour now started
+/// included); buckets with none are left out. Reads the allocations of one day (the BRIN index
+/// on `created_at`).
+pub async fn allocations_by_hour(pool: &PgPool) -> Result<Vec<HourlyAllocations>, AppError> {
+    let rows: Vec<(String, i64, i32, i64)> = sqlx::query_as(
+        "SELECT product_id, denomination_minor,
+                23 - (extract(epoch FROM date_trunc('hour', now()) - date_trunc('hour', created_at)) / 3600)::int,
+                sum(quantity)::bigint
+           FROM allocations
+          WHERE created_at >= date_trunc('hour', now()) - interval '23 hours'
+          GROUP BY 1, 2, 3
+          ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<HourlyAllocations> = Vec::new();
+    for (product_id, denomination_minor, slot, cards) in rows {
+        let Ok(slot) = usize::try_from(slot) else { continue };
+        if slot >= 24 {
+            continue; // a clock step: created "in the future"
+        }
+        if !out.last().is_some_and(|b| b.product_id == product_id && b.denomination_minor == denomination_minor) {
+            out.push(HourlyAllocations { product_id, denomination_minor, by_hour: [0; 24] });
+        }
+        if let Some(bucket) = out.last_mut() {
+            bucket.by_hour[slot] += cards;
+        }
+    }
+    Ok(out)
+}
+
 /// A bucket named by the path (product id and denomination): `404` when it does not exist.
 pub async fn resolve_bucket(pool: &PgPool, product_id: &str, denomination: &str) -> Result<i64, AppError> {
     let mut conn = pool.acquire().await?;

@@ -446,6 +446,27 @@ pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A concrete path for a route pattern: every `{param}` becomes a well-formed id nobody has.
+pub fn concrete(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').expect("closed parameter") + open;
+        out.push_str(&rest[..open]);
+        let name = &rest[open + 1..close];
+        out.push_str(match name {
+            "denomination" => "25.00",
+            "name" => "no-such-job",
+            "key_id" => "ZZZZZZZZZZZZZZZZ",
+            "product_id" => "no-such-product",
+            _ => "00000000-0000-7000-8000-000000000000",
+        });
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A live token of a new operator with `role` ("viewer", "operator" or "admin").
 pub async fn operator_token(app: &TestApp, role: &str) -> String {
     let role = allot_origin::ops::operators::Role::parse(role).unwrap();

@@ -36,7 +36,8 @@ pub async fn create(
     req: Request,
 ) -> Result<Response, AppError> {
     let id = q.id.as_deref().map(|v| parse_uuid("id", v)).transpose()?;
-    let target = ImportTarget { product_id: q.product_id, denomination: q.denomination, id };
+    let expected_bytes = content_length(req.headers());
+    let target = ImportTarget { product_id: q.product_id, denomination: q.denomination, id, expected_bytes };
     let ctx = ImportContext {
         pool: &st.db.primary,
         cache: st.engine.cache(),
@@ -48,6 +49,11 @@ pub async fn create(
     let location =
         HeaderValue::from_str(&format!("/ops/v1/imports/{}", import.id)).map_err(|e| AppError::Internal(e.into()))?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(import)).into_response())
+}
+
+/// The body's announced length, if it is announced and readable.
+pub fn content_length(headers: &header::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// One import, with its progress.

@@ -18,13 +18,13 @@ use crate::ops::jobs as job_ops;
 use crate::ops::page::Page;
 
 /// The jobs this process's configuration registers (the same list `allot cron` schedules).
-fn registry(st: &AppState) -> Vec<Arc<dyn Job>> {
+pub fn registry(st: &AppState) -> Vec<Arc<dyn Job>> {
     jobs::registry(&st.config, st.engine.cache().is_some())
 }
 
 /// What a run by hand in the serving process works with. It is not cancelled on shutdown: a
 /// run by hand ends with the process, like any request still in flight at the deadline.
-fn job_context(st: &AppState) -> JobContext {
+pub fn job_context(st: &AppState) -> JobContext {
     JobContext {
         config: st.config.clone(),
         db: st.db.clone(),

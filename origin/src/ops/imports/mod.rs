@@ -61,6 +61,9 @@ pub struct ImportTarget {
     pub denomination: String,
     /// The id to give the import (a client may pick it to poll progress); new if `None`.
     pub id: Option<Uuid>,
+    /// The upload's announced length in bytes (its `Content-Length`), when known: progress is
+    /// then `bytes_read` of it.
+    pub expected_bytes: Option<u64>,
 }
 
 /// An import, with its progress while it runs.
@@ -84,6 +87,15 @@ pub struct Import {
     pub accepted: i64,
     /// Card lines with a problem.
     pub rejected: i64,
+    /// Bytes of the file read so far.
+    pub bytes_read: i64,
+    /// The upload's announced length in bytes; null when it was not announced.
+    #[schema(required = true)]
+    pub bytes_expected: Option<i64>,
+    /// How far along it is, 0-100: reading is the first 90, checking and committing the rest;
+    /// null while reading a file of unannounced length.
+    #[schema(required = true)]
+    pub percent_done: Option<u8>,
     /// The first 100 problems, by line; empty unless rejected or failed.
     #[schema(value_type = Vec<stage::Problem>)]
     pub problems: serde_json::Value,
@@ -111,6 +123,8 @@ struct ImportRow {
     lines_read: i64,
     accepted: i64,
     rejected: i64,
+    bytes_read: i64,
+    bytes_expected: Option<i64>,
     problems: serde_json::Value,
     created_by: String,
     created_at: OffsetDateTime,
@@ -124,6 +138,7 @@ impl From<ImportRow> for Import {
             Ok(c) => c.format_minor(r.denomination_minor),
             Err(_) => r.denomination_minor.to_string(),
         };
+        let percent_done = percent_done(&r.state, r.bytes_read, r.bytes_expected);
         Self {
             id: r.id,
             product_id: r.product_id,
@@ -132,6 +147,9 @@ impl From<ImportRow> for Import {
             lines_read: r.lines_read,
             accepted: r.accepted,
             rejected: r.rejected,
+            bytes_read: r.bytes_read,
+            bytes_expected: r.bytes_expected,
+            percent_done,
             problems: r.problems,
             created_by: r.created_by,
             created_at: r.created_at,
@@ -141,8 +159,22 @@ impl From<ImportRow> for Import {
     }
 }
 
+/// How far an import is, 0-100 (see [`Import::percent_done`]).
+pub fn percent_done(state: &str, bytes_read: i64, bytes_expected: Option<i64>) -> Option<u8> {
+    match state {
+        "receiving" => {
+            let expected = bytes_expected.filter(|&e| e > 0)?;
+            let read = bytes_read.clamp(0, expected);
+            Some(u8::try_from(read * 90 / expected).unwrap_or(90))
+        }
+        "validating" => Some(92),
+        "committing" => Some(96),
+        _ => Some(100),
+    }
+}
+
 const SELECT_IMPORT: &str = "SELECT i.id, i.product_id, i.denomination_minor, p.currency, i.state, i.lines_read,
-        i.accepted, i.rejected, i.problems, i.created_by, i.created_at, i.updated_at, i.finished_at
+        i.accepted, i.rejected, i.bytes_read, i.bytes_expected, i.problems, i.created_by, i.created_at, i.updated_at, i.finished_at
    FROM imports i JOIN products p ON p.id = i.product_id";
 
 /// One import.
@@ -208,7 +240,7 @@ where
 {
     let minor = bucket(ctx.pool, &target.product_id, &target.denomination).await?;
     let id = target.id.unwrap_or_else(Uuid::now_v7);
-    create_row(ctx.pool, actor, id, &target.product_id, minor).await?;
+    create_row(ctx.pool, actor, id, target, minor).await?;
     let progress = Arc::new(Progress::default());
     let writer = ProgressWriter::start(ctx.pool.clone(), id, progress.clone());
 
@@ -217,7 +249,7 @@ where
     let mut stager = Stager::new(ctx.keys, card_aad(&target.product_id, minor));
     let read = receive(&mut tx, &mut stager, &progress, ctx.max_bytes, body).await?;
     let mut problems = std::mem::take(&mut stager.problems);
-    let lines_read = read.lines_read;
+    let (lines_read, bytes_read) = (read.lines_read, read.bytes_read);
     let mut accepted = stager.accepted;
     drop(stager);
 
@@ -227,7 +259,7 @@ where
         accepted -= duplicates.len() as u64 + unlisted;
         problems.merge(duplicates, unlisted);
     }
-    let counts = Counts { lines_read, accepted, rejected: problems.lines() };
+    let counts = Counts { lines_read, accepted, rejected: problems.lines(), bytes_read };
     progress.count(counts.lines_read, counts.accepted, counts.rejected);
     if problems.total() > 0 {
         drop(tx); // rolls back: the staging table and everything else go
@@ -271,15 +303,18 @@ async fn bucket(pool: &PgPool, product_id: &str, denomination: &str) -> Result<i
 }
 
 /// The import's row, committed at once so its progress can be read.
-async fn create_row(pool: &PgPool, actor: &Actor, id: Uuid, product_id: &str, minor: i64) -> Result<(), AppError> {
+async fn create_row(pool: &PgPool, actor: &Actor, id: Uuid, target: &ImportTarget, minor: i64) -> Result<(), AppError> {
+    let expected = target.expected_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
     let created = sqlx::query(
-        "INSERT INTO imports (id, product_id, denomination_minor, created_by) VALUES ($1, $2, $3, $4)
+        "INSERT INTO imports (id, product_id, denomination_minor, created_by, bytes_expected)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
-    .bind(product_id)
+    .bind(&target.product_id)
     .bind(minor)
     .bind(actor.name())
+    .bind(expected)
     .execute(pool)
     .await?;
     if created.rows_affected() == 0 {
@@ -311,6 +346,7 @@ async fn open_staging(tx: &mut PgConnection) -> Result<(), AppError> {
 /// What reading the file found.
 struct Read {
     lines_read: u64,
+    bytes_read: u64,
     /// Whether the whole file was read and staged (the duplicate checks make sense).
     complete: bool,
 }
@@ -319,6 +355,7 @@ struct Read {
 #[derive(Debug, Clone, Copy)]
 struct Counts {
     lines_read: u64,
+    bytes_read: u64,
     accepted: u64,
     rejected: u64,
 }
@@ -354,6 +391,7 @@ where
         }
         splitter.feed(&chunk, |n, line| stager.line(n, line));
         progress.count(splitter.lines(), stager.accepted, stager.rejected());
+        progress.read_bytes(bytes);
         if stager.header_refused() {
             // Without a header no line can be read.
             break;
@@ -380,14 +418,14 @@ where
     if !complete {
         // Postgres answers the abort with an error; that is the expected end of this COPY.
         let _ = copy.abort("the file was refused").await;
-        return Ok(Read { lines_read, complete });
+        return Ok(Read { lines_read, bytes_read: bytes, complete });
     }
     if !stager.copy.is_empty() {
         copy.send(std::mem::take(&mut stager.copy)).await?;
     }
     let staged = copy.finish().await?;
     debug_assert_eq!(staged, stager.accepted, "one staging row per accepted line");
-    Ok(Read { lines_read, complete })
+    Ok(Read { lines_read, bytes_read: bytes, complete })
 }
 
 /// Lines whose code is already loaded, or repeats an earlier line: the first 100 by line, and
@@ -448,7 +486,7 @@ async fn finish(
     let problems = serde_json::to_value(problems).map_err(|e| AppError::Internal(e.into()))?;
     sqlx::query(
         "UPDATE imports SET state = $2, lines_read = $3, accepted = $4, rejected = $5, problems = $6,
-                updated_at = now(), finished_at = now()
+                bytes_read = $7, updated_at = now(), finished_at = now()
           WHERE id = $1",
     )
     .bind(id)
@@ -457,6 +495,7 @@ async fn finish(
     .bind(n(counts.accepted))
     .bind(n(counts.rejected))
     .bind(problems)
+    .bind(n(counts.bytes_read))
     .execute(&mut *tx)
     .await?;
     Ok(())

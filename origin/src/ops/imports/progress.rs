@@ -51,6 +51,7 @@ pub struct Progress {
     lines_read: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    bytes_read: AtomicU64,
     changed: Notify,
 }
 
@@ -62,16 +63,37 @@ impl Progress {
         self.rejected.store(rejected, Ordering::Relaxed);
     }
 
+    /// Bytes of the file read so far.
+    pub fn read_bytes(&self, bytes: u64) {
+        self.bytes_read.store(bytes, Ordering::Relaxed);
+    }
+
     /// A new state, written at once.
     pub fn enter(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
         self.changed.notify_one();
     }
 
-    fn snapshot(&self) -> (Phase, i64, i64, i64) {
+    fn snapshot(&self) -> Snapshot {
         let n = |a: &AtomicU64| i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
-        (Phase::from_u8(self.phase.load(Ordering::Relaxed)), n(&self.lines_read), n(&self.accepted), n(&self.rejected))
+        Snapshot {
+            phase: Phase::from_u8(self.phase.load(Ordering::Relaxed)),
+            lines_read: n(&self.lines_read),
+            accepted: n(&self.accepted),
+            rejected: n(&self.rejected),
+            bytes_read: n(&self.bytes_read),
+        }
     }
+}
+
+/// The counters as one write sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    phase: Phase,
+    lines_read: i64,
+    accepted: i64,
+    rejected: i64,
+    bytes_read: i64,
 }
 
 /// The background writer of one import's progress. Stop it (and wait) before the import's
@@ -132,16 +154,17 @@ async fn write_until_stopped(pool: PgPool, id: Uuid, progress: Arc<Progress>, st
         if written == Some(now) {
             continue;
         }
-        let (phase, lines_read, accepted, rejected) = now;
         let r = sqlx::query(
-            "UPDATE imports SET state = $2, lines_read = $3, accepted = $4, rejected = $5, updated_at = now()
+            "UPDATE imports SET state = $2, lines_read = $3, accepted = $4, rejected = $5, bytes_read = $6,
+                    updated_at = now()
               WHERE id = $1 AND finished_at IS NULL",
         )
         .bind(id)
-        .bind(phase.as_str())
-        .bind(lines_read)
-        .bind(accepted)
-        .bind(rejected)
+        .bind(now.phase.as_str())
+        .bind(now.lines_read)
+        .bind(now.accepted)
+        .bind(now.rejected)
+        .bind(now.bytes_read)
         .execute(&pool);
         // A stop while a write is in flight lets it finish: stop() waits for it.
         match r.await {

@@ -95,7 +95,7 @@ describe("the operator console in headless Chromium", () => {
     assert.equal(await admin.$eval("tr[data-bucket='gift-usd|25.00'] .state", (s) => s.className), "state state-low");
     assert.equal(await admin.$$eval("svg.chart rect.bar", (b) => b.length), 24, "the 24-hour chart");
     assert.match(await text(admin, "header .whoami"), /Ana Admin\s+admin/);
-    await shot(admin, "stock");
+    await shot(admin, "stock-before-allocations");
   });
 
   test("a CSV upload's progress bar reaches 100 %, then a card is voided and its audit row found", async () => {
@@ -234,6 +234,9 @@ describe("the operator console in headless Chromium", () => {
     );
     await go(admin, `/ops/cards?by=reference&q=${encodeURIComponent("order 7")}`);
     await shot(admin, "cards");
+    await go(admin, "/ops/stock");
+    assert.match(await admin.$eval("svg.chart", (c) => c.getAttribute("aria-label")), /2 in all/);
+    await shot(admin, "stock");
   });
 
   test("clients and keys: a new key is shown once, then revoked", async () => {

@@ -204,6 +204,20 @@ async fn sign_out_idle_expiry_the_absolute_end_and_a_revoked_token_each_end_a_se
     .unwrap();
     assert_eq!(get(&app, "/ops/stock", Some(&busy)).await.status(), 303, "past ALLOT_CONSOLE_SESSION_HOURS");
 
+    // Use keeps a session alive: a request 29 minutes after the last one renews it.
+    let kept = sign_in(&app, &token).await;
+    let newest = "created_at = (SELECT max(created_at) FROM console_sessions)";
+    sqlx::query(
+        "UPDATE console_sessions SET last_seen_at = now() - interval '29 minutes'
+          WHERE created_at = (SELECT max(created_at) FROM console_sessions)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(get(&app, "/ops/stock", Some(&kept)).await.status(), 200);
+    let renewed = format!("{newest} AND last_seen_at > now() - interval '1 minute'");
+    assert_eq!(app.count("console_sessions", &renewed).await, 1, "the request renewed the session");
+
     let revoked = sign_in(&app, &token).await;
     assert_eq!(get(&app, "/ops/stock", Some(&revoked)).await.status(), 200);
     sqlx::query("UPDATE operators SET revoked_at = now()").execute(&app.pool).await.unwrap();

@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::layout::{self, Section};
+use super::layout::{self, Section, Tone};
 use super::session::Notice;
 use super::{Console, ConsoleError, FormOf};
 use crate::error::AppError;
@@ -84,8 +84,7 @@ pub async fn page(
 }
 
 fn status_badge(status: &str) -> Markup {
-    let class = if status == "active" { "state state-ok" } else { "state state-out" };
-    html! { span class=(class) { (status) } }
+    layout::badge(status, if status == "active" { Tone::Ok } else { Tone::Out })
 }
 
 /// `GET /ops/clients/{id}`.

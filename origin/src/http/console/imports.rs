@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::layout::{self, Section};
+use super::layout::{self, Section, Tone};
 use super::{Console, ConsoleError, FormOf};
 use crate::error::AppError;
 use crate::http::AppState;
@@ -121,12 +121,12 @@ fn listing(items: &[Import]) -> Markup {
 }
 
 fn state_badge(state: &str) -> Markup {
-    let class = match state {
-        "committed" => "state state-ok",
-        "rejected" | "failed" => "state state-out",
-        _ => "state state-low",
+    let tone = match state {
+        "committed" => Tone::Ok,
+        "rejected" | "failed" => Tone::Out,
+        _ => Tone::Low,
     };
-    html! { span class=(class) { (state) } }
+    layout::badge(state, tone)
 }
 
 /// `GET /ops/imports/{id}`: one import, its error report, and a void of its cards.

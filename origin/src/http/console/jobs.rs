@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
-use super::layout::{self, Section};
+use super::layout::{self, Section, Tone};
 use super::{Console, ConsoleError};
 use crate::http::AppState;
 use crate::http::ops::jobs::{job_context, registry};
@@ -43,7 +43,7 @@ fn job_row(console: &Console, j: &JobStatus) -> Markup {
             th scope="row" { code { (j.name) } }
             td {
                 "every " (seconds(j.interval_secs))
-                @if j.enabled { } @else { " " span.state.state-low { "paused" } }
+                @if !j.enabled { " " (layout::badge("paused", Tone::Low)) }
             }
             td {
                 @match j.last_runs.first() {
@@ -72,13 +72,13 @@ fn job_row(console: &Console, j: &JobStatus) -> Markup {
 }
 
 fn run_summary(r: &JobRun) -> Markup {
-    let class = match r.outcome.as_str() {
-        "succeeded" => "state state-ok",
-        "failed" => "state state-out",
-        _ => "state state-low",
+    let tone = match r.outcome.as_str() {
+        "succeeded" => Tone::Ok,
+        "failed" => Tone::Out,
+        _ => Tone::Low,
     };
     html! {
-        span class=(class) { (r.outcome) } " " (layout::time(r.started_at))
+        (layout::badge(&r.outcome, tone)) " " (layout::time(r.started_at))
         @if r.slot.is_none() { " " span.hint { "(by hand)" } }
         @if let Some(e) = &r.error { br; span.hint { (e) } }
     }

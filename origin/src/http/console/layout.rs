@@ -171,6 +171,27 @@ pub fn button(console: &Console, route: &str, action: &str, label: &str, class: 
     }
 }
 
+/// How a state badge reads: fine, needs a look, or wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    /// Green.
+    Ok,
+    /// Amber.
+    Low,
+    /// Red.
+    Out,
+}
+
+/// A state as a coloured badge (the colour comes from the stylesheet's class).
+pub fn badge(text: &str, tone: Tone) -> Markup {
+    let class = match tone {
+        Tone::Ok => "state state-ok",
+        Tone::Low => "state state-low",
+        Tone::Out => "state state-out",
+    };
+    html! { span class=(class) { (text) } }
+}
+
 /// A time as people read it (UTC, to the second), machine-readable in `datetime`.
 pub fn time(t: OffsetDateTime) -> Markup {
     let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");

@@ -97,9 +97,38 @@ struct LiveRow {
     notice: Option<sqlx::types::Json<Notice>>,
 }
 
-/// The live session a cookie's secret names, touched (idle expiry starts again). `None` when it
-/// is unknown, ended, idle too long, past its end, or its operator's token is revoked or
-/// expired. `take_notice` clears the notice it returns (pages do; script requests do not).
+/// How stale `last_seen_at` may get before a request writes it again: most page views are one
+/// read, and idle expiry is exact to within this.
+const TOUCH_EVERY_SECS: f64 = 30.0;
+
+/// The live session's row, read without a lock: is a touch or a notice due?
+const PEEK: &str = "SELECT o.id, o.name, o.role, s.csrf_token,
+        CASE WHEN $3 THEN s.notice END AS notice,
+        s.last_seen_at < now() - make_interval(secs => $4) AS touch_due
+   FROM console_sessions s JOIN operators o ON o.id = s.operator_id
+  WHERE s.id_digest = $1 AND s.ended_at IS NULL AND s.expires_at > now()
+    AND s.last_seen_at > now() - make_interval(secs => $2)
+    AND o.revoked_at IS NULL AND o.expires_at > now()";
+
+/// The same, locked and written: the notice it returns is the one it clears.
+const TOUCH: &str = "WITH live AS (
+     SELECT s.id_digest, s.csrf_token, s.notice, o.id, o.name, o.role
+       FROM console_sessions s JOIN operators o ON o.id = s.operator_id
+      WHERE s.id_digest = $1 AND s.ended_at IS NULL AND s.expires_at > now()
+        AND s.last_seen_at > now() - make_interval(secs => $2)
+        AND o.revoked_at IS NULL AND o.expires_at > now()
+        FOR UPDATE OF s
+ ), touched AS (
+     UPDATE console_sessions s
+        SET last_seen_at = now(), notice = CASE WHEN $3 THEN NULL ELSE s.notice END
+       FROM live WHERE s.id_digest = live.id_digest
+ )
+ SELECT id, name, role, csrf_token, CASE WHEN $3 THEN notice END AS notice FROM live";
+
+/// The live session a cookie's secret names. `None` when it is unknown, ended, idle too long,
+/// past its end, or its operator's token is revoked or expired. `take_notice` returns and
+/// clears its notice (pages do; script requests do not). Idle expiry starts again: the row is
+/// written when its last sight is 30 s old or a notice is taken, else only read.
 pub async fn resume(
     pool: &PgPool,
     secret: &str,
@@ -107,32 +136,31 @@ pub async fn resume(
     take_notice: bool,
 ) -> Result<Option<Session>, AppError> {
     let digest = digest(secret);
-    let row: Option<LiveRow> = sqlx::query_as(
-        "WITH live AS (
-             SELECT s.id_digest, s.csrf_token, s.notice, o.id, o.name, o.role
-               FROM console_sessions s JOIN operators o ON o.id = s.operator_id
-              WHERE s.id_digest = $1 AND s.ended_at IS NULL AND s.expires_at > now()
-                AND s.last_seen_at > now() - make_interval(secs => $2)
-                AND o.revoked_at IS NULL AND o.expires_at > now()
-                FOR UPDATE OF s
-         ), touched AS (
-             UPDATE console_sessions s
-                SET last_seen_at = now(), notice = CASE WHEN $3 THEN NULL ELSE s.notice END
-               FROM live WHERE s.id_digest = live.id_digest
-         )
-         SELECT id, name, role, csrf_token, notice FROM live",
-    )
-    .bind(&digest[..])
-    .bind(idle.as_secs_f64())
-    .bind(take_notice)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
+    let peek: Option<(Uuid, String, String, String, Option<sqlx::types::Json<Notice>>, bool)> = sqlx::query_as(PEEK)
+        .bind(&digest[..])
+        .bind(idle.as_secs_f64())
+        .bind(take_notice)
+        .bind(TOUCH_EVERY_SECS)
+        .fetch_optional(pool)
+        .await?;
+    let Some((id, name, role, csrf_token, notice, touch_due)) = peek else { return Ok(None) };
+    let row = if touch_due || notice.is_some() {
+        let touched: Option<LiveRow> = sqlx::query_as(TOUCH)
+            .bind(&digest[..])
+            .bind(idle.as_secs_f64())
+            .bind(take_notice)
+            .fetch_optional(pool)
+            .await?;
+        let Some(row) = touched else { return Ok(None) };
+        row
+    } else {
+        LiveRow { id, name, role, csrf_token, notice: None }
+    };
     let role = Role::parse(&row.role).map_err(|e| AppError::Internal(anyhow::anyhow!("stored role: {e}")))?;
     Ok(Some(Session {
         operator: Operator { id: row.id, name: row.name, role },
         csrf_token: row.csrf_token,
-        notice: if take_notice { row.notice.map(|n| n.0) } else { None },
+        notice: row.notice.map(|n| n.0),
         digest,
     }))
 }

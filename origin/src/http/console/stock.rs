@@ -5,10 +5,10 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout::{self, Section};
+use super::layout::{self, Section, Tone};
 use super::{Console, ConsoleError, FormOf, chart};
 use crate::http::AppState;
-use crate::ops::stock::{self, BucketStock, HourlyAllocations, StockFilter};
+use crate::ops::stock::{self, BucketStock, HourlyAllocations, StockFilter, StockState};
 
 /// `GET /ops/stock`.
 pub async fn page(State(st): State<AppState>, console: Console) -> Result<Response, ConsoleError> {
@@ -47,12 +47,12 @@ fn table(console: &Console, buckets: &[BucketStock], hourly: &[HourlyAllocations
                     th scope="col" { "Product" }
                     th scope="col" { "Denomination" }
                     th scope="col" { "State" }
-                    th.num scope="col" { "Active (Postgres)" }
-                    th.num scope="col" { "In cache" }
-                    th.num scope="col" { "Last hour" }
-                    th.num scope="col" { "Last 24 h" }
-                    th scope="col" { "24 h" }
-                    th.num scope="col" { "Days of cover" }
+                    th.num scope="col" title="active cards in Postgres, the truth" { "Postgres" }
+                    th.num scope="col" title="members of the cache's set" { "Cache" }
+                    th.num scope="col" title="cards allocated in the last hour" { "1 h" }
+                    th.num scope="col" title="cards allocated in the last 24 hours" { "24 h" }
+                    th scope="col" { "Per hour" }
+                    th.num scope="col" title="days until the active cards run out at the last day's rate" { "Cover (days)" }
                     th scope="col" { "Low at" }
                 } }
                 tbody {
@@ -66,7 +66,7 @@ fn table(console: &Console, buckets: &[BucketStock], hourly: &[HourlyAllocations
                         tr data-bucket={ (b.product_id) "|" (b.denomination) } {
                             th scope="row" { (b.product_id) }
                             td { (b.denomination) " " (b.currency) }
-                            td { span class={ "state state-" (b.state.as_str()) } { (b.state.as_str()) } }
+                            td { (layout::badge(b.state.as_str(), tone(b.state))) }
                             td.num { (b.active) }
                             td.num { (cache_cell(b)) }
                             td.num { (b.allocated_1h) }
@@ -84,6 +84,14 @@ fn table(console: &Console, buckets: &[BucketStock], hourly: &[HourlyAllocations
                 }
             }
         }
+    }
+}
+
+fn tone(state: StockState) -> Tone {
+    match state {
+        StockState::Ok => Tone::Ok,
+        StockState::Low => Tone::Low,
+        StockState::Out => Tone::Out,
     }
 }
 

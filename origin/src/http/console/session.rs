@@ -97,6 +97,13 @@ struct LiveRow {
     notice: Option<sqlx::types::Json<Notice>>,
 }
 
+#[derive(sqlx::FromRow)]
+struct PeekRow {
+    #[sqlx(flatten)]
+    live: LiveRow,
+    touch_due: bool,
+}
+
 /// How stale `last_seen_at` may get before a request writes it again: most page views are one
 /// read, and idle expiry is exact to within this.
 const TOUCH_EVERY_SECS: f64 = 30.0;
@@ -136,15 +143,15 @@ pub async fn resume(
     take_notice: bool,
 ) -> Result<Option<Session>, AppError> {
     let digest = digest(secret);
-    let peek: Option<(Uuid, String, String, String, Option<sqlx::types::Json<Notice>>, bool)> = sqlx::query_as(PEEK)
+    let peek: Option<PeekRow> = sqlx::query_as(PEEK)
         .bind(&digest[..])
         .bind(idle.as_secs_f64())
         .bind(take_notice)
         .bind(TOUCH_EVERY_SECS)
         .fetch_optional(pool)
         .await?;
-    let Some((id, name, role, csrf_token, notice, touch_due)) = peek else { return Ok(None) };
-    let row = if touch_due || notice.is_some() {
+    let Some(PeekRow { live, touch_due }) = peek else { return Ok(None) };
+    let row = if touch_due || live.notice.is_some() {
         let touched: Option<LiveRow> = sqlx::query_as(TOUCH)
             .bind(&digest[..])
             .bind(idle.as_secs_f64())
@@ -154,7 +161,7 @@ pub async fn resume(
         let Some(row) = touched else { return Ok(None) };
         row
     } else {
-        LiveRow { id, name, role, csrf_token, notice: None }
+        live
     };
     let role = Role::parse(&row.role).map_err(|e| AppError::Internal(anyhow::anyhow!("stored role: {e}")))?;
     Ok(Some(Session {

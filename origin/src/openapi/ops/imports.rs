@@ -17,7 +17,8 @@ const SAMPLE_IMPORT: &str = "0192f0c1-7c7e-7000-8000-0000000000c3";
 fn sample_import() -> Value {
     json!({
         "id": SAMPLE_IMPORT, "product_id": "steam-eu", "denomination": "25.00", "state": "committed",
-        "lines_read": 1001, "accepted": 1000, "rejected": 0, "problems": [],
+        "lines_read": 1001, "accepted": 1000, "rejected": 0, "bytes_read": 13013, "bytes_expected": 13013,
+        "percent_done": 100, "problems": [],
         "created_by": super::SAMPLE_OPERATOR,
         "created_at": "2026-11-27T16:18:03.12Z", "updated_at": "2026-11-27T16:18:04.48Z",
         "finished_at": "2026-11-27T16:18:04.48Z"

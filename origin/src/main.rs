@@ -193,7 +193,7 @@ async fn run_processes(roles: Roles) -> anyhow::Result<()> {
         tasks.spawn(server::serve_operator(server::state_from(&services), token.clone()));
     }
     if roles.worker {
-        match services.relay()? {
+        match services.relay() {
             Some(relay) => {
                 let t = token.clone();
                 tasks.spawn(async move {
@@ -201,7 +201,10 @@ async fn run_processes(roles: Roles) -> anyhow::Result<()> {
                     Ok(())
                 });
             }
-            None => tracing::warn!("VALKEY_URL is `none`: the outbox relay has nowhere to publish and is not started"),
+            None => tracing::warn!(
+                "no events Valkey (ALLOT_EVENTS_URL is `none`, or unset with VALKEY_URL `none`): the outbox relay \
+                 has nowhere to publish and is not started"
+            ),
         }
     }
     if roles.cron {

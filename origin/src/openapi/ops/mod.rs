@@ -274,13 +274,15 @@ fn unknown_job() -> ApiError {
         Arc::new(jobs::housekeeping::JobHistoryPrune),
         Arc::new(jobs::housekeeping::AuditPrune),
         Arc::new(jobs::stock_watch::StockWatch),
+        Arc::new(jobs::outbox_prune::OutboxPrune),
     ];
     job_ops::find(&every, "nope").err().expect("no job is called nope").to_api_error()
 }
 
 fn job_name_param(op: Op) -> Op {
     let description = "The job's name: `inventory-pump`, `reconcile` (both with the inventory cache and a Valkey), \
-                       `idempotency-expiry`, `job-history-prune`, `audit-prune`, `stock-watch` (housekeeping).";
+                       `idempotency-expiry`, `job-history-prune`, `audit-prune`, `stock-watch`, `outbox-prune` \
+                       (housekeeping).";
     op.path_param("name", string(description))
 }
 

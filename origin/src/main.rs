@@ -96,6 +96,8 @@ enum Command {
         #[command(subcommand)]
         action: cli::cards::AllocationAction,
     },
+    /// Events in the relay's (commit) order after an event id, from Postgres, as JSON.
+    Events(cli::events::EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -291,6 +293,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Key { action } => cli::clients::run_key(action).await,
         Command::Void(args) => cli::cards::void(args).await,
         Command::Allocation { action } => cli::cards::allocation(action).await,
+        Command::Events(args) => cli::events::run(args).await,
         Command::Product { action: ProductAction::Upsert { id, name, currency, denominations } } => {
             let pool = db::connect_admin(&database_url()?).await?;
             let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;

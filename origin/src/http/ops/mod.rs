@@ -3,6 +3,7 @@
 
 pub mod cards;
 pub mod clients;
+pub mod events;
 pub mod imports;
 pub mod jobs;
 pub mod operators;
@@ -72,6 +73,7 @@ pub const ROUTES: &[OpsRoute] = &[
     route("GET", "/ops/v1/allocations", Role::Viewer),
     route("GET", "/ops/v1/allocations/{id}", Role::Viewer),
     route("POST", "/ops/v1/allocations/{id}/reveal", Role::Admin),
+    route("GET", "/ops/v1/events", Role::Viewer),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -109,6 +111,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/allocations", get(cards::find))
         .route("/ops/v1/allocations/{id}", get(cards::show))
         .route("/ops/v1/allocations/{id}/reveal", post(cards::reveal))
+        .route("/ops/v1/events", get(events::list))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

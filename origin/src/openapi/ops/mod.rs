@@ -15,9 +15,11 @@
 //! - `/ops/v1/imports` in [`imports`]
 //! - `/ops/v1/clients` and `/ops/v1/keys` in [`clients`]
 //! - `/ops/v1/voids` and `/ops/v1/allocations` in [`cards`]
+//! - `/ops/v1/events` in [`events`]
 
 pub mod cards;
 pub mod clients;
+pub mod events;
 pub mod imports;
 
 use std::sync::Arc;
@@ -518,5 +520,6 @@ pub fn operations() -> Vec<Op> {
     .chain(imports::operations())
     .chain(clients::operations())
     .chain(cards::operations())
+    .chain(events::operations())
     .collect()
 }

@@ -21,12 +21,15 @@ impl OutboxPrune {
     /// The last place that may go: the end of the newest batch first published before the
     /// cutoff, never past what the stream holds.
     async fn bound(ctx: &JobContext) -> Result<Option<i64>, sqlx::Error> {
+        // No batch old enough: no row (least() would skip the missing max and answer the watermark).
         sqlx::query_scalar(
-            "SELECT least(max(p.through_seq), (SELECT published_seq FROM outbox_sequence))
-               FROM outbox_publications p WHERE p.at < now() - make_interval(secs => $1)",
+            "SELECT least(old.through_seq, (SELECT published_seq FROM outbox_sequence))
+               FROM (SELECT max(through_seq) AS through_seq FROM outbox_publications
+                      WHERE at < now() - make_interval(secs => $1)) old
+              WHERE old.through_seq IS NOT NULL",
         )
         .bind(ctx.config.events_retention.as_secs() as f64)
-        .fetch_one(&ctx.db.primary)
+        .fetch_optional(&ctx.db.primary)
         .await
     }
 

@@ -23,8 +23,9 @@
 //!   on the first success. Placing goes on meanwhile, so the events API keeps serving.
 //! - **One relay at a time.** The relay takes a session advisory lock on a connection of its own
 //!   and does all its work on it; another `allot worker` stands by and takes over within about a
-//!   second of the first one's connection closing. Even two relays at once could not reorder the
-//!   stream: the append checks its last id.
+//!   second of the first one's connection closing (about 25 s after its host vanishes: Postgres
+//!   probes the connection). Even two relays at once could not reorder the stream: the append
+//!   checks its last id.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,6 +308,15 @@ impl Step {
     }
 }
 
+/// Why a relay is not publishing (each is logged once, when it begins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Another relay holds the stream.
+    StandingBy,
+    /// Postgres cannot be reached.
+    NoPostgres,
+}
+
 /// Publishes outbox events to the events stream.
 #[derive(Clone)]
 pub struct Relay {
@@ -326,16 +336,44 @@ impl Relay {
         &self.stream
     }
 
-    /// Take the stream if no other relay holds it: `None` while one does.
-    pub async fn lead(&self) -> Result<Option<Leader<'_>>, sqlx::Error> {
-        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+    /// A connection of the relay's own (never the pool's: it holds a session lock). Postgres
+    /// probes it, so a relay whose host vanished lets the stream go in about 25 s, not hours.
+    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let options = (*self.pool.connect_options()).clone().options([
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+        ]);
+        PgConnection::connect_with(&options).await
+    }
+
+    /// Take the stream on `conn` if no other relay holds it; otherwise `conn` comes back.
+    async fn try_lead(&self, mut conn: PgConnection) -> Result<Result<Leader<'_>, PgConnection>, sqlx::Error> {
         let locked: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(stream_lock_key()).fetch_one(&mut conn).await?;
         if !locked {
-            let _ = conn.close().await;
-            return Ok(None);
+            return Ok(Err(conn));
         }
-        Ok(Some(Leader { relay: self, conn, cursor: None, failures: 0, retry_at: None, outage_started: None }))
+        Ok(Ok(Leader {
+            relay: self,
+            conn,
+            cursor: None,
+            placed_through: None,
+            failures: 0,
+            retry_at: None,
+            outage_started: None,
+        }))
+    }
+
+    /// Take the stream if no other relay holds it: `None` while one does.
+    pub async fn lead(&self) -> Result<Option<Leader<'_>>, sqlx::Error> {
+        match self.try_lead(self.connect().await?).await? {
+            Ok(leader) => Ok(Some(leader)),
+            Err(conn) => {
+                let _ = conn.close().await;
+                Ok(None)
+            }
+        }
     }
 
     /// Publish until `shutdown`, standing by while another relay holds the stream; the step in
@@ -343,12 +381,21 @@ impl Relay {
     pub async fn run(&self, shutdown: CancellationToken) {
         tracing::info!(stream = %self.stream.key(), "outbox relay started");
         let mut backlog_at: Option<Instant> = None;
-        let mut said_standby = false;
+        // Standing by keeps its connection; each state is logged once when it begins.
+        let mut spare: Option<PgConnection> = None;
+        let mut said: Option<Waiting> = None;
         while !shutdown.is_cancelled() {
             self.refresh_backlog(&mut backlog_at).await;
-            match self.lead().await {
-                Ok(Some(mut leader)) => {
-                    said_standby = false;
+            let taken = match spare.take() {
+                Some(conn) => self.try_lead(conn).await,
+                None => match self.connect().await {
+                    Ok(conn) => self.try_lead(conn).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match taken {
+                Ok(Ok(mut leader)) => {
+                    said = None;
                     metrics::gauge!("allot_outbox_relay_active").set(1.0);
                     tracing::info!(stream = %self.stream.key(), "outbox relay active: this process publishes the stream");
                     let outcome = leader.run(&shutdown, &mut backlog_at).await;
@@ -358,19 +405,28 @@ impl Relay {
                         tracing::warn!(error = %e, "outbox relay lost Postgres; letting the stream go");
                     }
                 }
-                Ok(None) => {
+                Ok(Err(conn)) => {
+                    spare = Some(conn);
                     metrics::gauge!("allot_outbox_relay_active").set(0.0);
-                    if !said_standby {
+                    if said != Some(Waiting::StandingBy) {
                         tracing::info!("outbox relay standing by: another relay holds the stream");
-                        said_standby = true;
+                        said = Some(Waiting::StandingBy);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "outbox relay cannot reach Postgres; retrying"),
+                Err(e) => {
+                    if said != Some(Waiting::NoPostgres) {
+                        tracing::warn!(error = %e, "outbox relay cannot reach Postgres; retrying every second");
+                        said = Some(Waiting::NoPostgres);
+                    }
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(STANDBY_POLL) => {}
             }
+        }
+        if let Some(conn) = spare {
+            let _ = conn.close().await;
         }
         tracing::info!("outbox relay stopped");
     }
@@ -392,6 +448,9 @@ pub struct Leader<'a> {
     conn: PgConnection,
     /// Unknown (read from the stream) at the start and after a failed append.
     cursor: Option<Cursor>,
+    /// The last place given, once known: with nothing placed past the cursor, there is nothing
+    /// to read.
+    placed_through: Option<i64>,
     failures: u32,
     retry_at: Option<Instant>,
     outage_started: Option<Instant>,
@@ -453,7 +512,7 @@ impl Leader<'_> {
     /// Give the next committed events their places, in outbox id order after every place given.
     async fn order(&mut self) -> Result<usize, sqlx::Error> {
         // The counter row moves only when there is something to place (no write when idle).
-        let placed = sqlx::query(
+        let (placed, through): (i64, Option<i64>) = sqlx::query_as(
             "WITH picked AS (
                  SELECT id, row_number() OVER (ORDER BY id) AS n
                    FROM (SELECT id FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) p
@@ -461,15 +520,20 @@ impl Leader<'_> {
                  UPDATE outbox_sequence SET last_seq = last_seq + (SELECT count(*) FROM picked)
                   WHERE singleton AND EXISTS (SELECT 1 FROM picked)
               RETURNING last_seq - (SELECT count(*) FROM picked) AS base
+             ), placed AS (
+                 UPDATE outbox o SET seq = counter.base + picked.n
+                   FROM picked, counter
+                  WHERE o.id = picked.id AND o.seq IS NULL
+              RETURNING o.seq
              )
-             UPDATE outbox o SET seq = counter.base + picked.n
-               FROM picked, counter
-              WHERE o.id = picked.id AND o.seq IS NULL",
+             SELECT count(*), max(seq) FROM placed",
         )
         .bind(ORDER_BATCH)
-        .execute(&mut self.conn)
-        .await?
-        .rows_affected();
+        .fetch_one(&mut self.conn)
+        .await?;
+        if let (Some(known), Some(through)) = (self.placed_through, through) {
+            self.placed_through = Some(known.max(through));
+        }
         Ok(placed as usize)
     }
 
@@ -484,6 +548,10 @@ impl Leader<'_> {
                     self.adopt(last).await?
                 }
             };
+            if self.placed_through.is_some_and(|p| cursor.from >= p) {
+                self.cursor = Some(cursor);
+                return Ok(0);
+            }
             let events: Vec<Event> = sqlx::query_as(
                 "SELECT id, seq, topic, aggregate_id, payload::text AS payload, trace_context
                    FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -537,6 +605,7 @@ impl Leader<'_> {
         let key = self.relay.stream.key().to_owned();
         let (last_seq, published_seq): (i64, i64) =
             sqlx::query_as("SELECT last_seq, published_seq FROM outbox_sequence").fetch_one(&mut self.conn).await?;
+        self.placed_through = Some(last_seq);
         let Some(top) = last.event_seq().filter(|s| *s <= last_seq) else {
             let why = format!(
                 "the stream {key} ends at {last}, which this relay did not write (its entries are <place>-0, and \

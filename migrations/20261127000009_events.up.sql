@@ -41,7 +41,9 @@ ALTER TABLE outbox
     DROP COLUMN next_attempt_at,
     DROP COLUMN last_error;
 
-CREATE UNIQUE INDEX outbox_seq ON outbox (seq);
+-- Readers page by place; rows not placed yet are only in the second index (a new row, unplaced,
+-- leaves no entry behind in the first when it gets its place).
+CREATE UNIQUE INDEX outbox_seq ON outbox (seq) WHERE seq IS NOT NULL;
 -- The rows the relay has not placed yet: few, and found without scanning the rest.
 CREATE INDEX outbox_unordered ON outbox (id) WHERE seq IS NULL;
 

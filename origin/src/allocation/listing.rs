@@ -27,6 +27,9 @@ use crate::ops::page::{self, CursorKey};
 pub const DEFAULT_LIMIT: u32 = 20;
 /// The tag of listing cursors (another listing's cursor is refused).
 const CURSOR_TAG: &str = "l1";
+/// Why a well-formed cursor is refused: it was made for another client or other filters.
+pub const FOREIGN_CURSOR: &str =
+    "was made for other filters or another client; send the same filters as the first page";
 
 /// What the caller asked for, as sent (all optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -168,11 +171,7 @@ impl Listing {
             Some(cursor) => {
                 let position: Position = page::decode(CURSOR_TAG, cursor)?;
                 if position.scope != filters.scope(client_id) {
-                    return Err(ApiError::validation(
-                        "cursor",
-                        "was made for other filters or another client; send the same filters as the first page",
-                    )
-                    .into());
+                    return Err(ApiError::validation("cursor", FOREIGN_CURSOR).into());
                 }
                 Some((position.at, position.id))
             }

@@ -74,6 +74,7 @@ pub fn public_router(state: AppState) -> Router {
     let router = Router::new()
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
+        .route("/v1/openapi.json", get(crate::openapi::serve_public))
         .merge(api)
         .route_layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline));
     common_layers(router, &state)

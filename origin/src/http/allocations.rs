@@ -92,7 +92,7 @@ pub struct ListQuery {
     #[param(format = DateTime, example = "2026-11-28T00:00:00Z")]
     created_before: Option<String>,
     /// Only allocations of this product.
-    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", example = "amazon-us")]
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", example = "gift-usd")]
     product_id: Option<String>,
     /// Only allocations made with this `client_reference` (1-128 characters, no control characters).
     #[param(min_length = 1, max_length = 128, example = "order-1042")]

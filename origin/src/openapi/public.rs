@@ -32,13 +32,14 @@ use crate::http::ops::serde_urlencoded_query;
 #[schema(as = AllocationRequest)]
 pub struct AllocationRequestBody {
     /// The product to allocate from (see `GET /v1/products`).
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", example = "amazon-us")]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", example = "gift-usd")]
     pub product_id: String,
     /// The face value as an exact decimal string: no sign, exponent or leading zeros, at most
     /// 4 decimal places. `"25"` and `"25.00"` ask for the same thing.
     #[schema(pattern = "^(0|[1-9][0-9]{0,9})(\\.[0-9]{1,4})?$", example = "25.00")]
     pub denomination: String,
-    /// How many cards, all or nothing (the maximum is configurable; 20 by default).
+    /// How many cards, all or nothing (the maximum is configurable; 20 by default). Written as a
+    /// JSON integer, `2`: `2.0` and `2e0` are refused, though JSON Schema counts them as integers.
     #[schema(minimum = 1, maximum = 20, example = 2)]
     pub quantity: u32,
     /// Your own reference, stored and echoed: 1-128 characters, no control characters.
@@ -54,7 +55,7 @@ const SAMPLE_CURSOR: &str =
 const SAMPLE_ALLOCATION_ID: &str = "0192f0c1-7c7e-7000-8000-000000000001";
 
 fn sample_request() -> Value {
-    json!({ "product_id": "amazon-us", "denomination": "25.00", "quantity": 2, "client_reference": "order-1042" })
+    json!({ "product_id": "gift-usd", "denomination": "25.00", "quantity": 2, "client_reference": "order-1042" })
 }
 
 fn sample_allocation() -> Value {
@@ -67,7 +68,7 @@ fn sample_allocation() -> Value {
     };
     let response = AllocationResponse {
         allocation_id: SAMPLE_ALLOCATION_ID.into(),
-        product_id: "amazon-us".into(),
+        product_id: "gift-usd".into(),
         denomination: "25.00".into(),
         currency: Currency::parse("USD").expect("a known currency"),
         quantity: 2,
@@ -88,8 +89,8 @@ fn sample_allocation_with_a_void() -> Value {
 fn sample_catalogue() -> Value {
     let catalogue = Catalogue {
         products: vec![CatalogueEntry {
-            product_id: "amazon-us".into(),
-            name: "Amazon.com gift card".into(),
+            product_id: "gift-usd".into(),
+            name: "Demo gift card (USD)".into(),
             currency: Currency::parse("USD").expect("a known currency"),
             denominations: vec![
                 DenominationStock { denomination: "25.00".into(), available: 1_840 },
@@ -190,7 +191,7 @@ fn create_allocation() -> Op {
         .examples(["order-1042-attempt"]);
     let replayed = header("`true` when this is the stored answer to an earlier request with the same key.");
     let invalid_body = real(AllocationRequest::parse(
-        br#"{"product_id":"amazon-us","denomination":"25.00","quantity":0}"#,
+        br#"{"product_id":"gift-usd","denomination":"25.00","quantity":0}"#,
         &Limits::default(),
     ));
     let no_key = real(request_headers::idempotency_key(None));
@@ -201,7 +202,7 @@ fn create_allocation() -> Op {
     let out_of_stock =
         ApiError::new(ErrorCode::OutOfStock, "only 1 of the 2 cards asked for are available; nothing was allocated")
             .with_details(
-                json!({ "product_id": "amazon-us", "denomination": "25.00", "requested": 2, "available": 1 }),
+                json!({ "product_id": "gift-usd", "denomination": "25.00", "requested": 2, "available": 1 }),
             );
     let mismatch =
         ApiError::new(ErrorCode::IdempotencyMismatch, "this Idempotency-Key was used with a different request body");

@@ -11,6 +11,7 @@ import { startOrigin } from "./lib/origin-process.mjs";
 import { allocationBody, makeApiKey, randomHex, verifySignature } from "./lib/allot.mjs";
 
 const SECRET = DEFAULT_BINDINGS.EDGE_SIGNING_SECRET;
+const ID = "0192f0c1-7c7e-7000-8000-000000000001";
 const DOCUMENT = { openapi: "3.1.0", info: { title: "allot", version: "test" }, paths: {} };
 
 function get(edge, path, { key, headers = {} } = {}) {
@@ -44,8 +45,8 @@ describe("edge: the listing and the document, against a recording origin", () =>
       if (path === "/v1/allocations" && req.method === "POST") {
         return {
           status: 201,
-          headers: { "content-type": "application/json", location: "/v1/allocations/0192f0c1-7c7e-7000-8000-000000000001" },
-          body: { allocation_id: "0192f0c1-7c7e-7000-8000-000000000001" },
+          headers: { "content-type": "application/json", location: `/v1/allocations/${ID}` },
+          body: { allocation_id: ID },
         };
       }
       return { status: 404, body: { error: { code: "NOT_FOUND", message: "origin 404" } } };
@@ -97,7 +98,7 @@ describe("edge: the listing and the document, against a recording origin", () =>
     });
     await res.arrayBuffer();
     assert.equal(res.status, 201);
-    assert.equal(res.headers.get("location"), "/v1/allocations/0192f0c1-7c7e-7000-8000-000000000001");
+    assert.equal(res.headers.get("location"), `/v1/allocations/${ID}`);
   });
 
   test("GET /v1/openapi.json needs no key, is fetched once per TTL, and answers If-None-Match", async () => {
@@ -156,7 +157,11 @@ describe("end to end: the listing, Location and the document through the edge", 
   });
 
   function allocate(idem, body) {
-    const headers = { authorization: `Bearer ${origin.key}`, "idempotency-key": idem, "content-type": "application/json" };
+    const headers = {
+      authorization: `Bearer ${origin.key}`,
+      "idempotency-key": idem,
+      "content-type": "application/json",
+    };
     return edge.fetch("/v1/allocations", { method: "POST", headers, body });
   }
 

@@ -201,9 +201,7 @@ fn create_allocation() -> Op {
     );
     let out_of_stock =
         ApiError::new(ErrorCode::OutOfStock, "only 1 of the 2 cards asked for are available; nothing was allocated")
-            .with_details(
-                json!({ "product_id": "gift-usd", "denomination": "25.00", "requested": 2, "available": 1 }),
-            );
+            .with_details(json!({ "product_id": "gift-usd", "denomination": "25.00", "requested": 2, "available": 1 }));
     let mismatch =
         ApiError::new(ErrorCode::IdempotencyMismatch, "this Idempotency-Key was used with a different request body");
     let too_large =

@@ -142,6 +142,8 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// How long the old secret still signs after a rotation.
     pub secret_overlap: Duration,
+    /// How long finished deliveries (and their attempts) stay in the delivery log.
+    pub log_retention: Duration,
 }
 
 /// What one slow or greedy peer may hold of a listener.
@@ -417,6 +419,9 @@ fn webhook_settings(s: &Settings) -> Result<WebhookSettings, ConfigError> {
         allow_private: s.parse("ALLOT_WEBHOOK_ALLOW_PRIVATE", false, "true or false")?,
         concurrency: s.parse::<usize>("ALLOT_WEBHOOK_CONCURRENCY", 16, "a number of endpoints")?.clamp(1, 256),
         secret_overlap: hours("ALLOT_WEBHOOK_SECRET_OVERLAP_HOURS", 24)?,
+        log_retention: Duration::from_secs(
+            86_400 * s.parse::<u64>("ALLOT_WEBHOOK_LOG_DAYS", 30, "a whole number of days")?.max(1),
+        ),
     })
 }
 

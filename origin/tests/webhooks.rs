@@ -431,3 +431,37 @@ async fn bad_endpoints_are_refused_and_private_addresses_only_with_the_developme
     app.finish().await;
     dev.finish().await;
 }
+
+#[tokio::test]
+async fn finished_deliveries_leave_the_log_after_its_retention_and_pending_ones_never() {
+    use allot_origin::jobs::{self, RunOutcome};
+    let app = TestApp::spawn_with(options()).await;
+    let admin = operator_token(&app, "admin").await;
+    let operator = operator_token(&app, "operator").await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = add_endpoint(&app, &admin, app.client_id, &receiver.url, &["stock.low"]).await;
+    for _ in 0..3 {
+        app.ops("POST", &format!("/ops/v1/webhooks/{endpoint}/test"), Some(&operator), None).await;
+    }
+    let dispatcher = Dispatcher::new(app.pool.clone(), app.config.card_keys.clone(), app.config.webhooks).unwrap();
+    assert_eq!(dispatcher.tick().await.unwrap(), 3);
+    app.ops("POST", &format!("/ops/v1/webhooks/{endpoint}/test"), Some(&operator), None).await; // stays pending
+    // Two of the delivered ones are 31 days old.
+    sqlx::query(
+        "UPDATE webhook_deliveries SET finished_at = now() - interval '31 days'
+          WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'delivered' ORDER BY id LIMIT 2)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let ctx = allot_origin::services::Services::init(app.config.clone()).unwrap().job_context(CancellationToken::new());
+    let counts = match jobs::run_once(&jobs::housekeeping::JobHistoryPrune, &ctx, None, "test").await.unwrap() {
+        RunOutcome::Succeeded(c) => c,
+        other => panic!("job-history-prune did not succeed: {other:?}"),
+    };
+    assert_eq!(counts["webhook_deliveries_deleted"], 2);
+    assert_eq!(app.count("webhook_deliveries", "state = 'delivered'").await, 1);
+    assert_eq!(app.count("webhook_deliveries", "state = 'pending'").await, 1);
+    assert_eq!(app.count("webhook_attempts", "true").await, 1, "their attempts went with them");
+    app.finish().await;
+}

@@ -16,16 +16,16 @@ SELECT e.id, o.id, 'msg_' || o.id, o.topic,
            'type', o.topic,
            'timestamp', to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
            'data', o.payload)::text
-  FROM outbox o
+  FROM unnest($1::bigint[]) WITH ORDINALITY AS given (id, n)
+  JOIN outbox o ON o.id = given.id
   JOIN webhook_endpoints e
     ON o.topic = ANY (e.topics) AND e.state = 'enabled' AND e.created_at <= o.created_at
    AND (o.topic LIKE 'stock.%' OR o.payload ->> 'client_id' = e.client_id::text)
- WHERE o.id = ANY ($1)
- ORDER BY o.id, e.id
+ ORDER BY given.n, e.id
     ON CONFLICT DO NOTHING";
 
-/// Queue the deliveries of these outbox events (ids in publishing order), inside the relay's
-/// transaction; returns how many were queued.
+/// Queue the deliveries of these outbox events, in the order given (the relay's), inside the
+/// relay's transaction; returns how many were queued.
 pub async fn queue(tx: &mut PgConnection, event_ids: &[i64]) -> Result<u64, sqlx::Error> {
     if event_ids.is_empty() {
         return Ok(0);

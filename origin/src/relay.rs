@@ -141,6 +141,8 @@ impl Relay {
                 .bind(&published)
                 .execute(&mut *tx)
                 .await?;
+            // Webhook deliveries are queued with the events they carry, in the same order.
+            crate::webhooks::fanout::queue(&mut tx, &published).await?;
         }
         for (id, attempts, error) in &failed {
             sqlx::query(

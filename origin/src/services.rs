@@ -45,6 +45,11 @@ impl Services {
         JobContext { config: self.config.clone(), db: self.db.clone(), cache: self.cache.clone(), shutdown }
     }
 
+    /// The webhook dispatcher.
+    pub fn webhook_dispatcher(&self) -> anyhow::Result<crate::webhooks::Dispatcher> {
+        crate::webhooks::Dispatcher::new(self.db.primary.clone(), self.config.card_keys.clone(), self.config.webhooks)
+    }
+
     /// The outbox relay, when there is a Valkey to publish to.
     pub fn relay(&self) -> anyhow::Result<Option<Relay>> {
         match &self.config.valkey_url {

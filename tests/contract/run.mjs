@@ -99,6 +99,8 @@ async function main() {
   writeFileSync(documentPath, await served.text());
 
   const args = [
+    "--config-file",
+    path.join(REPO_ROOT, "tests", "contract", "schemathesis.toml"),
     "run",
     documentPath,
     "--url",

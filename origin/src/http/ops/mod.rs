@@ -214,7 +214,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
     }
 }
 
-fn serde_urlencoded_query<T: DeserializeOwned>(query: &str) -> Result<T, AppError> {
+/// A query string (without `?`) as `T`, refused as [`QueryOf`] refuses it.
+pub fn serde_urlencoded_query<T: DeserializeOwned>(query: &str) -> Result<T, AppError> {
     axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().map_err(|_| bad_query("is not valid"))?)
         .map(|q| q.0)
         .map_err(|e| bad_query(&e.body_text()))

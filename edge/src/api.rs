@@ -1,4 +1,6 @@
-//! The forwarded API: `POST /v1/allocations`, `GET /v1/allocations/{id}`, `GET /v1/products`.
+//! The forwarded API: `POST /v1/allocations`, `GET /v1/allocations` (the caller's listing, its
+//! query forwarded and signed as received, never cached), `GET /v1/allocations/{id}`,
+//! `GET /v1/products`.
 //!
 //! Checks run cheapest first and in the origin's order, so a request with several problems gets
 //! the same error from either: client IP blocked for failed authentications (429), declared size

@@ -1,5 +1,6 @@
 //! Short-lived answers kept at the edge in the Cache API (`caches.default`, shared by every isolate
-//! of a Cloudflare location): `/readyz` per region and `/v1/products` per region, API key and query.
+//! of a Cloudflare location): `/readyz` per region, `/v1/products` per region, API key and query,
+//! and `/v1/openapi.json` (the default region's, the same for everyone).
 //!
 //! A reply is stored as a small JSON envelope under a synthetic URL on the request's own host, as
 //! a `200` with `Cache-Control: max-age=<ttl>`, so any status (a `503` readiness too) can be kept
@@ -36,6 +37,11 @@ fn host_or_default(host: Option<&str>) -> &str {
 /// The key of a region's `/readyz`.
 pub fn readyz_key(host: Option<&str>, region: &Region) -> String {
     format!("https://{}{PREFIX}/readyz/{region}", host_or_default(host))
+}
+
+/// The key of the callers' OpenAPI document, as `region`'s origin serves it.
+pub fn openapi_key(host: Option<&str>, region: &Region) -> String {
+    format!("https://{}{PREFIX}/v1/openapi.json/{region}", host_or_default(host))
 }
 
 /// The key of `/v1/products` for one API key. The key's digest is part of it because the edge
@@ -103,5 +109,10 @@ mod tests {
         assert_ne!(a, products_key(Some("edge.example"), &eu, "allot_eu_a", Some("currency=USD")));
         assert_eq!(a, products_key(Some("edge.example"), &eu, "allot_eu_a", Some("")));
         assert_eq!(readyz_key(None, &eu), "https://edge.invalid/__allot_edge_cache/readyz/eu");
+        assert_eq!(
+            openapi_key(Some("edge.example"), &eu),
+            "https://edge.example/__allot_edge_cache/v1/openapi.json/eu"
+        );
+        assert_ne!(openapi_key(None, &eu), openapi_key(None, &us));
     }
 }

@@ -7,13 +7,14 @@
 //! - [`route`]      which route it is; anything else is 404 and never forwarded
 //! - [`config`]     the vars and the signing secret, validated
 //! - [`health`]     `/healthz` in the isolate, `/readyz` from the origin through the edge cache
+//! - [`openapi`]    `/v1/openapi.json`: the callers' document from the origin through the edge cache
 //! - [`api`]        the forwarded routes: the checks in order, then forwarding
 //!   - [`quota`]      rate limits per API key and per client IP on failed authentications
 //!   - API key format and checksum, and `Idempotency-Key`: `allot_shared::request_headers`, the
 //!     origin's own rules
 //!   - [`admission`]  body deadline, body size and body validation (the shared crate's rules)
 //!   - [`upstream`]   signing, timeouts, one retry, passing the origin's answer back
-//!   - [`edge_cache`] the Cache API for `/readyz` and `/v1/products`
+//!   - [`edge_cache`] the Cache API for `/readyz`, `/v1/products` and `/v1/openapi.json`
 //! - [`reply`]      responses as data, errors in the shared error body
 //! - [`access_log`] one JSON line per request
 //! - [`platform`]   clock, randomness, `request.cf`, headers and vars, read without panicking
@@ -26,6 +27,7 @@ pub mod context;
 pub mod edge_cache;
 pub mod health;
 pub mod ids;
+pub mod openapi;
 pub mod platform;
 pub mod quota;
 pub mod reply;
@@ -68,7 +70,14 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
             let err = ApiError::new(ErrorCode::NotFound, format!("no route for {} {path}", cx.method));
             Reply::error(&err, &cx.request_id)
         }
-        Route::CreateAllocation | Route::GetAllocation | Route::ListProducts => {
+        Route::OpenApi => match Config::load(&env) {
+            Ok(config) => openapi::serve(&req, &config, &mut cx).await,
+            Err(e) => {
+                misconfigured(&e);
+                Reply::error(&ApiError::new(ErrorCode::Internal, "internal error"), &cx.request_id)
+            }
+        },
+        Route::CreateAllocation | Route::ListAllocations | Route::GetAllocation | Route::ListProducts => {
             api::serve(&mut req, &env, &mut cx, route).await
         }
     };

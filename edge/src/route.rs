@@ -10,10 +10,14 @@ pub enum Route {
     Readyz,
     /// `POST /v1/allocations`: forwarded.
     CreateAllocation,
+    /// `GET /v1/allocations`: forwarded, never cached (it holds card codes).
+    ListAllocations,
     /// `GET /v1/allocations/{id}`: forwarded.
     GetAllocation,
     /// `GET /v1/products`: forwarded, cached briefly per region and key.
     ListProducts,
+    /// `GET /v1/openapi.json`: the callers' document, from the edge cache; no key needed.
+    OpenApi,
     /// Everything else, including known paths with the wrong method.
     NotFound,
 }
@@ -32,7 +36,9 @@ impl Route {
             ("GET", "/healthz") => Route::Healthz,
             ("GET", "/readyz") => Route::Readyz,
             ("POST", "/v1/allocations") => Route::CreateAllocation,
+            ("GET", "/v1/allocations") => Route::ListAllocations,
             ("GET", "/v1/products") => Route::ListProducts,
+            ("GET", "/v1/openapi.json") => Route::OpenApi,
             ("GET", p) => match p.strip_prefix("/v1/allocations/") {
                 Some(id) if is_allocation_id(id) => Route::GetAllocation,
                 _ => Route::NotFound,
@@ -47,15 +53,17 @@ impl Route {
             Route::Healthz => "GET /healthz",
             Route::Readyz => "GET /readyz",
             Route::CreateAllocation => "POST /v1/allocations",
+            Route::ListAllocations => "GET /v1/allocations",
             Route::GetAllocation => "GET /v1/allocations/{id}",
             Route::ListProducts => "GET /v1/products",
+            Route::OpenApi => "GET /v1/openapi.json",
             Route::NotFound => "not found",
         }
     }
 
     /// Whether this route is forwarded to an origin with the caller's API key.
     pub fn is_api(self) -> bool {
-        matches!(self, Route::CreateAllocation | Route::GetAllocation | Route::ListProducts)
+        matches!(self, Route::CreateAllocation | Route::ListAllocations | Route::GetAllocation | Route::ListProducts)
     }
 }
 
@@ -69,13 +77,17 @@ mod tests {
         assert_eq!(Route::of("GET", "/readyz"), Route::Readyz);
         assert_eq!(Route::of("POST", "/v1/allocations"), Route::CreateAllocation);
         assert_eq!(Route::of("GET", "/v1/products"), Route::ListProducts);
+        assert_eq!(Route::of("GET", "/v1/allocations"), Route::ListAllocations);
+        assert_eq!(Route::of("GET", "/v1/openapi.json"), Route::OpenApi);
         assert_eq!(Route::of("GET", "/v1/allocations/0192f0c1-7c7e-7000-8000-000000000001"), Route::GetAllocation);
         for (m, p) in [
             ("GET", "/"),
             ("HEAD", "/healthz"),
             ("POST", "/healthz"),
-            ("GET", "/v1/allocations"),
             ("PUT", "/v1/allocations"),
+            ("POST", "/v1/openapi.json"),
+            ("GET", "/v1/openapi.json/"),
+            ("GET", "/openapi.json"),
             ("DELETE", "/v1/allocations/abc"),
             ("GET", "/v1/allocations/"),
             ("GET", "/v1/allocations/a/b"),
@@ -95,6 +107,8 @@ mod tests {
     #[test]
     fn api_routes() {
         assert!(Route::CreateAllocation.is_api() && Route::GetAllocation.is_api() && Route::ListProducts.is_api());
+        assert!(Route::ListAllocations.is_api());
         assert!(!Route::Healthz.is_api() && !Route::Readyz.is_api() && !Route::NotFound.is_api());
+        assert!(!Route::OpenApi.is_api(), "the document needs no key");
     }
 }

@@ -128,6 +128,30 @@ pub struct Config {
     pub console_idle: Duration,
     /// A console session ends this long after sign-in, however busy.
     pub console_session_max: Duration,
+    /// Webhook deliveries: an attempt's limits, retries, and where deliveries may go.
+    pub webhooks: WebhookSettings,
+}
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// One attempt's whole time (connect, send, answer).
+    pub timeout: Duration,
+    /// An endpoint whose head delivery has failed this long is disabled (default 3 days).
+    pub retry_window: Duration,
+    /// The first retry's wait; each failure doubles it, with jitter.
+    pub backoff_base: Duration,
+    /// The longest wait between two attempts.
+    pub backoff_max: Duration,
+    /// Whether endpoints may be plain HTTP and resolve to private or loopback addresses
+    /// (development only).
+    pub allow_private: bool,
+    /// Endpoints delivered to at once by one process.
+    pub concurrency: usize,
+    /// How long the old secret still signs after a rotation.
+    pub secret_overlap: Duration,
+    /// How long finished deliveries (and their attempts) stay in the delivery log.
+    pub log_retention: Duration,
 }
 
 /// What one slow or greedy peer may hold of a listener.
@@ -391,6 +415,7 @@ impl Config {
             console_session_max: Duration::from_secs(
                 3600 * s.parse::<u64>("ALLOT_CONSOLE_SESSION_HOURS", 12, "a whole number of hours")?.clamp(1, 7 * 24),
             ),
+            webhooks: webhook_settings(s)?,
         })
     }
 }
@@ -424,6 +449,25 @@ fn events_retention(s: &Settings) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(Duration::from_secs(86_400 * days))
+}
+
+/// The `ALLOT_WEBHOOK_*` settings.
+fn webhook_settings(s: &Settings) -> Result<WebhookSettings, ConfigError> {
+    let hours = |key: &str, default: u64| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(3600 * s.parse::<u64>(key, default, "a whole number of hours")?.max(1)))
+    };
+    Ok(WebhookSettings {
+        timeout: s.millis("ALLOT_WEBHOOK_TIMEOUT_MS", 10_000)?,
+        retry_window: hours("ALLOT_WEBHOOK_RETRY_HOURS", 72)?,
+        backoff_base: s.millis("ALLOT_WEBHOOK_BACKOFF_BASE_MS", 5_000)?,
+        backoff_max: s.millis("ALLOT_WEBHOOK_BACKOFF_MAX_MS", 3_600_000)?,
+        allow_private: s.parse("ALLOT_WEBHOOK_ALLOW_PRIVATE", false, "true or false")?,
+        concurrency: s.parse::<usize>("ALLOT_WEBHOOK_CONCURRENCY", 16, "a number of endpoints")?.clamp(1, 256),
+        secret_overlap: hours("ALLOT_WEBHOOK_SECRET_OVERLAP_HOURS", 24)?,
+        log_retention: Duration::from_secs(
+            86_400 * s.parse::<u64>("ALLOT_WEBHOOK_LOG_DAYS", 30, "a whole number of days")?.max(1),
+        ),
+    })
 }
 
 /// `ALLOT_AUDIT_RETENTION_DAYS` (default 400): never below the 30 days the table itself keeps.

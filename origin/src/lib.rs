@@ -20,6 +20,7 @@
 //! - [`outage`]: dependency outages, logged once each
 //! - [`request_guard`]: the replay guard and each client's exact rate limit, in Valkey
 //! - [`telemetry`]: structured logging
+//! - [`webhooks`]: clients' webhook endpoints and the delivery of events to them
 
 pub mod allocation;
 pub mod auth;
@@ -43,3 +44,4 @@ pub mod request_guard;
 pub mod server;
 pub mod services;
 pub mod telemetry;
+pub mod webhooks;

@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Serve the API (public listener) and health (operator listener).
     Server,
-    /// Run continuous workers: the outbox relay.
+    /// Run continuous workers: the outbox relay and the webhook dispatcher.
     Worker,
     /// Run the scheduler: inventory pump, reconciler, housekeeping.
     Cron,
@@ -83,6 +83,11 @@ enum Command {
     },
     /// Show the audit trail, newest first.
     Audit(cli::operators::AuditArgs),
+    /// Clients' webhook endpoints: add, list, disable, enable, rotate secrets, deliveries, tests.
+    Webhook {
+        #[command(subcommand)]
+        action: cli::webhooks::WebhookAction,
+    },
     /// Print the OpenAPI document (public and operator APIs) as JSON; needs no database.
     Openapi,
     /// Stock per product and denomination; `allot stock threshold` sets a low-stock threshold.
@@ -208,6 +213,12 @@ async fn run_processes(roles: Roles) -> anyhow::Result<()> {
                  has nowhere to publish and is not started"
             ),
         }
+        let dispatcher = services.webhook_dispatcher()?;
+        let t = token.clone();
+        tasks.spawn(async move {
+            dispatcher.run(t).await;
+            Ok(())
+        });
     }
     if roles.cron {
         let jobs = jobs::registry(&services.config, services.cache.is_some());
@@ -308,6 +319,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Operator { action } => cli::operators::run(action).await,
         Command::Audit(args) => cli::operators::audit(args).await,
+        Command::Webhook { action } => cli::webhooks::run(action).await,
         Command::Openapi => {
             print!("{}", allot_origin::openapi::pretty_json());
             Ok(())

@@ -509,10 +509,13 @@ impl Leader<'_> {
         Ok(step)
     }
 
-    /// Give the next committed events their places, in outbox id order after every place given.
+    /// Give the next committed events their places, in outbox id order after every place given,
+    /// and queue their webhook deliveries in that order, in the same transaction: webhooks follow
+    /// the events' order and never wait for the events Valkey.
     async fn order(&mut self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.conn.begin().await?;
         // The counter row moves only when there is something to place (no write when idle).
-        let (placed, through): (i64, Option<i64>) = sqlx::query_as(
+        let placed: Vec<(i64, i64)> = sqlx::query_as(
             "WITH picked AS (
                  SELECT id, row_number() OVER (ORDER BY id) AS n
                    FROM (SELECT id FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) p
@@ -520,21 +523,29 @@ impl Leader<'_> {
                  UPDATE outbox_sequence SET last_seq = last_seq + (SELECT count(*) FROM picked)
                   WHERE singleton AND EXISTS (SELECT 1 FROM picked)
               RETURNING last_seq - (SELECT count(*) FROM picked) AS base
-             ), placed AS (
-                 UPDATE outbox o SET seq = counter.base + picked.n
-                   FROM picked, counter
-                  WHERE o.id = picked.id AND o.seq IS NULL
-              RETURNING o.seq
              )
-             SELECT count(*), max(seq) FROM placed",
+             UPDATE outbox o SET seq = counter.base + picked.n
+               FROM picked, counter
+              WHERE o.id = picked.id AND o.seq IS NULL
+          RETURNING o.id, o.seq",
         )
         .bind(ORDER_BATCH)
-        .fetch_one(&mut self.conn)
+        .fetch_all(&mut *tx)
         .await?;
-        if let (Some(known), Some(through)) = (self.placed_through, through) {
+        if placed.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut placed = placed;
+        placed.sort_unstable_by_key(|(_, seq)| *seq);
+        let ids: Vec<i64> = placed.iter().map(|(id, _)| *id).collect();
+        crate::webhooks::fanout::queue(&mut tx, &ids).await?;
+        tx.commit().await?;
+        let through = placed[placed.len() - 1].1;
+        if let Some(known) = self.placed_through {
             self.placed_through = Some(known.max(through));
         }
-        Ok(placed as usize)
+        Ok(placed.len())
     }
 
     /// Append the next batch after the cursor (reading the stream first when it is unknown).

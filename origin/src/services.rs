@@ -53,6 +53,11 @@ impl Services {
         JobContext { config: self.config.clone(), db: self.db.clone(), cache: self.cache.clone(), shutdown }
     }
 
+    /// The webhook dispatcher.
+    pub fn webhook_dispatcher(&self) -> anyhow::Result<crate::webhooks::Dispatcher> {
+        crate::webhooks::Dispatcher::new(self.db.primary.clone(), self.config.card_keys.clone(), self.config.webhooks)
+    }
+
     /// The outbox relay, when there is a Valkey to publish to (said loudly when it is the cache's).
     pub fn relay(&self) -> Option<Relay> {
         let stream = self.events.clone()?;

@@ -640,7 +640,7 @@ async fn migration_9_places_earlier_events_in_id_order_and_keeps_their_publicati
     let refused = sqlx::query("UPDATE outbox SET seq = 99 WHERE id = 1").execute(&pool).await.unwrap_err();
     assert!(refused.to_string().contains("already has its place"), "{refused}");
 
-    allot_origin::db::migrate_down(&pool, 1).await.unwrap();
+    allot_origin::db::migrate_down(&pool, steps_back_to_before(20261127000009)).await.unwrap();
     let back: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT aggregate_id, to_char(published_at AT TIME ZONE 'UTC', 'HH24:MI:SS') FROM outbox ORDER BY id",
     )

@@ -78,9 +78,35 @@ async fn the_operator_listener_serves_the_document_without_a_token() {
     assert_eq!(reply.header("content-type").as_deref(), Some("application/json"));
     assert_eq!(reply.json(), document());
     assert_eq!(reply.json()["openapi"], "3.1.0");
-    // The public listener does not serve it (not yet part of the public API).
+    // The public listener serves the callers' part at /v1/openapi.json, not the whole.
     let public = app.send("GET", "/openapi.json", None, None, b"").await;
     assert_eq!(public.status, 404);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_public_listener_serves_the_callers_document_without_a_key_with_an_etag() {
+    let app = TestApp::spawn().await;
+    let public = serde_json::to_value(allot_origin::openapi::public_document()).unwrap();
+    // No key and no edge signature: the document is open.
+    let reply = app.http.get(format!("{}/v1/openapi.json", app.base)).send().await.unwrap();
+    let reply = common::read(reply).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(reply.header("cache-control").as_deref(), Some("max-age=300"));
+    assert_eq!(reply.json(), public);
+    assert_eq!(public["openapi"], "3.1.0");
+    let paths: BTreeSet<&str> = public["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let want = ["/readyz", "/v1/allocations", "/v1/allocations/{id}", "/v1/openapi.json", "/v1/products"];
+    assert_eq!(paths, BTreeSet::from(want), "the callers' operations only");
+    assert!(public["components"]["securitySchemes"].get("operator_token").is_none());
+    assert_documented(&document(), "GET", "/v1/openapi.json", &reply);
+
+    let etag = reply.header("etag").expect("an ETag");
+    let again = app.http.get(format!("{}/v1/openapi.json", app.base)).header("if-none-match", &etag).send().await;
+    let again = common::read(again.unwrap()).await;
+    assert_eq!((again.status, again.body.len()), (304, 0));
+    assert_eq!(again.header("etag"), Some(etag));
     app.finish().await;
 }
 
@@ -523,6 +549,26 @@ async fn public_answers_match_their_documented_schemas() {
     assert_eq!(created.status, 201, "{:?}", created.body);
     assert_documented(&doc, "POST", "/v1/allocations", &created);
     let id = created.json()["allocation_id"].as_str().unwrap().to_owned();
+    assert_eq!(created.header("location"), Some(format!("/v1/allocations/{id}")));
+    let replayed = app.allocate("openapi-1", body).await;
+    assert_eq!(replayed.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_documented(&doc, "POST", "/v1/allocations", &replayed);
+    let listed = app.send("GET", "/v1/allocations?limit=1&product_id=p-open", Some(&app.key), None, b"").await;
+    assert_eq!(listed.json()["items"][0]["allocation_id"], id, "{:?}", listed.body);
+    assert_documented(&doc, "GET", "/v1/allocations", &listed);
+    for query in ["?colour=blue", "?limit=0", "?created_after=yesterday", "?cursor=nope", "?product_id=%20"] {
+        let refused = app.send("GET", &format!("/v1/allocations{query}"), Some(&app.key), None, b"").await;
+        assert_eq!(refused.status, 400, "{query}: {:?}", refused.body);
+        assert_documented(&doc, "GET", "/v1/allocations", &refused);
+    }
+    let unknown = app.send("GET", "/v1/allocations?colour=blue", Some(&app.key), None, b"").await;
+    let examples =
+        &doc["paths"]["/v1/allocations"]["get"]["responses"]["400"]["content"]["application/json"]["examples"];
+    let message = &unknown.json()["error"]["message"];
+    assert!(
+        examples.as_object().unwrap().values().any(|e| &e["value"]["error"]["message"] == message),
+        "the unknown-parameter example is the real answer: {message}"
+    );
     let one = app.send("GET", &format!("/v1/allocations/{id}"), Some(&app.key), None, b"").await;
     assert_documented(&doc, "GET", "/v1/allocations/{id}", &one);
     let products = app.send("GET", "/v1/products", Some(&app.key), None, b"").await;

@@ -148,9 +148,11 @@ pub struct AllocatedCard {
     pub pin: Option<String>,
     /// When the card expires (RFC 3339), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub expires_at: Option<String>,
     /// When an operator voided the card (RFC 3339), if they did; absent for every other card.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub voided_at: Option<String>,
 }
 
@@ -160,6 +162,7 @@ pub struct AllocatedCard {
 #[serde(deny_unknown_fields)]
 pub struct AllocationResponse {
     /// The allocation's id (UUID).
+    #[cfg_attr(feature = "openapi", schema(format = Uuid))]
     pub allocation_id: String,
     /// The product allocated from.
     pub product_id: String,
@@ -175,6 +178,7 @@ pub struct AllocationResponse {
     /// The cards, distinct.
     pub cards: Vec<AllocatedCard>,
     /// When the allocation was committed (RFC 3339, UTC).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
 }
 

@@ -18,6 +18,7 @@ pub mod region;
 pub mod request_headers;
 pub mod signature;
 pub mod trace;
+pub mod webhook;
 
 pub use allocation::{AllocatedCard, AllocationRequest, AllocationResponse};
 pub use api_key::{ApiKey, ApiKeyError};

@@ -13,8 +13,11 @@
 //!    Valkey down): cache ids first, then Postgres with `SKIP LOCKED` ([`claim`]);
 //! 5. **render** the body ([`render`]), the same way for replays;
 //! 6. **put back** whatever was popped and not allocated ([`popped::PoppedIds`]).
+//!
+//! Reads: one allocation ([`Engine::get_allocation`]) and a client's listing ([`listing`]).
 
 mod claim;
+pub mod listing;
 pub mod pop;
 pub mod popped;
 pub mod render;
@@ -66,13 +69,23 @@ pub struct Caller {
     pub rate_limit_per_minute: Option<u32>,
 }
 
-/// The result of an allocation request: a fresh response or a stored one.
+/// The result of an allocation request: a fresh response or a stored one, with the allocation's
+/// id (for `Location`).
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Newly allocated; the `201` body.
-    Created(Bytes),
+    Created(Uuid, Bytes),
     /// Replayed; the stored body, byte for byte.
-    Replayed(Bytes),
+    Replayed(Uuid, Bytes),
+}
+
+impl Outcome {
+    /// The allocation's id.
+    pub fn allocation_id(&self) -> Uuid {
+        match self {
+            Outcome::Created(id, _) | Outcome::Replayed(id, _) => *id,
+        }
+    }
 }
 
 /// The allocation engine.
@@ -145,8 +158,8 @@ impl Engine {
             .map_err(|e| AppError::Internal(anyhow::anyhow!("allocation task failed: {e}")))
             .and_then(|r| r);
         let (outcome, code) = match &result {
-            Ok(Outcome::Created(_)) => ("created", "none"),
-            Ok(Outcome::Replayed(_)) => ("replayed", "none"),
+            Ok(Outcome::Created(..)) => ("created", "none"),
+            Ok(Outcome::Replayed(..)) => ("replayed", "none"),
             Err(e) => ("rejected", e.to_api_error().code.as_str()),
         };
         span.record("outcome", outcome);
@@ -184,7 +197,7 @@ impl Engine {
                     Written::Created(created_at, cards) => {
                         popped.spend(&ids);
                         metrics::counter!("allot_cache_pops_total", "outcome" => "hit").increment(ids.len() as u64);
-                        return Ok(Outcome::Created(render::render(&self.keys, &a.head(created_at), &cards)?));
+                        return Ok(Outcome::Created(a.id, render::render(&self.keys, &a.head(created_at), &cards)?));
                     }
                     Written::KeyExists => return self.replay(a).await,
                     Written::Stale => cache_for_claim = self.cache.as_ref(),
@@ -206,7 +219,7 @@ impl Engine {
         let claimed = claim::claim(&self.db.primary, cache_for_claim, a, popped).instrument(span).await?;
         match claimed {
             Claimed::Created(created_at, cards) => {
-                Ok(Outcome::Created(render::render(&self.keys, &a.head(created_at), &cards)?))
+                Ok(Outcome::Created(a.id, render::render(&self.keys, &a.head(created_at), &cards)?))
             }
             Claimed::KeyExists => self.replay(a).await,
             Claimed::Short(available) => Err(a.out_of_stock(available)),
@@ -279,5 +292,12 @@ impl Engine {
     /// An allocation as its owner sees it; `None` when it does not exist or is not theirs.
     pub async fn get_allocation(&self, caller: &Caller, id: Uuid) -> Result<Option<Bytes>, AppError> {
         render::read_for_owner(&self.db, &self.keys, caller.client_id, id).await
+    }
+
+    /// One page of the caller's allocations, newest first, as the response body. Read from the
+    /// replica when there is one: the newest allocation may show a moment later there.
+    pub async fn list_allocations(&self, caller: &Caller, listing: &listing::Listing) -> Result<Bytes, AppError> {
+        debug_assert_eq!(caller.client_id, listing.client_id, "a caller lists only its own allocations");
+        listing::read_body(&self.db.replica, &self.keys, listing).await
     }
 }

@@ -60,6 +60,12 @@ pub fn format_time(t: OffsetDateTime) -> String {
 
 /// The response body of an allocation; `cards` must be in their positions.
 pub fn render(keys: &KeyRing, head: &AllocationHead, cards: &[ClaimedCard]) -> Result<Bytes, AppError> {
+    let response = response(keys, head, cards)?;
+    Ok(Bytes::from(serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?))
+}
+
+/// The allocation document, codes opened; `cards` must be in their positions.
+pub fn response(keys: &KeyRing, head: &AllocationHead, cards: &[ClaimedCard]) -> Result<AllocationResponse, AppError> {
     debug_assert_eq!(cards.len(), head.quantity as usize, "an allocation has exactly its quantity of cards");
     debug_assert!(cards.windows(2).all(|w| w[0].position < w[1].position), "positions are unique and ordered");
     let aad = card_aad(&head.product_id, head.denomination_minor);
@@ -74,7 +80,7 @@ pub fn render(keys: &KeyRing, head: &AllocationHead, cards: &[ClaimedCard]) -> R
             voided_at: c.voided_at.map(format_time),
         });
     }
-    let response = AllocationResponse {
+    Ok(AllocationResponse {
         allocation_id: head.id.to_string(),
         product_id: head.product_id.clone(),
         denomination: head.currency.format_minor(head.denomination_minor),
@@ -83,8 +89,7 @@ pub fn render(keys: &KeyRing, head: &AllocationHead, cards: &[ClaimedCard]) -> R
         client_reference: head.client_reference.clone(),
         cards: out,
         created_at: format_time(head.created_at),
-    };
-    Ok(Bytes::from(serde_json::to_vec(&response).map_err(|e| AppError::Internal(e.into()))?))
+    })
 }
 
 /// Decrypt one card's code and PIN; `aad` is [`card_aad`] of the card's bucket.

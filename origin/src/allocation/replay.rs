@@ -99,7 +99,7 @@ pub async fn replay_live(pool: &PgPool, keys: &KeyRing, a: &NewAllocation, live:
     }
     let span = tracing::info_span!("allocation.replay");
     match render::read_stored(pool, keys, a.client_id, id).instrument(span).await? {
-        Some(body) => Ok(Outcome::Replayed(body)),
+        Some(body) => Ok(Outcome::Replayed(id, body)),
         None => Err(AppError::Internal(anyhow::anyhow!("allocation {id} vanished while being replayed"))),
     }
 }

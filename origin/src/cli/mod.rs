@@ -8,6 +8,7 @@ pub mod imports;
 pub mod jobs;
 pub mod operators;
 pub mod stock;
+pub mod webhooks;
 
 use allot_origin::error::AppError;
 use anyhow::Context;

@@ -69,13 +69,14 @@ fn common_layers(router: Router<AppState>, state: &AppState) -> Router {
 /// The public API: what the edge forwards to.
 pub fn public_router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/v1/allocations", post(allocations::create))
+        .route("/v1/allocations", post(allocations::create).get(allocations::list))
         .route("/v1/allocations/{id}", get(allocations::get_one))
         .route("/v1/products", get(products::list))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::edge_and_key));
     let router = Router::new()
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
+        .route("/v1/openapi.json", get(crate::openapi::serve_public))
         .merge(api)
         .route_layer(axum::middleware::from_fn_with_state(state.config.request_timeout, middleware::deadline));
     common_layers(router, &state)

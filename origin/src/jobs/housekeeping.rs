@@ -55,7 +55,8 @@ impl Job for IdempotencyExpiry {
 }
 
 /// Deletes finished job runs and recorded cache divergences older than the history retention
-/// (default 14 days), and console sessions a day after they ended.
+/// (default 14 days), console sessions a day after they ended, and finished webhook
+/// deliveries past `ALLOT_WEBHOOK_LOG_DAYS` (default 30).
 pub struct JobHistoryPrune;
 
 impl Job for JobHistoryPrune {
@@ -95,7 +96,17 @@ impl Job for JobHistoryPrune {
                 ctx.config.console_idle.as_secs() as i64,
             )
             .await?;
+            // Finished webhook deliveries (their attempts go with them).
+            let deliveries = in_batches(
+                ctx,
+                "DELETE FROM webhook_deliveries WHERE id = ANY(ARRAY(
+                    SELECT id FROM webhook_deliveries
+                     WHERE state <> 'pending' AND finished_at < now() - make_interval(secs => $1) LIMIT $2))",
+                ctx.config.webhooks.log_retention.as_secs() as i64,
+            )
+            .await?;
             let mut counts = Counts::new();
+            counts.insert("webhook_deliveries_deleted".into(), deliveries.into());
             counts.insert("deleted".into(), n.into());
             counts.insert("divergences_deleted".into(), divergences.into());
             counts.insert("console_sessions_deleted".into(), sessions.into());

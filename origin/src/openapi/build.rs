@@ -5,7 +5,8 @@
 use allot_shared::{ApiError, ErrorBody, ErrorCode};
 use serde_json::Value;
 use utoipa::openapi::example::ExampleBuilder;
-use utoipa::openapi::extensions::ExtensionsBuilder;
+use utoipa::openapi::extensions::{Extensions, ExtensionsBuilder};
+use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::{Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
@@ -58,6 +59,21 @@ pub fn formatted_string(format: &str, description: &str) -> Schema {
 /// A response header with a string schema.
 pub fn header(description: &str) -> Header {
     HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(Type::String)).description(Some(description)).build()
+}
+
+/// An OpenAPI link to the operation `operation_id`, its `parameters` runtime expressions
+/// (`$response.body#/allocation_id`).
+pub fn link(operation_id: &str, parameters: &[(&str, &str)], description: &str) -> Link {
+    // utoipa 5 writes the Link field `operation_id` as is, not as the spec's `operationId`, so
+    // the name goes in through the flattened extensions map, which is written verbatim.
+    // (`ExtensionsBuilder::add` would prefix it with `x-`; `from_iter` keeps the name.)
+    let spelled = Extensions::from_iter([("operationId", operation_id)]);
+    parameters
+        .iter()
+        .fold(LinkBuilder::new(), |b, (name, expression)| b.parameter(*name, *expression))
+        .description(description)
+        .extensions(Some(spelled))
+        .build()
 }
 
 /// `X-Request-Id`: every response carries it.
@@ -238,18 +254,40 @@ impl Op {
 
     /// A JSON response of `T` with an example; `headers` adds to `X-Request-Id`.
     pub fn json_response<T: ToSchema>(
-        mut self,
+        self,
         status: u16,
         description: &str,
         example: Value,
         headers: &[(&str, Header)],
     ) -> Self {
+        self.json_response_linked::<T>(status, description, example, headers, Vec::new())
+    }
+
+    /// [`Op::json_response`] with OpenAPI `links`: the operations its answer leads to.
+    pub fn json_response_linked<T: ToSchema>(
+        mut self,
+        status: u16,
+        description: &str,
+        example: Value,
+        headers: &[(&str, Header)],
+        links: Vec<(&str, Link)>,
+    ) -> Self {
         let schema = schema_ref::<T>(&mut self.schemas);
-        self.json_response_of(status, description, schema, example, headers)
+        self.json_response_of(status, description, schema, example, headers, links)
     }
 
     /// A listing page of `T`: `{"items": [T…], "next_cursor": string | null}`.
-    pub fn listing_response<T: ToSchema>(mut self, description: &str, example: Value) -> Self {
+    pub fn listing_response<T: ToSchema>(self, description: &str, example: Value) -> Self {
+        self.listing_response_with::<T>(description, example, &[])
+    }
+
+    /// [`Op::listing_response`] with response headers besides `X-Request-Id`.
+    pub fn listing_response_with<T: ToSchema>(
+        mut self,
+        description: &str,
+        example: Value,
+        headers: &[(&str, Header)],
+    ) -> Self {
         let item = schema_ref::<T>(&mut self.schemas);
         let cursor = ObjectBuilder::new()
             .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
@@ -259,7 +297,19 @@ impl Op {
             .required("items")
             .property("next_cursor", cursor)
             .required("next_cursor");
-        self.json_response_of(200, description, page.into(), example, &[])
+        self.json_response_of(200, description, page.into(), example, headers, Vec::new())
+    }
+
+    /// A JSON response whose schema is given inline.
+    pub fn json_response_inline(
+        self,
+        status: u16,
+        description: &str,
+        schema: Schema,
+        example: Value,
+        headers: &[(&str, Header)],
+    ) -> Self {
+        self.json_response_of(status, description, schema.into(), example, headers, Vec::new())
     }
 
     fn json_response_of(
@@ -269,6 +319,7 @@ impl Op {
         schema: RefOr<Schema>,
         example: Value,
         headers: &[(&str, Header)],
+        links: Vec<(&str, Link)>,
     ) -> Self {
         let content = ContentBuilder::new().schema(Some(schema)).example(Some(example)).build();
         let mut response = ResponseBuilder::new()
@@ -277,6 +328,9 @@ impl Op {
             .header("x-request-id", request_id_header());
         for (name, h) in headers {
             response = response.header(*name, h.clone());
+        }
+        for (name, link) in links {
+            response = response.link(name, link);
         }
         self.response(status, response)
     }

@@ -2,6 +2,8 @@
 //! wire types' schemas come from `allot-shared` (its `openapi` feature), the operations from
 //! [`public`] and [`ops`]. `allot openapi` prints it, the operator listener serves it at
 //! `GET /openapi.json`, and `docs/openapi.json` is a committed copy a test keeps current.
+//! The callers' part ([`public_document`]: what an API key reaches through the edge) is served
+//! at `GET /v1/openapi.json` by the public listener, and by the edge from its cache.
 //!
 //! - [`build`]: the operation builder and its helpers
 //! - [`check`]: a small JSON Schema check the tests hold examples and answers to
@@ -19,8 +21,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use allot_shared::{ApiError, ErrorCode, request_headers};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
@@ -45,6 +49,8 @@ pub const TAG_CATALOGUE: &str = "catalogue";
 pub const TAG_HEALTH: &str = "health";
 /// Tag of the operator API.
 pub const TAG_OPERATORS: &str = "operators";
+/// Tag of the document itself.
+pub const TAG_DOCUMENT: &str = "document";
 
 /// `components.responses`: an operator request without a live token.
 pub const RESPONSE_OPS_UNAUTHORIZED: &str = "OperatorUnauthorized";
@@ -60,18 +66,22 @@ pub fn operations() -> Vec<Op> {
     public::operations().into_iter().chain(ops::operations()).collect()
 }
 
-fn tags() -> Vec<utoipa::openapi::Tag> {
+fn tags(with_operators: bool) -> Vec<utoipa::openapi::Tag> {
     let tag = |name: &str, description: &str| TagBuilder::new().name(name).description(Some(description)).build();
-    vec![
-        tag(TAG_ALLOCATIONS, "Allocate cards, idempotently, and read an allocation back."),
+    let mut tags = vec![
+        tag(TAG_ALLOCATIONS, "Allocate cards, idempotently, read an allocation back, and list yours."),
         tag(TAG_CATALOGUE, "Products, denominations and what is available."),
+        tag(TAG_DOCUMENT, "This OpenAPI document, for callers; no credentials."),
         tag(TAG_HEALTH, "Liveness and readiness (application/health+json); no credentials."),
-        tag(
+    ];
+    if with_operators {
+        tags.push(tag(
             TAG_OPERATORS,
             "The operator API on the private operator listener: operator tokens (`allotop_…`), one least role \
              per operation (viewer < operator < admin, in `x-allot-least-role`), every change audited.",
-        ),
-    ]
+        ));
+    }
+    tags
 }
 
 fn security_schemes() -> [(&'static str, SecurityScheme); 2] {
@@ -103,8 +113,12 @@ fn security_schemes() -> [(&'static str, SecurityScheme); 2] {
     ]
 }
 
-/// The responses many operations share, under `components.responses`.
-fn shared_responses(schemas: &mut Vec<NamedSchema>) -> Vec<(&'static str, utoipa::openapi::Response)> {
+/// The responses many operations share, under `components.responses` (the operator ones only in
+/// the whole document).
+fn shared_responses(
+    schemas: &mut Vec<NamedSchema>,
+    with_operators: bool,
+) -> Vec<(&'static str, utoipa::openapi::Response)> {
     let missing = match request_headers::operator_token(None) {
         Err(e) => e,
         Ok(_) => unreachable!("no header is never a token"),
@@ -114,20 +128,7 @@ fn shared_responses(schemas: &mut Vec<NamedSchema>) -> Vec<(&'static str, utoipa
     let forbidden = ApiError::new(ErrorCode::Forbidden, "this needs the admin role; you are viewer");
     let internal = ApiError::new(ErrorCode::Internal, "internal error");
     let unavailable = ApiError::new(ErrorCode::OriginUnavailable, "the database is unavailable; retry shortly");
-    vec![
-        (
-            RESPONSE_OPS_UNAUTHORIZED,
-            error_response(
-                "No live operator token: missing, malformed, unknown, expired or revoked.",
-                &[missing, revoked, expired],
-                schemas,
-            )
-            .build(),
-        ),
-        (
-            RESPONSE_OPS_FORBIDDEN,
-            error_response("The operator's role is below the operation's least role.", &[forbidden], schemas).build(),
-        ),
+    let mut responses = vec![
         (
             RESPONSE_INTERNAL,
             error_response("An unexpected failure; nothing internal is disclosed.", &[internal], schemas).build(),
@@ -137,7 +138,30 @@ fn shared_responses(schemas: &mut Vec<NamedSchema>) -> Vec<(&'static str, utoipa
             error_response("The origin cannot serve right now; retry after `Retry-After`.", &[unavailable], schemas)
                 .build(),
         ),
-    ]
+    ];
+    if !with_operators {
+        return responses;
+    }
+    responses.splice(
+        0..0,
+        [
+            (
+                RESPONSE_OPS_UNAUTHORIZED,
+                error_response(
+                    "No live operator token: missing, malformed, unknown, expired or revoked.",
+                    &[missing, revoked, expired],
+                    schemas,
+                )
+                .build(),
+            ),
+            (
+                RESPONSE_OPS_FORBIDDEN,
+                error_response("The operator's role is below the operation's least role.", &[forbidden], schemas)
+                    .build(),
+            ),
+        ],
+    );
+    responses
 }
 
 /// Register `schemas` by name; one name always means one schema.
@@ -153,36 +177,55 @@ fn register(
     }
 }
 
-/// The whole document.
+/// The whole document: the public API and the operator API.
 pub fn document() -> OpenApi {
+    assemble(operations(), true)
+}
+
+/// The callers' document: what an API key reaches through the edge (and `GET /readyz`), without
+/// the operator API. Served at `GET /v1/openapi.json`.
+pub fn public_document() -> OpenApi {
+    assemble(public::caller_operations(), false)
+}
+
+fn assemble(ops: Vec<Op>, with_operators: bool) -> OpenApi {
     let mut schemas = BTreeMap::new();
     let mut paths = Paths::new();
-    for op in operations() {
+    for op in ops {
         let (method, path) = (op.method.clone(), op.path);
         let (operation, named) = op.build();
         register(named, &mut schemas);
         assert!(paths.get_path_operation(path, method.clone()).is_none(), "an operation on {path} is described twice");
         paths.add_path_operation(path, vec![method], operation);
     }
-    let mut shared = vec![(Role::name().into_owned(), <Role as utoipa::PartialSchema>::schema())];
-    let responses = shared_responses(&mut shared);
+    let mut shared = Vec::new();
+    if with_operators {
+        shared.push((Role::name().into_owned(), <Role as utoipa::PartialSchema>::schema()));
+    }
+    let responses = shared_responses(&mut shared, with_operators);
     register(shared, &mut schemas);
-    let components = ComponentsBuilder::new()
+    let [api_key, operator_token] = security_schemes();
+    let mut components = ComponentsBuilder::new()
         .schemas_from_iter(schemas)
         .responses_from_iter(responses)
-        .security_scheme(security_schemes()[0].0, security_schemes()[0].1.clone())
-        .security_scheme(security_schemes()[1].0, security_schemes()[1].1.clone())
-        .build();
-    let info = InfoBuilder::new()
-        .title("allot")
-        .version(env!("CARGO_PKG_VERSION"))
-        .description(Some(
-            "Card allocation. The public API is reached through the edge with an API key; the operator API \
-             (tag `operators`) is served by each region's origin on its private operator listener. Every error \
-             has one shape, `{\"error\": {\"code\", \"message\", \"request_id\", \"details\"}}`, and each code \
-             has one HTTP status.",
-        ))
-        .build();
+        .security_scheme(api_key.0, api_key.1);
+    if with_operators {
+        components = components.security_scheme(operator_token.0, operator_token.1);
+    }
+    let description = if with_operators {
+        "Card allocation. The public API is reached through the edge with an API key; the operator API \
+         (tag `operators`) is served by each region's origin on its private operator listener. Every error \
+         has one shape, `{\"error\": {\"code\", \"message\", \"request_id\", \"details\"}}`, and each code \
+         has one HTTP status."
+    } else {
+        "Card allocation, for API callers: every operation an API key reaches through the edge. Send the key \
+         as `Authorization: Bearer <key>`. Every error has one shape, \
+         `{\"error\": {\"code\", \"message\", \"request_id\", \"details\"}}`, and each code has one HTTP \
+         status; quote `X-Request-Id` (every answer carries it) to support. Rate limits show in \
+         `RateLimit` and `RateLimit-Policy`, and a refusal says when to retry in `Retry-After`."
+    };
+    let info =
+        InfoBuilder::new().title("allot").version(env!("CARGO_PKG_VERSION")).description(Some(description)).build();
     let public_server = ServerBuilder::new()
         .url("/")
         .description(Some("The public API, through the edge in front of the regions"))
@@ -191,8 +234,8 @@ pub fn document() -> OpenApi {
         .info(info)
         .servers(Some([public_server]))
         .paths(paths)
-        .components(Some(components))
-        .tags(Some(tags()))
+        .components(Some(components.build()))
+        .tags(Some(tags(with_operators)))
         .build()
 }
 
@@ -209,4 +252,41 @@ pub async fn serve() -> Response {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     let body = DOCUMENT.get_or_init(pretty_json).clone();
     (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// The callers' document as served: its JSON and its `ETag` (a digest of the JSON).
+pub struct Served {
+    /// The JSON.
+    pub body: Bytes,
+    /// `"<16 hex digits>"`.
+    pub etag: String,
+}
+
+/// The callers' document, built once per process.
+pub fn public_served() -> &'static Served {
+    static DOCUMENT: OnceLock<Served> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let body = serde_json::to_vec(&public_document()).expect("the document serialises");
+        let digest = Sha256::digest(&body);
+        Served { etag: format!("\"{}\"", hex::encode(&digest[..8])), body: Bytes::from(body) }
+    })
+}
+
+/// `GET /v1/openapi.json` on the public listener: the callers' document, no credentials;
+/// `304` while the caller's `If-None-Match` still matches.
+pub async fn serve_public(headers_in: HeaderMap) -> Response {
+    let served = public_served();
+    let matches = headers_in
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == served.etag || t.trim() == "*"));
+    let max_age = HeaderValue::try_from(format!("max-age={}", public::DOCUMENT_MAX_AGE_SECS))
+        .expect("a number is a header value");
+    let etag = HeaderValue::try_from(served.etag.as_str()).expect("hex is a header value");
+    let cache = [(header::CACHE_CONTROL, max_age), (header::ETAG, etag)];
+    if matches {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    let json = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    (StatusCode::OK, cache, json, served.body.clone()).into_response()
 }

@@ -1,6 +1,7 @@
-//! The public API as callers reach it through the edge: allocations, the catalogue and health.
-//! Examples are built from the real wire types and, where one exists, the real error constructor,
-//! so their shape and wording are the code's.
+//! The public API as callers reach it through the edge: allocations, the catalogue, this document
+//! and readiness ([`caller_operations`], the document served at `GET /v1/openapi.json`), and the
+//! origin's own liveness probe. Examples are built from the real wire types and, where one exists,
+//! the real error constructor, so their shape and wording are the code's.
 
 use std::collections::BTreeMap;
 
@@ -16,9 +17,13 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, HttpMethod, ResponseBuilder};
+use uuid::Uuid;
 
-use super::build::{Op, error_response_with, formatted_string, header, request_id_header, schema_ref, string};
-use super::{API_KEY_SCHEME, TAG_ALLOCATIONS, TAG_CATALOGUE, TAG_HEALTH};
+use super::build::{Op, error_response_with, formatted_string, header, link, request_id_header, schema_ref, string};
+use super::{API_KEY_SCHEME, TAG_ALLOCATIONS, TAG_CATALOGUE, TAG_DOCUMENT, TAG_HEALTH};
+use crate::allocation::listing::{FOREIGN_CURSOR, Listing, ListingQuery};
+use crate::http::allocations::ListQuery;
+use crate::http::ops::serde_urlencoded_query;
 
 /// The body of `POST /v1/allocations`, as documented; the edge and the origin both parse it with
 /// `AllocationRequest::parse`, which refuses unknown fields.
@@ -27,13 +32,14 @@ use super::{API_KEY_SCHEME, TAG_ALLOCATIONS, TAG_CATALOGUE, TAG_HEALTH};
 #[schema(as = AllocationRequest)]
 pub struct AllocationRequestBody {
     /// The product to allocate from (see `GET /v1/products`).
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", example = "amazon-us")]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", example = "gift-usd")]
     pub product_id: String,
     /// The face value as an exact decimal string: no sign, exponent or leading zeros, at most
     /// 4 decimal places. `"25"` and `"25.00"` ask for the same thing.
     #[schema(pattern = "^(0|[1-9][0-9]{0,9})(\\.[0-9]{1,4})?$", example = "25.00")]
     pub denomination: String,
-    /// How many cards, all or nothing (the maximum is configurable; 20 by default).
+    /// How many cards, all or nothing (the maximum is configurable; 20 by default). Written as a
+    /// JSON integer, `2`: `2.0` and `2e0` are refused, though JSON Schema counts them as integers.
     #[schema(minimum = 1, maximum = 20, example = 2)]
     pub quantity: u32,
     /// Your own reference, stored and echoed: 1-128 characters, no control characters.
@@ -41,11 +47,15 @@ pub struct AllocationRequestBody {
     pub client_reference: Option<String>,
 }
 
-/// The sample request id in examples.
+/// A sample listing cursor (opaque to callers).
+const SAMPLE_CURSOR: &str =
+    "bDE6OGY0OWUxYzJhMGI3ZDNlNToxNzk1Nzk1NTMxMjA0MDAwMDAwOjAxOTJmMGMxLTdjN2UtNzAwMC04MDAwLTAwMDAwMDAwMDAwMQ";
+
+/// The sample allocation id in examples.
 const SAMPLE_ALLOCATION_ID: &str = "0192f0c1-7c7e-7000-8000-000000000001";
 
 fn sample_request() -> Value {
-    json!({ "product_id": "amazon-us", "denomination": "25.00", "quantity": 2, "client_reference": "order-1042" })
+    json!({ "product_id": "gift-usd", "denomination": "25.00", "quantity": 2, "client_reference": "order-1042" })
 }
 
 fn sample_allocation() -> Value {
@@ -58,7 +68,7 @@ fn sample_allocation() -> Value {
     };
     let response = AllocationResponse {
         allocation_id: SAMPLE_ALLOCATION_ID.into(),
-        product_id: "amazon-us".into(),
+        product_id: "gift-usd".into(),
         denomination: "25.00".into(),
         currency: Currency::parse("USD").expect("a known currency"),
         quantity: 2,
@@ -79,8 +89,8 @@ fn sample_allocation_with_a_void() -> Value {
 fn sample_catalogue() -> Value {
     let catalogue = Catalogue {
         products: vec![CatalogueEntry {
-            product_id: "amazon-us".into(),
-            name: "Amazon.com gift card".into(),
+            product_id: "gift-usd".into(),
+            name: "Demo gift card (USD)".into(),
             currency: Currency::parse("USD").expect("a known currency"),
             denominations: vec![
                 DenominationStock { denomination: "25.00".into(), available: 1_840 },
@@ -152,6 +162,22 @@ fn gate_errors(op: Op) -> Op {
     op.shared_response(500, super::RESPONSE_INTERNAL).shared_response(503, super::RESPONSE_UNAVAILABLE)
 }
 
+/// `413` on a gated `GET`: a declared body over the limit is refused before anything else (a `GET`
+/// needs no body).
+fn declared_body_too_large(op: Op) -> Op {
+    let too_large =
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {DEFAULT_MAX_BODY_BYTES} bytes"));
+    op.error("A `Content-Length` over the body limit (a `GET` needs no body).", &[too_large])
+}
+
+/// `Location` on a `201`.
+fn location_header() -> utoipa::openapi::Header {
+    header(
+        "Where the allocation is read back: `/v1/allocations/{allocation_id}`, relative to the API's root. \
+         Sent on a replay too.",
+    )
+}
+
 fn create_allocation() -> Op {
     let idempotency_key = ObjectBuilder::new()
         .schema_type(Type::String)
@@ -165,7 +191,7 @@ fn create_allocation() -> Op {
         .examples(["order-1042-attempt"]);
     let replayed = header("`true` when this is the stored answer to an earlier request with the same key.");
     let invalid_body = real(AllocationRequest::parse(
-        br#"{"product_id":"amazon-us","denomination":"25.00","quantity":0}"#,
+        br#"{"product_id":"gift-usd","denomination":"25.00","quantity":0}"#,
         &Limits::default(),
     ));
     let no_key = real(request_headers::idempotency_key(None));
@@ -175,9 +201,7 @@ fn create_allocation() -> Op {
     );
     let out_of_stock =
         ApiError::new(ErrorCode::OutOfStock, "only 1 of the 2 cards asked for are available; nothing was allocated")
-            .with_details(
-                json!({ "product_id": "amazon-us", "denomination": "25.00", "requested": 2, "available": 1 }),
-            );
+            .with_details(json!({ "product_id": "gift-usd", "denomination": "25.00", "requested": 2, "available": 1 }));
     let mismatch =
         ApiError::new(ErrorCode::IdempotencyMismatch, "this Idempotency-Key was used with a different request body");
     let too_large =
@@ -198,14 +222,25 @@ fn create_allocation() -> Op {
             string("W3C trace context; the allocation's spans and events continue this trace."),
         )
         .json_body::<AllocationRequestBody>("What to allocate.", sample_request());
-    let mut created_headers = vec![(headers::IDEMPOTENT_REPLAYED, replayed)];
+    let mut created_headers = vec![(headers::IDEMPOTENT_REPLAYED, replayed), ("location", location_header())];
     created_headers.extend(rate_limit_headers());
+    let read_back = link(
+        "getAllocation",
+        &[("id", "$response.body#/allocation_id")],
+        "Read the allocation back (the `Location` of the `201`).",
+    );
+    let list_product = link(
+        "listAllocations",
+        &[("product_id", "$response.body#/product_id")],
+        "Your allocations of this product, newest first: this one leads.",
+    );
     op = op
-        .json_response::<AllocationResponse>(
+        .json_response_linked::<AllocationResponse>(
             201,
             "Allocated (or the replay of an earlier allocation with the same key).",
             sample_allocation(),
             &created_headers,
+            vec![("GetAllocation", read_back), ("ListAllocationsOfProduct", list_product)],
         )
         .error(
             "The body or the `Idempotency-Key` is missing or invalid; `details.field` names what.",
@@ -239,7 +274,43 @@ fn get_allocation() -> Op {
             &rate_limit_headers(),
         )
         .error("No allocation of yours has this id.", &[not_found]);
-    gate_errors(op)
+    gate_errors(declared_body_too_large(op))
+}
+
+/// A listing error as the handler makes it, from a query string.
+fn listing_error(client_id: Uuid, query: &str) -> ApiError {
+    let checked = serde_urlencoded_query::<ListQuery>(query)
+        .and_then(|q| Listing::parse(client_id, &ListingQuery::from(q)).map(|_| ()));
+    match checked {
+        Err(e) => e.to_api_error(),
+        Ok(()) => unreachable!("the sample query {query} is invalid by construction"),
+    }
+}
+
+fn list_allocations() -> Op {
+    let client = Uuid::nil();
+    let invalid = [
+        listing_error(client, "colour=blue"),
+        listing_error(client, "limit=0"),
+        listing_error(client, "created_after=yesterday"),
+        listing_error(client, "cursor=nope"),
+        ApiError::validation("cursor", FOREIGN_CURSOR),
+    ];
+    let example = json!({ "items": [sample_allocation()], "next_cursor": SAMPLE_CURSOR });
+    let op = Op::new(HttpMethod::Get, "/v1/allocations", "listAllocations", "Your allocations")
+        .description(
+            "Your allocations, newest first (by `created_at`, then `allocation_id`), a page at a time; each \
+             item is the document `GET /v1/allocations/{id}` answers, codes included. Follow `next_cursor` \
+             with the same filters until it is null; a cursor used with other filters, or by another \
+             client, is `400`. Unknown query parameters are `400` too. When a read replica is configured, \
+             an allocation made a moment ago may take that moment to be listed.",
+        )
+        .tag(TAG_ALLOCATIONS)
+        .security(API_KEY_SCHEME)
+        .query::<ListQuery>()
+        .listing_response_with::<AllocationResponse>("A page of your allocations.", example, &rate_limit_headers())
+        .error("A query parameter is unknown or invalid; `details.field` names it.", &invalid);
+    gate_errors(declared_body_too_large(op))
 }
 
 fn list_products() -> Op {
@@ -259,7 +330,52 @@ fn list_products() -> Op {
         .header_param("If-None-Match", false, string("An `ETag` from an earlier answer (or `*`)."))
         .json_response::<Catalogue>(200, "The catalogue.", sample_catalogue(), &headers)
         .response(304, not_modified);
-    gate_errors(op)
+    gate_errors(declared_body_too_large(op))
+}
+
+/// How long callers and the edge may reuse the document, in seconds.
+pub const DOCUMENT_MAX_AGE_SECS: u32 = 300;
+
+fn get_document() -> Op {
+    let etag = header("The document's version; send it as `If-None-Match` to get `304` while unchanged.");
+    let cache_control = header("`max-age=300`: the document may be reused for 5 minutes.");
+    let not_modified = ResponseBuilder::new()
+        .description("Unchanged since the `ETag` sent.")
+        .header("etag", etag.clone())
+        .header("cache-control", cache_control.clone())
+        .header("x-request-id", request_id_header());
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("openapi", ObjectBuilder::new().schema_type(Type::String))
+        .required("openapi")
+        .property("info", ObjectBuilder::new().schema_type(Type::Object))
+        .required("info")
+        .property("paths", ObjectBuilder::new().schema_type(Type::Object))
+        .required("paths")
+        .description(Some("An OpenAPI 3.1 document."));
+    let example = json!({
+        "openapi": "3.1.0",
+        "info": { "title": "allot", "version": env!("CARGO_PKG_VERSION") },
+        "paths": { "/v1/allocations": {} }
+    });
+    let op = Op::new(HttpMethod::Get, "/v1/openapi.json", "getOpenApiDocument", "This document")
+        .description(
+            "The callers' OpenAPI 3.1 document: every operation an API key reaches through the edge, with its \
+             errors, headers and examples, and `GET /readyz`. No credentials needed. The edge keeps it for \
+             5 minutes, so a location asks its origin at most once per 5 minutes.",
+        )
+        .tag(TAG_DOCUMENT)
+        .open()
+        .header_param("If-None-Match", false, string("An `ETag` from an earlier answer (or `*`)."))
+        .json_response_inline(
+            200,
+            "The document.",
+            schema.into(),
+            example,
+            &[("etag", etag), ("cache-control", cache_control)],
+        )
+        .response(304, not_modified);
+    op.shared_response(500, super::RESPONSE_INTERNAL).shared_response(503, super::RESPONSE_UNAVAILABLE)
 }
 
 fn health_response(description: &str, status: HealthStatus, op: &mut Op) -> ResponseBuilder {
@@ -276,7 +392,10 @@ fn health_response(description: &str, status: HealthStatus, op: &mut Op) -> Resp
 
 fn livez() -> Op {
     let mut op = Op::new(HttpMethod::Get, "/livez", "livez", "The process is up")
-        .description("Always `pass` while the process serves; no dependency is checked.")
+        .description(
+            "Always `pass` while the process serves; no dependency is checked. Served by each origin for its \
+             load balancer, not through the edge (so not in the callers' document at `/v1/openapi.json`).",
+        )
         .tag(TAG_HEALTH)
         .open();
     let ok = health_response("Up.", HealthStatus::Pass, &mut op);
@@ -287,7 +406,8 @@ fn readyz() -> Op {
     let mut op = Op::new(HttpMethod::Get, "/readyz", "readyz", "Ready to serve")
         .description(
             "`pass` when Postgres answers; Valkey down is `warn` (still `200`: allocations fall back to \
-             Postgres); Postgres down is `fail` with `503`.",
+             Postgres); Postgres down is `fail` with `503`. Through the edge: the home region's origin's \
+             readiness, kept a few seconds, with an `origin:<region>` check timing the edge's round trip.",
         )
         .tag(TAG_HEALTH)
         .open();
@@ -296,9 +416,16 @@ fn readyz() -> Op {
     op.response(200, ok).response(503, failing)
 }
 
-/// Every public operation.
+/// The operations callers reach through the edge: the callers' document.
+pub fn caller_operations() -> Vec<Op> {
+    vec![create_allocation(), list_allocations(), get_allocation(), list_products(), get_document(), readyz()]
+}
+
+/// Every public operation: the callers' and the origin's liveness probe.
 pub fn operations() -> Vec<Op> {
-    vec![create_allocation(), get_allocation(), list_products(), livez(), readyz()]
+    let mut ops = caller_operations();
+    ops.push(livez());
+    ops
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ fn operator_operations_need_the_operator_token_and_answer_401_and_403_in_the_sha
             for (status, name) in [("401", RESPONSE_OPS_UNAUTHORIZED), ("403", RESPONSE_OPS_FORBIDDEN)] {
                 assert_eq!(responses[status]["$ref"], format!("#/components/responses/{name}"), "{method} {path}");
             }
-        } else if path.starts_with("/v1/") {
+        } else if path.starts_with("/v1/") && path != "/v1/openapi.json" {
             assert_eq!(op["security"], serde_json::json!([{ API_KEY_SCHEME: [] }]), "{method} {path}");
             for status in ["401", "403", "429", "500", "503"] {
                 assert!(responses.get(status).is_some(), "{method} {path} does not document {status}");
@@ -205,4 +205,55 @@ fn every_example_matches_its_schema() {
     }
     assert!(checked > 100, "only {checked} examples found");
     assert!(out.is_empty(), "examples that do not match their schemas: {out:#?}");
+}
+
+#[test]
+fn every_link_names_an_operation_and_its_parameters() {
+    let doc = doc();
+    let operations = documented(&doc);
+    let mut links = 0;
+    for (method, path, op) in &operations {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                let target =
+                    link["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} {name}: no operationId"));
+                let (_, _, target_op) = operations
+                    .iter()
+                    .find(|(_, _, o)| o["operationId"] == target)
+                    .unwrap_or_else(|| panic!("{method} {path} {status} {name}: no operation {target}"));
+                for (parameter, expression) in link["parameters"].as_object().unwrap() {
+                    let declared =
+                        target_op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == *parameter);
+                    assert!(declared, "{name}: {target} has no parameter {parameter}");
+                    let pointer = expression.as_str().unwrap().strip_prefix("$response.body#").unwrap();
+                    let example = &response["content"]["application/json"]["example"];
+                    assert!(example.pointer(pointer).is_some(), "{name}: the example has no {pointer}");
+                }
+                links += 1;
+            }
+        }
+    }
+    assert!(links >= 2, "create links to get and list: {links}");
+}
+
+#[test]
+fn the_callers_document_is_the_public_operations_reached_through_the_edge() {
+    let public = serde_json::to_value(public_document()).unwrap();
+    let whole = doc();
+    let mut all = BTreeSet::new();
+    refs(&public, &mut all);
+    for r in all {
+        assert!(
+            public.pointer(r.strip_prefix('#').unwrap()).is_some(),
+            "{r} does not resolve in the callers' document"
+        );
+    }
+    for (method, path, op) in documented(&public) {
+        assert!(!path.starts_with("/ops/") && path != "/livez", "{method} {path} is not reached through the edge");
+        assert_eq!(op, whole["paths"][&path][method.to_lowercase()], "{method} {path} is described as in the whole");
+    }
+    assert_eq!(documented(&public).len(), 6);
+    assert!(public["components"]["securitySchemes"].get(OPERATOR_TOKEN_SCHEME).is_none());
+    assert!(public["components"]["responses"].get(RESPONSE_OPS_FORBIDDEN).is_none());
+    assert!(public["tags"].as_array().unwrap().iter().all(|t| t["name"] != TAG_OPERATORS));
 }

@@ -31,6 +31,11 @@ impl Actor {
         Self { name: format!("cli:{user}"), request_id: None }
     }
 
+    /// The platform acting on its own (a job, the webhook dispatcher): `system:<part>`.
+    pub fn system(part: &str) -> Self {
+        Self { name: format!("system:{part}"), request_id: None }
+    }
+
     /// The name stored in `audit_log.actor`.
     pub fn name(&self) -> &str {
         &self.name

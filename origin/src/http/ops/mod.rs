@@ -8,6 +8,7 @@ pub mod imports;
 pub mod jobs;
 pub mod operators;
 pub mod stock;
+pub mod webhooks;
 
 use allot_shared::{ApiError, ErrorCode, request_headers};
 use axum::Router;
@@ -73,6 +74,15 @@ pub const ROUTES: &[OpsRoute] = &[
     route("GET", "/ops/v1/allocations", Role::Viewer),
     route("GET", "/ops/v1/allocations/{id}", Role::Viewer),
     route("POST", "/ops/v1/allocations/{id}/reveal", Role::Admin),
+    route("GET", "/ops/v1/clients/{id}/webhooks", Role::Viewer),
+    route("POST", "/ops/v1/clients/{id}/webhooks", Role::Admin),
+    route("GET", "/ops/v1/webhooks/{id}", Role::Viewer),
+    route("POST", "/ops/v1/webhooks/{id}/disable", Role::Admin),
+    route("POST", "/ops/v1/webhooks/{id}/enable", Role::Admin),
+    route("POST", "/ops/v1/webhooks/{id}/rotate-secret", Role::Admin),
+    route("GET", "/ops/v1/webhooks/{id}/deliveries", Role::Viewer),
+    route("POST", "/ops/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", Role::Operator),
+    route("POST", "/ops/v1/webhooks/{id}/test", Role::Operator),
     route("GET", "/ops/v1/events", Role::Viewer),
 ];
 
@@ -111,6 +121,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/allocations", get(cards::find))
         .route("/ops/v1/allocations/{id}", get(cards::show))
         .route("/ops/v1/allocations/{id}/reveal", post(cards::reveal))
+        .route("/ops/v1/clients/{id}/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/ops/v1/webhooks/{id}", get(webhooks::show))
+        .route("/ops/v1/webhooks/{id}/disable", post(webhooks::disable))
+        .route("/ops/v1/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/ops/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/ops/v1/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
+        .route("/ops/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
+        .route("/ops/v1/webhooks/{id}/test", post(webhooks::send_test))
         .route("/ops/v1/events", get(events::list))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
@@ -199,7 +217,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
     }
 }
 
-fn serde_urlencoded_query<T: DeserializeOwned>(query: &str) -> Result<T, AppError> {
+/// A query string (without `?`) as `T`, refused as [`QueryOf`] refuses it.
+pub fn serde_urlencoded_query<T: DeserializeOwned>(query: &str) -> Result<T, AppError> {
     axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().map_err(|_| bad_query("is not valid"))?)
         .map(|q| q.0)
         .map_err(|e| bad_query(&e.body_text()))

@@ -16,11 +16,13 @@
 //! - `/ops/v1/clients` and `/ops/v1/keys` in [`clients`]
 //! - `/ops/v1/voids` and `/ops/v1/allocations` in [`cards`]
 //! - `/ops/v1/events` in [`events`]
+//! - `/ops/v1/clients/{id}/webhooks` and `/ops/v1/webhooks` in [`webhooks`]
 
 pub mod cards;
 pub mod clients;
 pub mod events;
 pub mod imports;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -520,6 +522,7 @@ pub fn operations() -> Vec<Op> {
     .chain(imports::operations())
     .chain(clients::operations())
     .chain(cards::operations())
+    .chain(webhooks::operations())
     .chain(events::operations())
     .collect()
 }

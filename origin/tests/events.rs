@@ -694,3 +694,35 @@ async fn health_reports_the_events_valkey_apart_from_the_cache_and_the_relays_la
     assert_eq!((status(&ready, "valkey"), status(&ready, "valkey:events")), ("pass".to_owned(), "pass".to_owned()));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn webhook_deliveries_are_queued_in_place_order_even_while_the_events_valkey_is_down() {
+    let _serial = SERIAL.lock().await;
+    let opts = Options { extra: vec![("ALLOT_WEBHOOK_ALLOW_PRIVATE".into(), "true".into())], ..Options::default() };
+    let app = TestApp::spawn_with(opts).await;
+    let admin = common::operator_token(&app, "admin").await;
+    let body = serde_json::json!({ "url": "http://127.0.0.1:9/hook", "topics": ["allocation.created"] });
+    let r = app.ops("POST", &format!("/ops/v1/clients/{}/webhooks", app.client_id), Some(&admin), Some(body)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    app.product("wq", "USD", &["10.00"]).await;
+    app.load_cards("wq", 1000, 3).await;
+    for i in 0..3 {
+        let r = app.allocate(format!("wq-{i}"), r#"{"product_id":"wq","denomination":"10.00","quantity":1}"#).await;
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(app.count("webhook_deliveries", "").await, 0, "queued by the relay, not by the allocation");
+    // The relay places the events with its stream unreachable: the deliveries are queued anyway,
+    // in the events' order, while nothing is in the stream.
+    place_without_publishing(&app, 3).await;
+    assert_eq!(published_seq(&app.pool).await, 0);
+    let queued: Vec<i64> =
+        sqlx::query_scalar("SELECT o.seq FROM webhook_deliveries d JOIN outbox o ON o.id = d.event_id ORDER BY d.id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(queued, [1, 2, 3], "one delivery per event, in place order");
+    // Placing never runs twice for an event: nothing more is queued.
+    place_without_publishing(&app, 0).await;
+    assert_eq!(app.count("webhook_deliveries", "").await, 3);
+    app.finish().await;
+}

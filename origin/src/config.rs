@@ -61,6 +61,14 @@ pub struct Config {
     pub valkey_url: Option<String>,
     /// Prefix of every Valkey key this origin writes.
     pub valkey_prefix: String,
+    /// The Valkey the relay publishes the event stream to (`ALLOT_EVENTS_URL`; `VALKEY_URL` when
+    /// unset); `None` when neither names one.
+    pub events_url: Option<String>,
+    /// Whether `events_url` is the cache's Valkey because `ALLOT_EVENTS_URL` is unset: the stream
+    /// then lives in a store the design treats as disposable.
+    pub events_share_cache: bool,
+    /// How long a published event stays in the outbox for catching up (at least a day).
+    pub events_retention: Duration,
     /// Card and stored-response encryption keys.
     pub card_keys: KeyRing,
     /// Shared secrets for edge signatures; the first is current, the rest are accepted.
@@ -166,6 +174,8 @@ impl std::fmt::Debug for Config {
             .field("database_read_url", &self.database_read_url.is_some())
             .field("valkey", &self.valkey_url.is_some())
             .field("valkey_prefix", &self.valkey_prefix)
+            .field("events", &self.events_url.is_some())
+            .field("events_share_cache", &self.events_share_cache)
             .field("card_key_ids", &self.card_keys.key_ids())
             .field("edge_secrets", &self.edge_secrets.len())
             .field("signature_mode", &self.signature_mode)
@@ -268,6 +278,7 @@ impl Config {
                 return Err(ConfigError(format!("VALKEY_URL={u} must start with redis:// or valkey://")));
             }
         };
+        let (events_url, events_share_cache) = events_url(s, valkey_url.as_deref())?;
         let region = Region::parse(s.require("ALLOT_REGION", "this origin's region code, e.g. eu")?)
             .map_err(|e| ConfigError(format!("ALLOT_REGION: {e}")))?;
         let valkey_prefix = s.get("ALLOT_VALKEY_PREFIX").unwrap_or("allot").to_owned();
@@ -364,6 +375,9 @@ impl Config {
             database_read_url,
             valkey_url,
             valkey_prefix,
+            events_url,
+            events_share_cache,
+            events_retention: events_retention(s)?,
             card_keys,
             edge_secrets,
             signature_mode,
@@ -404,6 +418,37 @@ impl Config {
             webhooks: webhook_settings(s)?,
         })
     }
+}
+
+/// A Valkey URL as the settings take it: `redis://`, `rediss://` or `valkey://` (read as `redis://`).
+fn redis_url(key: &str, value: &str) -> Result<String, ConfigError> {
+    if value.starts_with("redis://") || value.starts_with("rediss://") || value.starts_with("valkey://") {
+        Ok(value.replacen("valkey://", "redis://", 1))
+    } else {
+        Err(ConfigError(format!("{key}={value} must start with redis:// or valkey://")))
+    }
+}
+
+/// `ALLOT_EVENTS_URL`: the events Valkey, `none` for no stream, or unset for the cache's Valkey
+/// (then the second value is true).
+fn events_url(s: &Settings, valkey_url: Option<&str>) -> Result<(Option<String>, bool), ConfigError> {
+    match s.get("ALLOT_EVENTS_URL") {
+        None => Ok((valkey_url.map(str::to_owned), valkey_url.is_some())),
+        Some("none") => Ok((None, false)),
+        Some(u) => Ok((Some(redis_url("ALLOT_EVENTS_URL", u)?), false)),
+    }
+}
+
+/// `ALLOT_EVENTS_RETENTION_DAYS` (default 7, at least 1): how long published events stay
+/// available to `GET /ops/v1/events`.
+fn events_retention(s: &Settings) -> Result<Duration, ConfigError> {
+    let days: u64 = s.parse("ALLOT_EVENTS_RETENTION_DAYS", 7, "a whole number of days")?;
+    if days == 0 {
+        return Err(ConfigError(
+            "ALLOT_EVENTS_RETENTION_DAYS=0 is too short: published events are kept at least 1 day".into(),
+        ));
+    }
+    Ok(Duration::from_secs(86_400 * days))
 }
 
 /// The `ALLOT_WEBHOOK_*` settings.
@@ -503,6 +548,34 @@ mod tests {
             ("ALLOT_HEADER_READ_TIMEOUT_MS", "0", "ALLOT_HEADER_READ_TIMEOUT_MS"),
             ("ALLOT_BODY_READ_TIMEOUT_MS", "20000", "less than ALLOT_REQUEST_TIMEOUT_MS"),
             ("ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE", "0", "ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE"),
+        ] {
+            let err = Config::from_settings(&with(base(), k, v)).unwrap_err().to_string();
+            assert!(err.contains(says), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn events_have_their_own_valkey_or_share_the_cache_and_a_retention_of_a_day_or_more() {
+        let shared = Config::from_settings(&Settings::from_pairs(base())).unwrap();
+        assert_eq!(shared.events_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert!(shared.events_share_cache, "unset: the cache's Valkey, and said so");
+        assert_eq!(shared.events_retention, Duration::from_secs(7 * 86_400));
+        let own = Config::from_settings(&with(base(), "ALLOT_EVENTS_URL", "valkey://10.0.0.9:6380")).unwrap();
+        assert_eq!(own.events_url.as_deref(), Some("redis://10.0.0.9:6380"));
+        assert!(!own.events_share_cache);
+        let off = Config::from_settings(&with(base(), "ALLOT_EVENTS_URL", "none")).unwrap();
+        assert_eq!((off.events_url, off.events_share_cache), (None, false));
+        let mut no_valkey = base();
+        no_valkey.retain(|(k, _)| k != "VALKEY_URL");
+        no_valkey.push(("VALKEY_URL".into(), "none".into()));
+        let none = Config::from_settings(&Settings::from_pairs(no_valkey)).unwrap();
+        assert_eq!((none.events_url, none.events_share_cache), (None, false));
+        let day = Config::from_settings(&with(base(), "ALLOT_EVENTS_RETENTION_DAYS", "1")).unwrap();
+        assert_eq!(day.events_retention, Duration::from_secs(86_400));
+        for (k, v, says) in [
+            ("ALLOT_EVENTS_URL", "http://x", "ALLOT_EVENTS_URL"),
+            ("ALLOT_EVENTS_RETENTION_DAYS", "0", "at least 1 day"),
+            ("ALLOT_EVENTS_RETENTION_DAYS", "a week", "whole number of days"),
         ] {
             let err = Config::from_settings(&with(base(), k, v)).unwrap_err().to_string();
             assert!(err.contains(says), "{k}={v}: {err}");

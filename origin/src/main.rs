@@ -101,6 +101,8 @@ enum Command {
         #[command(subcommand)]
         action: cli::cards::AllocationAction,
     },
+    /// Events in the relay's (commit) order after an event id, from Postgres, as JSON.
+    Events(cli::events::EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -198,7 +200,7 @@ async fn run_processes(roles: Roles) -> anyhow::Result<()> {
         tasks.spawn(server::serve_operator(server::state_from(&services), token.clone()));
     }
     if roles.worker {
-        match services.relay()? {
+        match services.relay() {
             Some(relay) => {
                 let t = token.clone();
                 tasks.spawn(async move {
@@ -206,7 +208,10 @@ async fn run_processes(roles: Roles) -> anyhow::Result<()> {
                     Ok(())
                 });
             }
-            None => tracing::warn!("VALKEY_URL is `none`: the outbox relay has nowhere to publish and is not started"),
+            None => tracing::warn!(
+                "no events Valkey (ALLOT_EVENTS_URL is `none`, or unset with VALKEY_URL `none`): the outbox relay \
+                 has nowhere to publish and is not started"
+            ),
         }
         let dispatcher = services.webhook_dispatcher()?;
         let t = token.clone();
@@ -299,6 +304,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Key { action } => cli::clients::run_key(action).await,
         Command::Void(args) => cli::cards::void(args).await,
         Command::Allocation { action } => cli::cards::allocation(action).await,
+        Command::Events(args) => cli::events::run(args).await,
         Command::Product { action: ProductAction::Upsert { id, name, currency, denominations } } => {
             let pool = db::connect_admin(&database_url()?).await?;
             let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;

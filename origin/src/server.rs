@@ -24,7 +24,7 @@ pub fn build_state(cfg: Config) -> anyhow::Result<AppState> {
 
 /// The HTTP state over already-built services.
 pub fn state_from(services: &Services) -> AppState {
-    let Services { config, db, cache } = services.clone();
+    let Services { config, db, cache, events } = services.clone();
     let products = ProductDirectory::new(db.primary.clone(), Duration::from_secs(30));
     let engine = Engine::new(db.clone(), cache.clone(), config.card_keys.clone(), products, config.batch_workers);
     let auth = Authenticator::new(db.primary.clone(), config.region.clone(), config.key_cache_ttl);
@@ -32,7 +32,7 @@ pub fn state_from(services: &Services) -> AppState {
     // A signature is fresh for the skew window either side of now: remember it for both.
     let replay_ttl = Duration::from_secs(2 * config.signature_max_skew_secs.unsigned_abs() + 1);
     let guard = cache.map(|c| RequestGuard::new(c, replay_ttl, config.client_rate_limit_per_minute));
-    Arc::new(AppContext { config, db, engine, auth, catalogue, guard })
+    Arc::new(AppContext { config, db, engine, auth, catalogue, guard, events })
 }
 
 /// Listeners bound and ready to serve.

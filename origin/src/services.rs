@@ -9,7 +9,7 @@ use crate::cache::InventoryCache;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::jobs::JobContext;
-use crate::relay::Relay;
+use crate::relay::{EventStream, Relay};
 
 /// Configuration and the stores built from it.
 #[derive(Clone)]
@@ -20,6 +20,8 @@ pub struct Services {
     pub db: Db,
     /// The inventory cache, when configured.
     pub cache: Option<InventoryCache>,
+    /// The events stream, when there is a Valkey for it.
+    pub events: Option<EventStream>,
 }
 
 impl Services {
@@ -32,7 +34,13 @@ impl Services {
             }
             None => None,
         };
-        Ok(Self { config: Arc::new(config), db, cache })
+        let events = match &config.events_url {
+            Some(url) => {
+                Some(EventStream::new(url, &config.valkey_prefix, config.valkey_timeout).context("ALLOT_EVENTS_URL")?)
+            }
+            None => None,
+        };
+        Ok(Self { config: Arc::new(config), db, cache, events })
     }
 
     /// Refuse to run against a schema older than this build.
@@ -50,16 +58,17 @@ impl Services {
         crate::webhooks::Dispatcher::new(self.db.primary.clone(), self.config.card_keys.clone(), self.config.webhooks)
     }
 
-    /// The outbox relay, when there is a Valkey to publish to.
-    pub fn relay(&self) -> anyhow::Result<Option<Relay>> {
-        match &self.config.valkey_url {
-            Some(url) => Ok(Some(Relay::new(
-                self.db.primary.clone(),
-                url,
-                &self.config.valkey_prefix,
-                self.config.valkey_timeout,
-            )?)),
-            None => Ok(None),
+    /// The outbox relay, when there is a Valkey to publish to (said loudly when it is the cache's).
+    pub fn relay(&self) -> Option<Relay> {
+        let stream = self.events.clone()?;
+        if self.config.events_share_cache {
+            tracing::warn!(
+                stream = %stream.key(),
+                "ALLOT_EVENTS_URL is not set: the events stream shares the cache's Valkey, which is disposable \
+                 (a flush or restart without data loses entries, which the relay then publishes again from \
+                 Postgres); point ALLOT_EVENTS_URL at a Valkey with appendonly on"
+            );
         }
+        Some(Relay::new(self.db.primary.clone(), stream))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot_origin::jobs::{self, Job, JobContext, RunOutcome};
-use allot_origin::relay::Relay;
+use allot_origin::relay::{EventStream, Relay};
 use allot_origin::services::Services;
 use common::TestApp;
 use tokio_util::sync::CancellationToken;
@@ -203,49 +203,49 @@ async fn the_relay_publishes_each_event_once_in_order_and_backs_off_on_failure()
         let r = app.allocate(format!("ev-{i}"), r#"{"product_id":"ev","denomination":"10.00","quantity":1}"#).await;
         assert_eq!(r.status, 201);
     }
-    // Valkey unreachable: nothing is published; rows back off; the failure is in job history.
+    // The events Valkey unreachable: the events are placed in order, none is published, the
+    // stream backs off as a whole, and the failure is in job history.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("redis://{}", closed.local_addr().unwrap());
     drop(closed);
-    let failing = Relay::new(app.pool.clone(), &dead, &app.prefix, Duration::from_millis(300)).unwrap();
-    assert_eq!(failing.publish_batch().await.unwrap(), 0);
-    assert_eq!(app.count("outbox", "published_at IS NULL AND attempts = 1 AND last_error IS NOT NULL").await, 5);
-    assert_eq!(app.count("outbox", "next_attempt_at > created_at + interval '1 second'").await, 5, "backed off");
+    let stream = EventStream::new(&dead, &app.prefix, Duration::from_millis(300)).unwrap();
+    let failing = Relay::new(app.pool.clone(), stream);
+    let mut leader = failing.lead().await.unwrap().expect("no other relay holds the stream");
+    let step = leader.step().await.unwrap();
+    assert_eq!((step.ordered, step.published), (5, 0), "{step:?}");
+    assert!(step.failed.is_some() && step.backoff > Duration::ZERO, "{step:?}");
+    let held = leader.step().await.unwrap();
+    assert!(held.failed.is_none() && held.backoff > Duration::ZERO, "no append while backing off: {held:?}");
+    assert_eq!(app.count("outbox", "seq IS NULL").await, 0);
     assert_eq!(app.count("job_runs", "job_name = 'outbox-relay' AND outcome = 'failed'").await, 1);
-    sqlx::query("UPDATE outbox SET next_attempt_at = now()").execute(&app.pool).await.unwrap();
+    leader.release().await;
 
-    let relay = Relay::new(app.pool.clone(), &common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
-    let published = relay.publish_batch().await.unwrap();
-    let errors: Vec<Option<String>> =
-        sqlx::query_scalar("SELECT last_error FROM outbox").fetch_all(&app.pool).await.unwrap();
-    assert_eq!(published, 5, "{errors:?}");
-    assert_eq!(relay.publish_batch().await.unwrap(), 0, "published once");
-    let outbox: Vec<(i64, String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT id, topic, aggregate_id, payload FROM outbox WHERE published_at IS NOT NULL ORDER BY id",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let stream = EventStream::new(&common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
+    let relay = Relay::new(app.pool.clone(), stream);
+    let mut leader = relay.lead().await.unwrap().expect("released");
+    let step = leader.step().await.unwrap();
+    assert_eq!((step.ordered, step.published, step.failed), (0, 5, None));
+    assert_eq!(leader.step().await.unwrap().published, 0, "published once");
+    leader.release().await;
+    let outbox: Vec<(i64, i64, String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT id, seq, topic, aggregate_id, payload FROM outbox ORDER BY seq")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(outbox.len(), 5);
+    let published: i64 =
+        sqlx::query_scalar("SELECT published_seq FROM outbox_sequence").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(published, outbox[4].1, "every event is in the stream");
 
-    // Exactly one stream entry per published row.
+    // Exactly one stream entry per event, in order, each with its fields by name.
     let client = redis::Client::open(common::valkey_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let len: usize = redis::cmd("XLEN").arg(relay.stream()).query_async(&mut conn).await.unwrap();
-    assert_eq!(len, outbox.len(), "one entry per published row");
-    // Entries in stream order, each with its fields by name.
     let entries: Vec<(String, std::collections::BTreeMap<String, String>)> =
-        redis::cmd("XRANGE").arg(relay.stream()).arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    assert_eq!(entries.len(), len);
-    let stream_ids: Vec<i64> = entries
-        .iter()
-        .map(|(id, fields)| {
-            fields.get("outbox_id").unwrap_or_else(|| panic!("entry {id}: {fields:?}")).parse().unwrap()
-        })
-        .collect();
-    let outbox_ids: Vec<i64> = outbox.iter().map(|r| r.0).collect();
-    assert_eq!(stream_ids, outbox_ids, "each row once, in commit (outbox id) order");
-    for ((_, fields), (id, topic, aggregate_id, payload)) in entries.iter().zip(&outbox) {
+        redis::cmd("XRANGE").arg(relay.stream().key()).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    assert_eq!(entries.len(), outbox.len(), "one entry per event");
+    for ((entry_id, fields), (id, seq, topic, aggregate_id, payload)) in entries.iter().zip(&outbox) {
+        assert_eq!(*entry_id, format!("{seq}-0"), "the entry id is the event's place");
+        assert_eq!(fields["outbox_id"], id.to_string(), "the idempotency field");
         assert_eq!(fields["topic"], *topic, "row {id}");
         assert_eq!(topic, "allocation.created");
         assert_eq!(fields["aggregate_id"], *aggregate_id, "row {id}");

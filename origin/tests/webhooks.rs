@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allot_origin::relay::Relay;
+use allot_origin::relay::{EventStream, Relay};
 use allot_origin::webhooks::Dispatcher;
 use allot_shared::webhook::{self, WebhookSecret};
 use axum::body::Bytes;
@@ -141,7 +141,8 @@ fn options() -> Options {
 /// The relay and the dispatcher, running until the token is cancelled.
 fn start_workers(app: &TestApp) -> CancellationToken {
     let stop = CancellationToken::new();
-    let relay = Relay::new(app.pool.clone(), &common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
+    let stream = EventStream::new(&common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
+    let relay = Relay::new(app.pool.clone(), stream);
     let dispatcher = Dispatcher::new(app.pool.clone(), app.config.card_keys.clone(), app.config.webhooks).unwrap();
     let (a, b) = (stop.clone(), stop.clone());
     tokio::spawn(async move { relay.run(a).await });

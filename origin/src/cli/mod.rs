@@ -3,6 +3,7 @@
 
 pub mod cards;
 pub mod clients;
+pub mod events;
 pub mod imports;
 pub mod jobs;
 pub mod operators;

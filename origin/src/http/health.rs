@@ -1,6 +1,7 @@
 //! Health and metrics: `/livez` (the process), `/readyz` (can serve: Postgres reachable; Valkey
-//! down is `warn`, since allocations fall back to Postgres), `/health` (every dependency, checked
-//! in parallel with a timeout each, so a hung dependency still gets an answer), and `/metrics`.
+//! down is `warn`, since allocations fall back to Postgres; so is the events Valkey, since events
+//! wait in the outbox), `/health` (every dependency, checked in parallel with a timeout each, so
+//! a hung dependency still gets an answer, and the relay's lag), and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +20,8 @@ use crate::cache::CacheState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// A reconcile older than this many intervals makes `jobs:reconcile` warn.
 const RECONCILE_STALE_INTERVALS: f64 = 3.0;
+/// An event waiting longer than this for the stream makes `outbox:relay` warn.
+const RELAY_LAG_WARN_SECS: f64 = 60.0;
 
 fn render(mut h: Health) -> Response {
     h.version = Some(env!("CARGO_PKG_VERSION").to_owned());
@@ -100,6 +103,40 @@ async fn valkey(st: &AppState) -> Option<Vec<HealthCheck>> {
     Some(c)
 }
 
+/// The events Valkey, reported apart from the cache even when it is the same server: down is a
+/// warning (events wait in the outbox and the events API still serves them).
+async fn events_store(st: &AppState) -> Option<Vec<HealthCheck>> {
+    let stream = st.events.as_ref()?;
+    let mut c = latency_check(stream.ping(), HealthStatus::Warn).await;
+    let up = c[0].status == HealthStatus::Pass;
+    metrics::gauge!("allot_events_valkey_up").set(if up { 1.0 } else { 0.0 });
+    if !up {
+        c[0].output = c[0].output.take().map(|o| format!("{o}; events wait in the outbox (degraded)"));
+    }
+    Some(c)
+}
+
+/// How long the oldest event not yet in the stream has waited, when there is a stream.
+async fn relay_lag(st: &AppState) -> Option<Vec<HealthCheck>> {
+    st.events.as_ref()?;
+    Some(match tokio::time::timeout(CHECK_TIMEOUT, crate::relay::backlog(&st.db.primary)).await {
+        Ok(Ok(b)) => {
+            let late = b.oldest_secs > RELAY_LAG_WARN_SECS;
+            let status = if late { HealthStatus::Warn } else { HealthStatus::Pass };
+            let output = late.then(|| {
+                format!(
+                    "{} event(s) not yet in the stream, the oldest for {:.0} s (is `allot worker` running, and the \
+                     events Valkey up?)",
+                    b.pending, b.oldest_secs
+                )
+            });
+            check("component", status, serde_json::json!((b.oldest_secs * 10.0).round() / 10.0), "s", output)
+        }
+        Ok(Err(e)) => component_warning("s", e.to_string()),
+        Err(_) => component_warning("s", format!("no answer within {CHECK_TIMEOUT:?}")),
+    })
+}
+
 /// A component check that could not observe its value.
 fn component_warning(unit: &str, output: String) -> Vec<HealthCheck> {
     check("component", HealthStatus::Warn, serde_json::Value::Null, unit, Some(output))
@@ -165,17 +202,27 @@ async fn reconcile_age(st: &AppState) -> Option<Vec<HealthCheck>> {
     })
 }
 
-/// Ready when Postgres answers; Valkey is checked in parallel and only warns.
+/// Ready when Postgres answers; the cache and the events Valkey are checked in parallel and
+/// only warn.
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    let (pg, vk) = tokio::join!(postgres(&st.db.primary), valkey(&st));
+    let (pg, vk, ev) = tokio::join!(postgres(&st.db.primary), valkey(&st), events_store(&st));
+    let warned = |c: &Option<Vec<HealthCheck>>| c.as_ref().is_some_and(|c| c[0].status == HealthStatus::Warn);
+    let degraded: Vec<&str> = [(warned(&vk), "the inventory cache"), (warned(&ev), "the events Valkey")]
+        .into_iter()
+        .filter_map(|(down, what)| down.then_some(what))
+        .collect();
     let mut checks = BTreeMap::new();
     checks.insert("postgres:primary".to_owned(), pg);
     if let Some(v) = vk {
         checks.insert("valkey".to_owned(), v);
     }
+    if let Some(e) = ev {
+        checks.insert("valkey:events".to_owned(), e);
+    }
     let mut h = Health::from_checks(checks);
-    if h.status == HealthStatus::Warn {
-        h.output = Some("degraded: the inventory cache is unavailable".into());
+    if h.status == HealthStatus::Warn && !degraded.is_empty() {
+        let verb = if degraded.len() == 1 { "is" } else { "are" };
+        h.output = Some(format!("degraded: {} {verb} unavailable", degraded.join(" and ")));
     }
     render(h)
 }
@@ -183,8 +230,15 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 /// Every dependency, in parallel.
 pub async fn health(State(st): State<AppState>) -> Response {
     let replica = async { if st.db.has_replica { Some(postgres(&st.db.replica).await) } else { None } };
-    let (primary, replica, vk, sets, reconcile) =
-        tokio::join!(postgres(&st.db.primary), replica, valkey(&st), cache_sets(&st), reconcile_age(&st));
+    let (primary, replica, vk, sets, reconcile, events, lag) = tokio::join!(
+        postgres(&st.db.primary),
+        replica,
+        valkey(&st),
+        cache_sets(&st),
+        reconcile_age(&st),
+        events_store(&st),
+        relay_lag(&st)
+    );
     let mut checks = BTreeMap::new();
     checks.insert("postgres:primary".to_owned(), primary);
     if let Some(r) = replica {
@@ -208,6 +262,12 @@ pub async fn health(State(st): State<AppState>) -> Response {
     }
     if let Some(r) = reconcile {
         checks.insert("jobs:reconcile".to_owned(), r);
+    }
+    if let Some(e) = events {
+        checks.insert("valkey:events".to_owned(), e);
+    }
+    if let Some(l) = lag {
+        checks.insert("outbox:relay".to_owned(), l);
     }
     let mut h = Health::from_checks(checks);
     h.service_id = Some(crate::jobs::instance_name());

@@ -42,6 +42,8 @@ pub struct AppContext {
     pub catalogue: CatalogueService,
     /// The replay guard and per-client rate limit (`None` without Valkey).
     pub guard: Option<RequestGuard>,
+    /// The events stream, for health (`None` without an events Valkey).
+    pub events: Option<crate::relay::EventStream>,
 }
 
 fn common_layers(router: Router<AppState>, state: &AppState) -> Router {

@@ -8,6 +8,7 @@
 //! a pause holds from the next tick).
 
 pub mod housekeeping;
+pub mod outbox_prune;
 pub mod pump;
 pub mod reconcile;
 pub mod stock_watch;
@@ -81,6 +82,7 @@ pub fn registry(cfg: &Config, has_cache: bool) -> Vec<Arc<dyn Job>> {
         jobs.push(Arc::new(housekeeping::AuditPrune));
         // Postgres alone: a region without a cache still hears about stock.
         jobs.push(Arc::new(stock_watch::StockWatch));
+        jobs.push(Arc::new(outbox_prune::OutboxPrune));
     }
     jobs
 }

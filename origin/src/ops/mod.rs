@@ -11,11 +11,13 @@
 //! - [`jobs`]: scheduled jobs (pause, resume, re-time, run now) and the reconciler's divergences
 //! - [`voids`]: voiding cards by ids, import or bucket
 //! - [`allocations`]: allocation lookup with masked codes, and audited reveals
+//! - [`events`]: events read back from the outbox in the relay's order, for catching up
 
 pub mod allocations;
 pub mod audit;
 pub mod cards;
 pub mod clients;
+pub mod events;
 pub mod imports;
 pub mod jobs;
 pub mod operators;

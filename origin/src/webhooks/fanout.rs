@@ -1,7 +1,8 @@
-//! The fan-out: the outbox relay, in the transaction that marks a batch of events published,
-//! queues a delivery for every endpoint that wants each one. The relay publishes in commit
-//! order and never skips a row, so each endpoint's queue (ordered by delivery id) follows the
-//! events' order, and an event is queued once (a unique index) however often a batch is retried.
+//! The fan-out: the outbox relay, in the transaction that gives a batch of events their places
+//! in the order, queues a delivery for every endpoint that wants each one, in that order. Places
+//! follow commit order and are given once, never skipping a row, so each endpoint's queue
+//! (ordered by delivery id) follows the events' order, an event is queued once (a unique index
+//! too), and deliveries never wait for the events Valkey.
 //!
 //! Which endpoints want an event: `allocation.created` and `card.voided` go to the endpoints of
 //! the client in the payload (a void of a card never allocated has none), `stock.*` to every
@@ -24,7 +25,7 @@ SELECT e.id, o.id, 'msg_' || o.id, o.topic,
  ORDER BY given.n, e.id
     ON CONFLICT DO NOTHING";
 
-/// Queue the deliveries of these outbox events, in the order given (the relay's), inside the
+/// Queue the deliveries of these outbox events, in the order given (their places), inside the
 /// relay's transaction; returns how many were queued.
 pub async fn queue(tx: &mut PgConnection, event_ids: &[i64]) -> Result<u64, sqlx::Error> {
     if event_ids.is_empty() {

@@ -3,6 +3,7 @@
 
 pub mod cards;
 pub mod clients;
+pub mod events;
 pub mod imports;
 pub mod jobs;
 pub mod operators;
@@ -82,6 +83,7 @@ pub const ROUTES: &[OpsRoute] = &[
     route("GET", "/ops/v1/webhooks/{id}/deliveries", Role::Viewer),
     route("POST", "/ops/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", Role::Operator),
     route("POST", "/ops/v1/webhooks/{id}/test", Role::Operator),
+    route("GET", "/ops/v1/events", Role::Viewer),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -127,6 +129,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
         .route("/ops/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
         .route("/ops/v1/webhooks/{id}/test", post(webhooks::send_test))
+        .route("/ops/v1/events", get(events::list))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

@@ -6,87 +6,18 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allot_origin::config::generate_card_key;
-use allot_origin::crypto::KeyRing;
-use allot_origin::ops::{self, NewCard};
-use allot_shared::{Currency, Denomination, Region};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Mutex;
+
+use common::private_stack::{Seeded, Stack, free_port, seed, wait_ready};
 
 const SECRET: &str = "fault-edge-secret-0123456789abcdef";
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// A free port below Linux's ephemeral range (32768+), so that no client socket can take it
-/// while the service that owns it is stopped for a fault.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = (std::process::id() as u16).wrapping_mul(7919) % 10_000;
-    for _ in 0..10_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(13))) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below 32000");
-}
-
-/// A private Postgres + Valkey pair, torn down (and purged) on drop.
-struct Stack {
-    dir: PathBuf,
-    pg_port: u16,
-    vk_port: u16,
-}
-
-impl Stack {
-    fn up(name: &str) -> Self {
-        let dir = repo().join(".stack").join(format!("fault-{name}"));
-        let s = Stack { dir, pg_port: free_port(), vk_port: free_port() };
-        s.run("down", &["--purge"]);
-        s.run("up", &[]);
-        s
-    }
-
-    fn run(&self, cmd: &str, extra: &[&str]) {
-        let out = Command::new(repo().join("scripts/stack"))
-            .arg(cmd)
-            .args(extra)
-            .env("ALLOT_STACK_DIR", &self.dir)
-            .env("ALLOT_PG_PORT", self.pg_port.to_string())
-            .env("ALLOT_VALKEY_PORT", self.vk_port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("scripts/stack runs");
-        assert!(out.status.success(), "scripts/stack {cmd} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn database_url(&self) -> String {
-        format!("postgres://allot@127.0.0.1:{}/allot", self.pg_port)
-    }
-
-    fn valkey_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.vk_port)
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.run("down", &["--purge"]);
-    }
-}
 
 /// The system under test: a migrated database with stock, and the settings of its processes.
 struct System {
@@ -99,33 +30,9 @@ struct System {
 
 impl System {
     async fn new(name: &str, product: &str, cards: usize) -> Self {
-        let stack = Stack::up(name);
-        let pool = PgPoolOptions::new().max_connections(4).connect(&stack.database_url()).await.unwrap();
-        allot_origin::db::migrate_up(&pool).await.unwrap();
-        let card_keys = generate_card_key("fault1");
+        let stack = Stack::up(&format!("fault-{name}"));
+        let Seeded { pool, card_keys, key } = seed(&stack, &format!("F-{name}"), product, cards).await;
         let prefix = "allot".to_owned();
-        ops::upsert_product(
-            &pool,
-            &ops::Actor::cli(),
-            product,
-            product,
-            Currency::parse("USD").unwrap(),
-            &[Denomination::parse("10.00").unwrap()],
-        )
-        .await
-        .unwrap();
-        let batch: Vec<NewCard> = (0..cards)
-            .map(|i| NewCard {
-                code: format!("F-{name}-{i}-{}", uuid::Uuid::new_v4().simple()),
-                pin: None,
-                expires_at: None,
-            })
-            .collect();
-        let ring = KeyRing::parse(&card_keys).unwrap();
-        ops::load_cards(&pool, &ops::Actor::cli(), None, &ring, product, 1000, &batch).await.unwrap();
-        let client =
-            ops::create_client(&pool, &ops::Actor::cli(), "fault", &Region::parse("eu").unwrap(), None).await.unwrap();
-        let key = ops::issue_key(&pool, &ops::Actor::cli(), client, None).await.unwrap().expose();
         let env = vec![
             ("DATABASE_URL".into(), stack.database_url()),
             ("VALKEY_URL".into(), stack.valkey_url()),
@@ -233,19 +140,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn wait_ready(base: &str) {
-    let http = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{base} never became ready");
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -4,6 +4,8 @@
 //! Needs the local stack: `scripts/stack up && eval "$(scripts/stack env)"`.
 #![allow(dead_code)]
 
+pub mod private_stack;
+
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 

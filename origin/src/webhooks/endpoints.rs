@@ -97,6 +97,17 @@ pub fn secret_aad(endpoint: Uuid) -> Vec<u8> {
     format!("webhook-secret:{endpoint}").into_bytes()
 }
 
+fn no_client(id: Uuid) -> AppError {
+    AppError::api(ErrorCode::NotFound, format!("no client with id {id}"))
+}
+
+/// `404` unless the client exists.
+async fn require_client(pool: &PgPool, id: Uuid) -> Result<(), AppError> {
+    let found: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM clients WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    found.map(|_| ()).ok_or_else(|| no_client(id))
+}
+
 fn no_endpoint(id: Uuid) -> AppError {
     AppError::api(ErrorCode::NotFound, format!("no webhook endpoint with id {id}"))
 }
@@ -112,11 +123,7 @@ pub async fn create(
     allow_private: bool,
 ) -> Result<(Endpoint, WebhookSecret), AppError> {
     let topics = check_topics(topics)?;
-    let known: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM clients WHERE id = $1").bind(client_id).fetch_optional(pool).await?;
-    if known.is_none() {
-        return Err(AppError::api(ErrorCode::NotFound, format!("no client with id {client_id}")));
-    }
+    require_client(pool, client_id).await?;
     let url = address::check(url, allow_private).await?.0;
     let id = Uuid::now_v7();
     let secret = new_secret();
@@ -129,7 +136,7 @@ pub async fn create(
     .fetch_optional(&mut *tx)
     .await?;
     match count {
-        None => return Err(AppError::api(ErrorCode::NotFound, format!("no client with id {client_id}"))),
+        None => return Err(no_client(client_id)),
         Some(n) if n >= MAX_PER_CLIENT => {
             let reason = format!("the client has {n} endpoints already; {MAX_PER_CLIENT} is the most");
             return Err(ApiError::validation("url", reason).into());
@@ -157,11 +164,7 @@ pub async fn create(
 
 /// A client's endpoints, oldest first.
 pub async fn list(pool: &PgPool, client_id: Uuid) -> Result<Vec<Endpoint>, AppError> {
-    let exists: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM clients WHERE id = $1").bind(client_id).fetch_optional(pool).await?;
-    if exists.is_none() {
-        return Err(AppError::api(ErrorCode::NotFound, format!("no client with id {client_id}")));
-    }
+    require_client(pool, client_id).await?;
     let sql = format!("{SELECT_ENDPOINT} WHERE e.client_id = $1 ORDER BY e.created_at, e.id");
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(client_id).fetch_all(pool).await?)
 }

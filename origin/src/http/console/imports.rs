@@ -13,9 +13,9 @@ use super::layout::{self, Section, Tone};
 use super::{Console, ConsoleError, FormOf};
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::http::ops::imports::content_length;
+use crate::http::ops::imports::{content_length, import_context};
 use crate::http::ops::operators::parse_uuid;
-use crate::ops::imports::{self, Import, ImportContext, ImportTarget};
+use crate::ops::imports::{self, Import, ImportTarget};
 use crate::ops::stock::{self, StockFilter};
 use crate::ops::voids::{self, VoidRequest, VoidSelector};
 
@@ -242,12 +242,7 @@ pub async fn upload(
     let id: Uuid = parse_uuid("id", &q.id)?;
     let expected_bytes = content_length(req.headers());
     let target = ImportTarget { product_id: q.product_id, denomination: q.denomination, id: Some(id), expected_bytes };
-    let ctx = ImportContext {
-        pool: &st.db.primary,
-        cache: st.engine.cache(),
-        keys: &st.config.card_keys,
-        max_bytes: st.config.import_max_bytes,
-    };
-    let import = imports::import(ctx, &console.actor, &target, req.into_body().into_data_stream()).await?;
+    let import =
+        imports::import(import_context(&st), &console.actor, &target, req.into_body().into_data_stream()).await?;
     Ok((StatusCode::CREATED, Json(import)).into_response())
 }

@@ -38,17 +38,22 @@ pub async fn create(
     let id = q.id.as_deref().map(|v| parse_uuid("id", v)).transpose()?;
     let expected_bytes = content_length(req.headers());
     let target = ImportTarget { product_id: q.product_id, denomination: q.denomination, id, expected_bytes };
-    let ctx = ImportContext {
-        pool: &st.db.primary,
-        cache: st.engine.cache(),
-        keys: &st.config.card_keys,
-        max_bytes: st.config.import_max_bytes,
-    };
+    let ctx = import_context(&st);
     let body = req.into_body().into_data_stream();
     let import = imports::import(ctx, &caller.actor, &target, body).await?;
     let location =
         HeaderValue::from_str(&format!("/ops/v1/imports/{}", import.id)).map_err(|e| AppError::Internal(e.into()))?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(import)).into_response())
+}
+
+/// What an upload into this process imports with (the API's and the console's).
+pub fn import_context(st: &AppState) -> ImportContext<'_> {
+    ImportContext {
+        pool: &st.db.primary,
+        cache: st.engine.cache(),
+        keys: &st.config.card_keys,
+        max_bytes: st.config.import_max_bytes,
+    }
 }
 
 /// The body's announced length, if it is announced and readable.

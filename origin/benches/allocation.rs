@@ -112,7 +112,8 @@ async fn run(s: &Scenario, secs: u64, card_keys: &str) -> Outcome {
         Layout::Hot => vec![("bench-hot".to_owned(), "25")],
     };
     let per_bucket = total / buckets.len();
-    let cache = InventoryCache::new(&env("VALKEY_URL"), &prefix, Duration::from_secs(5)).unwrap();
+    let valkey = allot_origin::valkey::Address::parse(&env("VALKEY_URL"), false).expect("VALKEY_URL");
+    let cache = InventoryCache::new(&valkey, &prefix, Duration::from_secs(5)).unwrap();
     let mut products: Vec<String> = buckets.iter().map(|(p, _)| p.clone()).collect();
     products.dedup();
     for p in &products {

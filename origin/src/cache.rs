@@ -1,16 +1,18 @@
 //! The Valkey inventory cache: one sorted set of active card ids per product.
 //!
 //! Key `<prefix>:inv:{p<product id>}:active`; score = denomination in minor units; member = card
-//! id. The `{…}` hash tag keeps a product's keys in one cluster slot so the Lua scripts work on a
-//! Valkey cluster. A sentinel member (score 0, never a denomination) marks a set as built, so a
+//! id. The `{…}` hash tag keeps a product's keys in one cluster slot so the Lua scripts, the
+//! pipelines and the rebuild's `RENAME` work on a Valkey cluster; a batch that touches several
+//! products sends one pipeline per product there (concurrently), and one in all to a server. A sentinel member (score 0, never a denomination) marks a set as built, so a
 //! sold-out product is "warm and empty" rather than "cold". Everything here can be rebuilt from
 //! Postgres: an error from this module costs latency, never correctness.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+
+use crate::valkey::{Address, Connection, Tuning};
 
 /// The member that marks a set as built; its score 0 is never a denomination.
 pub const SENTINEL: &str = "built";
@@ -152,7 +154,7 @@ impl CacheState {
 /// The inventory cache client. Cloned per request, so its strings and scripts are shared.
 #[derive(Clone)]
 pub struct InventoryCache {
-    conn: ConnectionManager,
+    conn: Connection,
     prefix: Arc<str>,
     timeout: Duration,
     pop: Arc<Script>,
@@ -161,16 +163,9 @@ pub struct InventoryCache {
 }
 
 impl InventoryCache {
-    /// A client that connects lazily and reconnects in the background.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// A client of a server or a cluster that connects lazily and reconnects by itself.
+    pub fn new(address: &Address, prefix: &str, timeout: Duration) -> Result<Self, CacheError> {
+        let conn = Connection::open(address, Tuning { timeout, retries: 2 })?;
         Ok(Self {
             conn,
             prefix: Arc::from(prefix),
@@ -240,24 +235,51 @@ impl InventoryCache {
         Ok(popped)
     }
 
-    /// Several pops in one round trip: a pipeline of the pop script, each pop atomic on its own.
-    /// The answers are in the order of `asks`.
+    /// Several pops in one round trip per slot (one in all on a single server): pipelines of
+    /// the pop script, each pop atomic on its own. The answers are in the order of `asks`.
     pub async fn pop_many(&self, asks: &[PopArgs<'_>]) -> Result<Vec<Popped>, CacheError> {
-        let mut pipe = redis::pipe();
-        for ask in asks {
-            // A fraction in [0, 1): where in the denomination's members to start.
-            let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
-            let mut inv = self.pop.key(self.key(ask.product_id));
-            if let Some((client_id, key)) = ask.key {
-                inv.key(self.key_held_key(ask.product_id, client_id, key));
+        let groups = self.by_slot(asks, |ask| ask.product_id);
+        let rounds = groups.iter().map(|members| {
+            let mut pipe = redis::pipe();
+            for ask in members.iter().map(|&i| &asks[i]) {
+                // A fraction in [0, 1): where in the denomination's members to start.
+                let at = f64::from(rand::random::<u32>()) / 4_294_967_296.0;
+                let mut inv = self.pop.key(self.key(ask.product_id));
+                if let Some((client_id, key)) = ask.key {
+                    inv.key(self.key_held_key(ask.product_id, client_id, key));
+                }
+                pipe.invoke_script(inv.arg(ask.denomination_minor).arg(ask.quantity).arg(at).arg(KEY_HELD_MS));
             }
-            pipe.invoke_script(inv.arg(ask.denomination_minor).arg(ask.quantity).arg(at).arg(KEY_HELD_MS));
+            async move { self.query_pipeline(&pipe, &[&self.pop]).await }
+        });
+        let replies = futures::future::try_join_all(rounds).await?;
+        let mut popped: Vec<Option<Popped>> = vec![None; asks.len()];
+        for (members, replies) in groups.iter().zip(replies) {
+            if replies.len() != members.len() {
+                return Err(CacheError::new(format!("{} answers to {} pops", replies.len(), members.len())));
+            }
+            for (&i, reply) in members.iter().zip(replies) {
+                popped[i] = Some(parse_pop(reply)?);
+            }
         }
-        let replies = self.query_pipeline(&pipe, &[&self.pop]).await?;
-        if replies.len() != asks.len() {
-            return Err(CacheError::new(format!("{} answers to {} pops", replies.len(), asks.len())));
+        Ok(popped.into_iter().map(|p| p.expect("every ask is in one group")).collect())
+    }
+
+    /// The indexes of `items` grouped so that each group's keys share a slot: one group on a
+    /// single server (one round trip), one per product on a cluster (its keys' hash tag).
+    fn by_slot<T>(&self, items: &[T], product_of: impl Fn(&T) -> &str) -> Vec<Vec<usize>> {
+        if !self.conn.is_cluster() {
+            return if items.is_empty() { Vec::new() } else { vec![(0..items.len()).collect()] };
         }
-        replies.into_iter().map(parse_pop).collect()
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let product = product_of(item);
+            match groups.iter_mut().find(|(p, _)| *p == product) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((product, vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
     }
 
     /// Put ids back into a built set (compensation, newly loaded cards). Returns how many were
@@ -347,22 +369,29 @@ impl InventoryCache {
         Ok(())
     }
 
-    /// The state of each product's set, in order, in one round trip.
+    /// The state of each product's set, in order, in one round trip per slot.
     pub async fn states(&self, product_ids: &[String]) -> Result<Vec<CacheState>, CacheError> {
-        let mut pipe = redis::pipe();
-        for p in product_ids {
-            pipe.exists(self.key(p)).exists(self.rebuild_lock_key(p));
+        let groups = self.by_slot(product_ids, String::as_str);
+        let rounds = groups.iter().map(|members| {
+            let mut pipe = redis::pipe();
+            for p in members.iter().map(|&i| &product_ids[i]) {
+                pipe.exists(self.key(p)).exists(self.rebuild_lock_key(p));
+            }
+            let mut conn = self.conn.clone();
+            async move { self.bounded(pipe.query_async::<Vec<bool>>(&mut conn)).await }
+        });
+        let replies = futures::future::try_join_all(rounds).await?;
+        let mut states = vec![CacheState::Cold; product_ids.len()];
+        for (members, reply) in groups.iter().zip(replies) {
+            for (&i, pair) in members.iter().zip(reply.chunks(2)) {
+                states[i] = match pair {
+                    [true, _] => CacheState::Warm,
+                    [false, true] => CacheState::Rebuilding,
+                    _ => CacheState::Cold,
+                };
+            }
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<bool> = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(reply
-            .chunks(2)
-            .map(|pair| match pair {
-                [true, _] => CacheState::Warm,
-                [false, true] => CacheState::Rebuilding,
-                _ => CacheState::Cold,
-            })
-            .collect())
+        Ok(states)
     }
 
     /// The state of one product's set.

@@ -9,6 +9,7 @@ use allot_shared::{Limits, Region};
 use base64::Engine as _;
 
 use crate::crypto::KeyRing;
+use crate::valkey::Address;
 
 /// How the public listener treats the edge signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +58,14 @@ pub struct Config {
     pub database_url: String,
     /// Optional Postgres replica for reads that may lag.
     pub database_read_url: Option<String>,
-    /// Valkey (or Redis ≥ 7) URL; `None` runs without the cache (Postgres only).
-    pub valkey_url: Option<String>,
+    /// Valkey (or Redis ≥ 7): one server or a cluster; `None` runs without the cache (Postgres
+    /// only).
+    pub valkey_url: Option<Address>,
     /// Prefix of every Valkey key this origin writes.
     pub valkey_prefix: String,
     /// The Valkey the relay publishes the event stream to (`ALLOT_EVENTS_URL`; `VALKEY_URL` when
     /// unset); `None` when neither names one.
-    pub events_url: Option<String>,
+    pub events_url: Option<Address>,
     /// Whether `events_url` is the cache's Valkey because `ALLOT_EVENTS_URL` is unset: the stream
     /// then lives in a store the design treats as disposable.
     pub events_share_cache: bool,
@@ -262,23 +264,19 @@ impl Config {
             return Err(ConfigError("DATABASE_URL must start with postgres://".into()));
         }
         let database_read_url = s.get("DATABASE_READ_URL").map(str::to_owned);
+        let valkey_cluster = s.parse("ALLOT_VALKEY_CLUSTER", false, "true or false")?;
         let valkey_url = match s.get("VALKEY_URL") {
             None => {
                 return Err(ConfigError(
                     "VALKEY_URL is not set: set it to the Valkey server, e.g. redis://127.0.0.1:56379, \
-                     or to `none` to run on Postgres alone"
+                     to a cluster's nodes separated by commas, or to `none` to run on Postgres alone"
                         .into(),
                 ));
             }
             Some("none") => None,
-            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("valkey://") => {
-                Some(u.replacen("valkey://", "redis://", 1))
-            }
-            Some(u) => {
-                return Err(ConfigError(format!("VALKEY_URL={u} must start with redis:// or valkey://")));
-            }
+            Some(u) => Some(valkey_address("VALKEY_URL", u, valkey_cluster)?),
         };
-        let (events_url, events_share_cache) = events_url(s, valkey_url.as_deref())?;
+        let (events_url, events_share_cache) = events_url(s, valkey_url.as_ref())?;
         let region = Region::parse(s.require("ALLOT_REGION", "this origin's region code, e.g. eu")?)
             .map_err(|e| ConfigError(format!("ALLOT_REGION: {e}")))?;
         let valkey_prefix = s.get("ALLOT_VALKEY_PREFIX").unwrap_or("allot").to_owned();
@@ -421,21 +419,19 @@ impl Config {
 }
 
 /// A Valkey URL as the settings take it: `redis://`, `rediss://` or `valkey://` (read as `redis://`).
-fn redis_url(key: &str, value: &str) -> Result<String, ConfigError> {
-    if value.starts_with("redis://") || value.starts_with("rediss://") || value.starts_with("valkey://") {
-        Ok(value.replacen("valkey://", "redis://", 1))
-    } else {
-        Err(ConfigError(format!("{key}={value} must start with redis:// or valkey://")))
-    }
+fn valkey_address(key: &str, value: &str, cluster: bool) -> Result<Address, ConfigError> {
+    Address::parse(value, cluster).map_err(|e| ConfigError(format!("{key}: {e}")))
 }
 
 /// `ALLOT_EVENTS_URL`: the events Valkey, `none` for no stream, or unset for the cache's Valkey
 /// (then the second value is true).
-fn events_url(s: &Settings, valkey_url: Option<&str>) -> Result<(Option<String>, bool), ConfigError> {
+/// A list of nodes, or `ALLOT_EVENTS_CLUSTER=true`, makes it a cluster.
+fn events_url(s: &Settings, valkey_url: Option<&Address>) -> Result<(Option<Address>, bool), ConfigError> {
+    let cluster = s.parse("ALLOT_EVENTS_CLUSTER", false, "true or false")?;
     match s.get("ALLOT_EVENTS_URL") {
-        None => Ok((valkey_url.map(str::to_owned), valkey_url.is_some())),
+        None => Ok((valkey_url.cloned(), valkey_url.is_some())),
         Some("none") => Ok((None, false)),
-        Some(u) => Ok((Some(redis_url("ALLOT_EVENTS_URL", u)?), false)),
+        Some(u) => Ok((Some(valkey_address("ALLOT_EVENTS_URL", u, cluster)?), false)),
     }
 }
 
@@ -555,14 +551,30 @@ mod tests {
     }
 
     #[test]
+    fn valkey_is_a_cluster_when_it_lists_nodes_or_is_told() {
+        let one = Config::from_settings(&Settings::from_pairs(base())).unwrap();
+        assert!(!one.valkey_url.unwrap().is_cluster());
+        let told = Config::from_settings(&with(base(), "ALLOT_VALKEY_CLUSTER", "true")).unwrap();
+        assert!(told.valkey_url.as_ref().unwrap().is_cluster());
+        assert!(told.events_url.unwrap().is_cluster(), "events on the cache's Valkey: the same cluster");
+        let listed = Config::from_settings(&with(base(), "VALKEY_URL", "redis://a:1,valkey://b:2")).unwrap();
+        assert_eq!(listed.valkey_url.unwrap().nodes(), ["redis://a:1", "redis://b:2"]);
+        let err = Config::from_settings(&with(base(), "VALKEY_URL", "redis://a:1,tcp://b:2")).unwrap_err().to_string();
+        assert!(err.contains("VALKEY_URL") && err.contains("tcp://b:2"), "{err}");
+    }
+
+    #[test]
     fn events_have_their_own_valkey_or_share_the_cache_and_a_retention_of_a_day_or_more() {
         let shared = Config::from_settings(&Settings::from_pairs(base())).unwrap();
-        assert_eq!(shared.events_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(shared.events_url.as_ref().map(ToString::to_string).as_deref(), Some("redis://127.0.0.1:6379"));
         assert!(shared.events_share_cache, "unset: the cache's Valkey, and said so");
         assert_eq!(shared.events_retention, Duration::from_secs(7 * 86_400));
         let own = Config::from_settings(&with(base(), "ALLOT_EVENTS_URL", "valkey://10.0.0.9:6380")).unwrap();
-        assert_eq!(own.events_url.as_deref(), Some("redis://10.0.0.9:6380"));
+        assert_eq!(own.events_url.as_ref().map(ToString::to_string).as_deref(), Some("redis://10.0.0.9:6380"));
         assert!(!own.events_share_cache);
+        assert!(!own.events_url.unwrap().is_cluster());
+        let cluster = Config::from_settings(&with(base(), "ALLOT_EVENTS_URL", "redis://a:1,redis://b:2")).unwrap();
+        assert!(cluster.events_url.unwrap().is_cluster(), "a list of nodes is a cluster");
         let off = Config::from_settings(&with(base(), "ALLOT_EVENTS_URL", "none")).unwrap();
         assert_eq!((off.events_url, off.events_share_cache), (None, false));
         let mut no_valkey = base();

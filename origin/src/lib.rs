@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: settings from the environment, validated at start
 //! - [`db`]: Postgres pools, embedded migrations, the schema check
+//! - [`valkey`]: where Valkey is (a server or a cluster) and the one connection type
 //! - [`cache`]: the Valkey sorted-set inventory cache
 //! - [`crypto`]: AES-256-GCM encryption of card codes
 //! - [`allocation`]: idempotent, all-or-nothing allocations (start at its `mod.rs`)
@@ -44,4 +45,5 @@ pub mod request_guard;
 pub mod server;
 pub mod services;
 pub mod telemetry;
+pub mod valkey;
 pub mod webhooks;

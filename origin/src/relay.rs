@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+
+use crate::valkey::{self, Address, Tuning};
 
 /// Events placed per statement.
 const ORDER_BATCH: i64 = 1_000;
@@ -142,26 +143,20 @@ pub struct Event {
 /// The events stream on the events Valkey.
 #[derive(Clone)]
 pub struct EventStream {
-    conn: ConnectionManager,
+    conn: valkey::Connection,
     key: Arc<str>,
     timeout: Duration,
     append: Arc<Script>,
 }
 
 impl EventStream {
-    /// The stream `<prefix>:events` on `url` (connects lazily, reconnects in the background).
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("the events Valkey URL")?;
+    /// The stream `<prefix>:events` on a server or a cluster (connects lazily, reconnects by
+    /// itself). One key: on a cluster the stream and its script live in that key's slot.
+    pub fn new(address: &Address, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
         // An append of a whole batch takes longer than a cache command.
         let timeout = timeout.max(Duration::from_secs(1));
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
         Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: valkey::Connection::open(address, Tuning { timeout, retries: 1 }).context("the events Valkey")?,
             key: Arc::from(format!("{prefix}:events")),
             timeout,
             append: Arc::new(Script::new(APPEND_SCRIPT)),

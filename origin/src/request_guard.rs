@@ -82,7 +82,9 @@ impl RequestGuard {
         let gcra = Gcra::per_minute(limit);
         let mut pipe = redis::pipe();
         if let Some(tag) = signature_tag {
-            let key = format!("{}:sig:{tag}", self.cache.prefix());
+            // In the client's slot, beside its rate key: one pipeline may not span slots on a
+            // cluster.
+            let key = format!("{}:sig:{{c{}}}:{tag}", self.cache.prefix(), client_id.simple());
             pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("PX").arg(self.replay_ttl.as_millis() as u64);
         }
         let rate_key = format!("{}:rl:{{c{}}}", self.cache.prefix(), client_id.simple());

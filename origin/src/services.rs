@@ -29,15 +29,15 @@ impl Services {
     pub fn init(config: Config) -> anyhow::Result<Self> {
         let db = Db::connect_lazy(&config)?;
         let cache = match &config.valkey_url {
-            Some(url) => {
-                Some(InventoryCache::new(url, &config.valkey_prefix, config.valkey_timeout).context("VALKEY_URL")?)
+            Some(address) => {
+                Some(InventoryCache::new(address, &config.valkey_prefix, config.valkey_timeout).context("VALKEY_URL")?)
             }
             None => None,
         };
         let events = match &config.events_url {
-            Some(url) => {
-                Some(EventStream::new(url, &config.valkey_prefix, config.valkey_timeout).context("ALLOT_EVENTS_URL")?)
-            }
+            Some(address) => Some(
+                EventStream::new(address, &config.valkey_prefix, config.valkey_timeout).context("ALLOT_EVENTS_URL")?,
+            ),
             None => None,
         };
         Ok(Self { config: Arc::new(config), db, cache, events })

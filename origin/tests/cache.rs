@@ -5,11 +5,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use allot_origin::cache::{InventoryCache, Popped};
+use allot_origin::cache::{InventoryCache, PopArgs, Popped};
 
 fn cache() -> (InventoryCache, String) {
     let prefix = format!("c{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    (InventoryCache::new(&common::valkey_url(), &prefix, Duration::from_secs(2)).unwrap(), prefix)
+    (InventoryCache::new(&common::valkey_address(), &prefix, Duration::from_secs(2)).unwrap(), prefix)
 }
 
 fn ids(p: Popped) -> Vec<i64> {
@@ -72,4 +72,45 @@ async fn pops_spread_over_the_set_and_put_back_needs_a_built_set() {
     // Never into a missing set: that would make a partial set look complete.
     assert_eq!(c.put_back("q", 1000, &[1, 2]).await.unwrap(), 0);
     assert_eq!(c.pop("q", 1000, 1).await.unwrap(), Popped::Cold);
+}
+
+/// The slot of `key` on a cluster (`None` on a single server).
+async fn slot_of(key: String) -> Option<i64> {
+    if !common::valkey_address().is_cluster() {
+        return None;
+    }
+    let mut conn = common::valkey_connection();
+    Some(redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(&mut conn).await.unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_over_many_products_and_their_states_answer_in_order() {
+    // On a cluster these products live in different slots (checked below), and one pipeline
+    // may not span slots: the batch is sent per product and put back in order.
+    let (c, _) = cache();
+    let products: Vec<String> = (0..12).map(|i| format!("multi{i}")).collect();
+    let slots: HashSet<Option<i64>> =
+        futures::future::join_all(products.iter().map(|p| slot_of(c.key(p)))).await.into_iter().collect();
+    assert!(common::valkey_address().is_cluster() == (slots.len() > 1), "slots {slots:?}");
+    for (i, p) in products.iter().enumerate().skip(1) {
+        let members: Vec<(i64, i64)> = (1..=i as i64).map(|n| (1000, i as i64 * 100 + n)).collect();
+        c.replace(p, &members).await.unwrap();
+    }
+    let asks: Vec<PopArgs> = products
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PopArgs { product_id: p, denomination_minor: 1000, quantity: i.min(2).max(1), key: None })
+        .collect();
+    let popped = c.pop_many(&asks).await.unwrap();
+    assert_eq!(popped.len(), products.len());
+    assert_eq!(popped[0], Popped::Cold, "never built");
+    assert_eq!(popped[1], Popped::Ids(vec![101]), "the only card of multi1");
+    for (i, p) in popped.iter().enumerate().skip(2) {
+        let got = ids(p.clone());
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|id| id / 100 == i as i64), "multi{i} answered with another's ids: {got:?}");
+    }
+    let states = c.states(&products).await.unwrap();
+    assert_eq!(states[0], allot_origin::cache::CacheState::Cold);
+    assert!(states[1..].iter().all(|s| *s == allot_origin::cache::CacheState::Warm), "{states:?}");
 }

@@ -22,8 +22,7 @@ fn card_ids(r: &Reply) -> Vec<i64> {
 /// Wait until the product's set exists again (rebuilt), for at most 30 s.
 async fn until_built(app: &TestApp, product: &str) -> Duration {
     let started = Instant::now();
-    let client = redis::Client::open(common::valkey_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = common::valkey_connection();
     loop {
         let exists: bool = redis::cmd("EXISTS").arg(app.cache.key(product)).query_async(&mut conn).await.unwrap();
         if exists {

@@ -102,9 +102,11 @@ impl Drop for PrivateValkey {
     }
 }
 
-/// A relay of this app's database publishing to `url` under the app's prefix.
+/// A relay of this app's database publishing to `url` (a server, or a cluster's nodes) under
+/// the app's prefix.
 fn relay(app: &TestApp, url: &str) -> Relay {
-    Relay::new(app.pool.clone(), EventStream::new(url, &app.prefix, Duration::from_millis(500)).unwrap())
+    let address = allot_origin::valkey::Address::parse(url, false).unwrap();
+    Relay::new(app.pool.clone(), EventStream::new(&address, &app.prefix, Duration::from_millis(500)).unwrap())
 }
 
 /// A URL where nothing listens.
@@ -123,8 +125,7 @@ async fn insert_event(pool: &PgPool, tag: &str) -> i64 {
 
 /// The stream's entries: (entry id, `outbox_id`).
 async fn entries(url: &str, key: &str) -> Vec<(String, i64)> {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = common::connection_to(url);
     let raw: Vec<(String, BTreeMap<String, String>)> =
         redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut conn).await.unwrap();
     raw.into_iter().map(|(id, f)| (id, f["outbox_id"].parse().unwrap())).collect()
@@ -333,8 +334,7 @@ async fn a_stream_that_lost_entries_gets_them_back_one_ahead_is_adopted_and_a_fo
     let url = common::valkey_url();
     let relay = relay(&app, &url);
     let key = relay.stream().key().to_owned();
-    let client = redis::Client::open(url.clone()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = common::connection_to(&url);
     let mut leader = relay.lead().await.unwrap().unwrap();
     for i in 0..20 {
         insert_event(&app.pool, &format!("e{i}")).await;

@@ -208,7 +208,7 @@ async fn the_relay_publishes_each_event_once_in_order_and_backs_off_on_failure()
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("redis://{}", closed.local_addr().unwrap());
     drop(closed);
-    let stream = EventStream::new(&dead, &app.prefix, Duration::from_millis(300)).unwrap();
+    let stream = EventStream::new(&common::server_address(&dead), &app.prefix, Duration::from_millis(300)).unwrap();
     let failing = Relay::new(app.pool.clone(), stream);
     let mut leader = failing.lead().await.unwrap().expect("no other relay holds the stream");
     let step = leader.step().await.unwrap();
@@ -220,7 +220,7 @@ async fn the_relay_publishes_each_event_once_in_order_and_backs_off_on_failure()
     assert_eq!(app.count("job_runs", "job_name = 'outbox-relay' AND outcome = 'failed'").await, 1);
     leader.release().await;
 
-    let stream = EventStream::new(&common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
+    let stream = EventStream::new(&common::valkey_address(), &app.prefix, Duration::from_secs(2)).unwrap();
     let relay = Relay::new(app.pool.clone(), stream);
     let mut leader = relay.lead().await.unwrap().expect("released");
     let step = leader.step().await.unwrap();
@@ -238,8 +238,7 @@ async fn the_relay_publishes_each_event_once_in_order_and_backs_off_on_failure()
     assert_eq!(published, outbox[4].1, "every event is in the stream");
 
     // Exactly one stream entry per event, in order, each with its fields by name.
-    let client = redis::Client::open(common::valkey_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = common::valkey_connection();
     let entries: Vec<(String, std::collections::BTreeMap<String, String>)> =
         redis::cmd("XRANGE").arg(relay.stream().key()).arg("-").arg("+").query_async(&mut conn).await.unwrap();
     assert_eq!(entries.len(), outbox.len(), "one entry per event");

@@ -120,7 +120,7 @@ async fn one_trace_from_the_edge_through_the_relay_and_no_secrets_anywhere() {
     let key = ops::issue_key(&pool, &ops::Actor::cli(), client, None).await.unwrap();
     let prefix = format!("o{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let cache =
-        allot_origin::cache::InventoryCache::new(&common::valkey_url(), &prefix, Duration::from_secs(2)).unwrap();
+        allot_origin::cache::InventoryCache::new(&common::valkey_address(), &prefix, Duration::from_secs(2)).unwrap();
     ops::rebuild_product_cache(&pool, &cache, "obs").await.unwrap();
 
     let (otlp, spans, raw) = receiver().await;

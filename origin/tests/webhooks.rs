@@ -141,7 +141,7 @@ fn options() -> Options {
 /// The relay and the dispatcher, running until the token is cancelled.
 fn start_workers(app: &TestApp) -> CancellationToken {
     let stop = CancellationToken::new();
-    let stream = EventStream::new(&common::valkey_url(), &app.prefix, Duration::from_secs(2)).unwrap();
+    let stream = EventStream::new(&common::valkey_address(), &app.prefix, Duration::from_secs(2)).unwrap();
     let relay = Relay::new(app.pool.clone(), stream);
     let dispatcher = Dispatcher::new(app.pool.clone(), app.config.card_keys.clone(), app.config.webhooks).unwrap();
     let (a, b) = (stop.clone(), stop.clone());

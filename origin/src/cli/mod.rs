@@ -23,8 +23,8 @@ pub async fn admin_pool() -> anyhow::Result<PgPool> {
 /// The inventory cache the configuration names (`None` when `VALKEY_URL` is `none`).
 pub fn cache(cfg: &allot_origin::config::Config) -> anyhow::Result<Option<allot_origin::cache::InventoryCache>> {
     cfg.valkey_url
-        .as_deref()
-        .map(|u| allot_origin::cache::InventoryCache::new(u, &cfg.valkey_prefix, cfg.valkey_timeout))
+        .as_ref()
+        .map(|a| allot_origin::cache::InventoryCache::new(a, &cfg.valkey_prefix, cfg.valkey_timeout))
         .transpose()
         .map_err(Into::into)
 }

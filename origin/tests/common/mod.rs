@@ -13,6 +13,7 @@ use allot_origin::cache::InventoryCache;
 use allot_origin::config::{Config, Settings, generate_card_key};
 use allot_origin::ops::{self, NewCard};
 use allot_origin::server;
+use allot_origin::valkey::{self, Address, Tuning};
 use allot_shared::{ApiKey, Currency, Denomination, Region, signature};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -32,10 +33,34 @@ pub fn admin_url() -> String {
         .expect("DATABASE_URL is not set: run `scripts/stack up` and `eval \"$(scripts/stack env)\"`")
 }
 
-/// The local stack's Valkey URL.
+/// The local stack's Valkey URL (a cluster's nodes when the suites run on the cluster).
 pub fn valkey_url() -> String {
     std::env::var("VALKEY_URL")
         .expect("VALKEY_URL is not set: run `scripts/stack up` and `eval \"$(scripts/stack env)\"`")
+}
+
+/// The local stack's Valkey: a server, or a cluster when `VALKEY_URL` lists its nodes.
+pub fn valkey_address() -> Address {
+    Address::parse(&valkey_url(), false).expect("VALKEY_URL is a Valkey URL or a list of them")
+}
+
+/// One Valkey server at `url`.
+pub fn server_address(url: &str) -> Address {
+    let address = Address::parse(url, false).expect("a Valkey URL");
+    assert!(!address.is_cluster(), "{url} is one server");
+    address
+}
+
+/// A connection to the stack's Valkey that follows a cluster's slots.
+pub fn valkey_connection() -> valkey::Connection {
+    connection_to(&valkey_url())
+}
+
+/// A connection to the Valkey server, or cluster (a list of nodes), at `url`.
+pub fn connection_to(url: &str) -> valkey::Connection {
+    let address = Address::parse(url, false).expect("a Valkey URL or a list of them");
+    valkey::Connection::open(&address, Tuning { timeout: std::time::Duration::from_secs(5), retries: 3 })
+        .expect("a Valkey connection")
 }
 
 /// The same URL pointing at another database.
@@ -236,7 +261,7 @@ impl TestApp {
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let config = Config::from_settings(&settings_for(&db_name, &prefix, &opts)).expect("test config is valid");
         let pool = PgPoolOptions::new().max_connections(8).connect(&url_for(&db_name)).await.unwrap();
-        let cache = InventoryCache::new(&valkey_url(), &prefix, std::time::Duration::from_secs(5)).unwrap();
+        let cache = InventoryCache::new(&valkey_address(), &prefix, std::time::Duration::from_secs(5)).unwrap();
         let client_id =
             ops::create_client(&pool, &ops::Actor::cli(), "Test client", &Region::parse("eu").unwrap(), None)
                 .await
@@ -269,13 +294,12 @@ impl TestApp {
         let _ = self.server.await;
         self.pool.close().await;
         drop_database(&self.db_name).await;
-        let client = redis::Client::open(valkey_url()).unwrap();
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> =
-                redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-            }
+        let mut conn = valkey_connection();
+        // On a cluster KEYS asks every primary and DEL is split by slot.
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
         }
     }
 
@@ -381,8 +405,7 @@ impl TestApp {
 
     /// Members of a product's cache set (sentinel excluded).
     pub async fn cached_ids(&self, product: &str) -> Vec<i64> {
-        let client = redis::Client::open(valkey_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = valkey_connection();
         let members: Vec<String> =
             redis::cmd("ZRANGE").arg(self.cache.key(product)).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
         members.into_iter().filter_map(|m| m.parse().ok()).collect()
@@ -390,8 +413,7 @@ impl TestApp {
 
     /// Delete every key under this test's prefix (a "flush" that spares other tests).
     pub async fn flush_cache(&self) {
-        let client = redis::Client::open(valkey_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = valkey_connection();
         let keys: Vec<String> =
             redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.unwrap();
         if !keys.is_empty() {

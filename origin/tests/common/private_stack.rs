@@ -35,6 +35,18 @@ pub fn free_port() -> u16 {
     panic!("no free port below 32000");
 }
 
+/// The first of `n` consecutive free ports whose cluster bus ports (+10000) are free too.
+pub fn free_port_run(n: u16) -> u16 {
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..1000 {
+        let base = free_port();
+        if (base..base + n).all(|p| free(p) && free(p + 10_000)) {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports below 32000");
+}
+
 /// A private stack, torn down (and purged) on drop.
 pub struct Stack {
     /// Its folder (`.stack/<name>`): data, pid files, logs.
@@ -42,13 +54,24 @@ pub struct Stack {
     pg_port: u16,
     vk_port: u16,
     ev_port: u16,
+    /// The first of the Valkey cluster's six ports, when it has one.
+    cluster_port: Option<u16>,
 }
 
 impl Stack {
-    /// Start a fresh stack in `.stack/<name>`.
+    /// Start a fresh stack in `.stack/<name>`, without a Valkey cluster.
     pub fn up(name: &str) -> Self {
+        Self::start(name, None)
+    }
+
+    /// Start a fresh stack in `.stack/<name>` with a Valkey cluster (3 primaries, 3 replicas).
+    pub fn up_with_cluster(name: &str) -> Self {
+        Self::start(name, Some(free_port_run(6)))
+    }
+
+    fn start(name: &str, cluster_port: Option<u16>) -> Self {
         let dir = repo().join(".stack").join(name);
-        let s = Stack { dir, pg_port: free_port(), vk_port: free_port(), ev_port: free_port() };
+        let s = Stack { dir, pg_port: free_port(), vk_port: free_port(), ev_port: free_port(), cluster_port };
         s.run("down", &["--purge"]);
         s.run("up", &[]);
         s
@@ -63,6 +86,8 @@ impl Stack {
             .env("ALLOT_PG_PORT", self.pg_port.to_string())
             .env("ALLOT_VALKEY_PORT", self.vk_port.to_string())
             .env("ALLOT_EVENTS_PORT", self.ev_port.to_string())
+            .env("ALLOT_STACK_CLUSTER", if self.cluster_port.is_some() { "1" } else { "0" })
+            .env("ALLOT_CLUSTER_PORT", self.cluster_port.map(|p| p.to_string()).unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
@@ -83,6 +108,24 @@ impl Stack {
     /// Its events Valkey.
     pub fn events_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.ev_port)
+    }
+
+    /// Its Valkey cluster's nodes, as `VALKEY_URL` lists them.
+    pub fn cluster_url(&self) -> String {
+        let base = self.cluster_port.expect("a stack started with up_with_cluster");
+        (base..base + 6).map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The cluster's node ports.
+    pub fn cluster_ports(&self) -> Vec<u16> {
+        let base = self.cluster_port.expect("a stack started with up_with_cluster");
+        (base..base + 6).collect()
+    }
+
+    /// The pid of the cluster node on `port`.
+    pub fn cluster_node_pid(&self, port: u16) -> u32 {
+        let pid = std::fs::read_to_string(self.dir.join(format!("cluster/{port}/node.pid"))).unwrap();
+        pid.trim().parse().unwrap()
     }
 
     /// Kill the events Valkey with SIGKILL (no chance to write its append-only file).

@@ -63,6 +63,9 @@ impl Stack {
             .env("ALLOT_PG_PORT", self.pg_port.to_string())
             .env("ALLOT_VALKEY_PORT", self.vk_port.to_string())
             .env("ALLOT_EVENTS_PORT", self.ev_port.to_string())
+            // No streaming replica here (nor the shared stack's replica port).
+            .env("ALLOT_PG_REPLICA", "off")
+            .env_remove("ALLOT_PG_REPLICA_PORT")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()

@@ -56,16 +56,21 @@ impl CatalogueService {
     }
 
     async fn build(&self) -> Result<Catalogue, AppError> {
-        let rows: Vec<(String, String, String, Vec<i64>)> = sqlx::query_as(
-            "SELECT p.id, p.name, p.currency,
-                    coalesce(array_agg(d.denomination_minor ORDER BY d.denomination_minor)
-                             FILTER (WHERE d.denomination_minor IS NOT NULL), '{}')
-               FROM products p LEFT JOIN product_denominations d ON d.product_id = p.id
-              WHERE p.status = 'active'
-              GROUP BY p.id ORDER BY p.id",
-        )
-        .fetch_all(&self.db.replica)
-        .await?;
+        let rows: Vec<(String, String, String, Vec<i64>)> = self
+            .db
+            .read(|pool| async move {
+                Ok(sqlx::query_as(
+                    "SELECT p.id, p.name, p.currency,
+                            coalesce(array_agg(d.denomination_minor ORDER BY d.denomination_minor)
+                                     FILTER (WHERE d.denomination_minor IS NOT NULL), '{}')
+                       FROM products p LEFT JOIN product_denominations d ON d.product_id = p.id
+                      WHERE p.status = 'active'
+                      GROUP BY p.id ORDER BY p.id",
+                )
+                .fetch_all(&pool)
+                .await?)
+            })
+            .await?;
         let mut products = Vec::with_capacity(rows.len());
         for (id, name, currency, denominations) in rows {
             let Ok(currency) = Currency::parse(&currency) else {
@@ -92,13 +97,18 @@ impl CatalogueService {
         {
             return Ok(counts);
         }
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT denomination_minor, count(*) FROM inventories
-              WHERE product_id = $1 AND status = 'active' GROUP BY denomination_minor",
-        )
-        .bind(product_id)
-        .fetch_all(&self.db.replica)
-        .await?;
+        let rows: Vec<(i64, i64)> = self
+            .db
+            .read(|pool| async move {
+                Ok(sqlx::query_as(
+                    "SELECT denomination_minor, count(*) FROM inventories
+                      WHERE product_id = $1 AND status = 'active' GROUP BY denomination_minor",
+                )
+                .bind(product_id)
+                .fetch_all(&pool)
+                .await?)
+            })
+            .await?;
         Ok(denominations.iter().map(|d| rows.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n as u64)).collect())
     }
 }

@@ -94,6 +94,10 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Replica pool size.
     pub db_read_pool_size: u32,
+    /// How often the replica's lag is checked (`ALLOT_REPLICA_CHECK_MS`).
+    pub replica_check_interval: Duration,
+    /// Largest replica lag at which reads still go to the replica (`ALLOT_REPLICA_MAX_LAG_MS`).
+    pub replica_max_lag: Duration,
     /// How long a request waits for a database connection before `503`.
     pub db_acquire_timeout: Duration,
     /// How long a concurrent duplicate waits for the first request with its key.
@@ -387,6 +391,8 @@ impl Config {
             operator_listen: s.parse("ALLOT_OPERATOR_LISTEN", "127.0.0.1:9090".parse().expect("valid"), "host:port")?,
             db_pool_size,
             db_read_pool_size: s.parse("ALLOT_DB_READ_POOL_SIZE", 8, "a pool size")?,
+            replica_check_interval: s.millis("ALLOT_REPLICA_CHECK_MS", 1_000)?,
+            replica_max_lag: s.millis("ALLOT_REPLICA_MAX_LAG_MS", 5_000)?,
             db_acquire_timeout: s.millis("ALLOT_DB_ACQUIRE_TIMEOUT_MS", 3_000)?,
             idempotency_wait: s.millis("ALLOT_IDEMPOTENCY_WAIT_MS", 5_000)?,
             db_statement_timeout: s.millis("ALLOT_DB_STATEMENT_TIMEOUT_MS", 5_000)?,

@@ -7,11 +7,13 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::Config;
+use crate::read_routing::{REPLICA_ACQUIRE_TIMEOUT, ReplicaRoute};
 
 /// The migrations this build was compiled with.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
-/// The primary pool and, when configured, a replica pool for reads that may lag.
+/// The primary pool and, when configured, a replica pool for reads that may lag (which go
+/// through [`Db::read`], routed by [`crate::read_routing`]).
 #[derive(Clone)]
 pub struct Db {
     /// Writes and reads that must see the latest commit.
@@ -20,6 +22,8 @@ pub struct Db {
     pub replica: PgPool,
     /// Whether `replica` is a separate server.
     pub has_replica: bool,
+    /// Whether the replica serves reads now (its checks run with the server).
+    pub route: std::sync::Arc<ReplicaRoute>,
 }
 
 fn connect_options(url: &str, cfg: &Config) -> anyhow::Result<PgConnectOptions> {
@@ -59,10 +63,15 @@ impl Db {
     pub fn connect_lazy(cfg: &Config) -> anyhow::Result<Self> {
         let primary = pool_options(cfg.db_pool_size, cfg).connect_lazy_with(connect_options(&cfg.database_url, cfg)?);
         let (replica, has_replica) = match &cfg.database_read_url {
-            Some(url) => (pool_options(cfg.db_read_pool_size, cfg).connect_lazy_with(connect_options(url, cfg)?), true),
+            Some(url) => (
+                pool_options(cfg.db_read_pool_size, cfg)
+                    .acquire_timeout(cfg.db_acquire_timeout.min(REPLICA_ACQUIRE_TIMEOUT))
+                    .connect_lazy_with(connect_options(url, cfg)?),
+                true,
+            ),
             None => (primary.clone(), false),
         };
-        Ok(Self { primary, replica, has_replica })
+        Ok(Self { primary, replica, has_replica, route: ReplicaRoute::new(cfg.replica_max_lag) })
     }
 }
 

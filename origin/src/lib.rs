@@ -9,6 +9,7 @@
 //! - [`coalescer`]: batches any `In → Out` under load (the allocation path's two stages)
 //! - [`rebuilder`]: single-flight rebuilds of cold cache sets
 //! - [`products`], [`catalogue`]: the product directory and the public catalogue
+//! - [`read_routing`]: reads that may lag go to the replica while it keeps up, else the primary
 //! - [`auth`]: API key verification
 //! - [`http`]: routers, middleware and handlers
 //! - [`services`]: the one initialisation path of every process
@@ -39,6 +40,7 @@ pub mod openapi;
 pub mod ops;
 pub mod outage;
 pub mod products;
+pub mod read_routing;
 pub mod rebuilder;
 pub mod relay;
 pub mod request_guard;

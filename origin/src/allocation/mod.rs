@@ -295,9 +295,11 @@ impl Engine {
     }
 
     /// One page of the caller's allocations, newest first, as the response body. Read from the
-    /// replica when there is one: the newest allocation may show a moment later there.
+    /// replica while it serves (see [`crate::read_routing`]): the newest allocation may show a
+    /// moment later there.
     pub async fn list_allocations(&self, caller: &Caller, listing: &listing::Listing) -> Result<Bytes, AppError> {
         debug_assert_eq!(caller.client_id, listing.client_id, "a caller lists only its own allocations");
-        listing::read_body(&self.db.replica, &self.keys, listing).await
+        let keys = &self.keys;
+        self.db.read(|pool| async move { listing::read_body(&pool, keys, listing).await }).await
     }
 }

@@ -121,10 +121,10 @@ pub async fn read_stored(pool: &PgPool, keys: &KeyRing, client_id: Uuid, id: Uui
     Ok(Some(render(keys, &head, &cards)?))
 }
 
-/// A stored allocation for its owner, from the replica when there is one; the replica may lag
-/// behind a just-made allocation, so a miss there is asked of the primary.
+/// A stored allocation for its owner, from the replica while it serves; the replica may lag
+/// behind a just-made allocation, so a miss is asked of the primary (read your writes).
 pub async fn read_for_owner(db: &Db, keys: &KeyRing, client_id: Uuid, id: Uuid) -> Result<Option<Bytes>, AppError> {
-    if let Some(body) = read_stored(&db.replica, keys, client_id, id).await? {
+    if let Some(body) = db.read(|pool| async move { read_stored(&pool, keys, client_id, id).await }).await? {
         return Ok(Some(body));
     }
     if db.has_replica {

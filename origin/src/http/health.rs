@@ -1,7 +1,8 @@
 //! Health and metrics: `/livez` (the process), `/readyz` (can serve: Postgres reachable; Valkey
 //! down is `warn`, since allocations fall back to Postgres; so is the events Valkey, since events
-//! wait in the outbox), `/health` (every dependency, checked in parallel with a timeout each, so
-//! a hung dependency still gets an answer, and the relay's lag), and `/metrics`.
+//! wait in the outbox, and a read replica that is down or behind, since reads go to the primary),
+//! `/health` (every dependency, checked in parallel with a timeout each, so a hung dependency
+//! still gets an answer, and the relay's lag), and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -202,17 +203,45 @@ async fn reconcile_age(st: &AppState) -> Option<Vec<HealthCheck>> {
     })
 }
 
+/// Whether the replica serves reads, from its last lag check (no query): `warn` when it does not,
+/// since reads then go to the primary.
+fn replication(st: &AppState) -> Option<Vec<HealthCheck>> {
+    if !st.db.has_replica {
+        return None;
+    }
+    let status = st.db.route.status();
+    let lag =
+        status.lag.map_or(serde_json::Value::Null, |l| serde_json::json!((l.as_secs_f64() * 1000.0).round() / 1000.0));
+    let output = (!status.serving).then(|| {
+        format!("not serving reads: {}; reads go to the primary", status.reason.as_deref().unwrap_or("unknown"))
+    });
+    Some(vec![HealthCheck {
+        component_id: Some("replication".to_owned()),
+        component_type: Some("component".to_owned()),
+        observed_value: Some(lag),
+        observed_unit: Some("s".to_owned()),
+        status: if status.serving { HealthStatus::Pass } else { HealthStatus::Warn },
+        time: status.checked_at.map(crate::allocation::format_time),
+        output,
+    }])
+}
+
 /// Ready when Postgres answers; the cache and the events Valkey are checked in parallel and
-/// only warn.
+/// only warn, as does a read replica that does not serve.
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let (pg, vk, ev) = tokio::join!(postgres(&st.db.primary), valkey(&st), events_store(&st));
+    let rp = replication(&st);
     let warned = |c: &Option<Vec<HealthCheck>>| c.as_ref().is_some_and(|c| c[0].status == HealthStatus::Warn);
-    let degraded: Vec<&str> = [(warned(&vk), "the inventory cache"), (warned(&ev), "the events Valkey")]
-        .into_iter()
-        .filter_map(|(down, what)| down.then_some(what))
-        .collect();
+    let degraded: Vec<&str> =
+        [(warned(&vk), "the inventory cache"), (warned(&ev), "the events Valkey"), (warned(&rp), "the read replica")]
+            .into_iter()
+            .filter_map(|(down, what)| down.then_some(what))
+            .collect();
     let mut checks = BTreeMap::new();
     checks.insert("postgres:primary".to_owned(), pg);
+    if let Some(r) = rp {
+        checks.insert("postgres:replica".to_owned(), r);
+    }
     if let Some(v) = vk {
         checks.insert("valkey".to_owned(), v);
     }
@@ -243,7 +272,7 @@ pub async fn health(State(st): State<AppState>) -> Response {
     checks.insert("postgres:primary".to_owned(), primary);
     if let Some(r) = replica {
         // Reads fall back to the primary, so a lost replica degrades rather than fails.
-        let r = r
+        let mut r: Vec<HealthCheck> = r
             .into_iter()
             .map(|mut c| {
                 if c.status == HealthStatus::Fail {
@@ -252,6 +281,8 @@ pub async fn health(State(st): State<AppState>) -> Response {
                 c
             })
             .collect();
+        // Its latency first, then its lag and whether it serves.
+        r.extend(replication(&st).into_iter().flatten());
         checks.insert("postgres:replica".to_owned(), r);
     }
     if let Some(v) = vk {

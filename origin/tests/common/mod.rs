@@ -144,6 +144,32 @@ pub async fn migrated_database() -> String {
     name
 }
 
+/// The stack's streaming replica's URL for database `db` (`ALLOT_TEST_DATABASE_REPLICA_URL`,
+/// which `scripts/stack env` prints when the stack has a replica).
+pub fn replica_url_for(db: &str) -> String {
+    let base = std::env::var("ALLOT_TEST_DATABASE_REPLICA_URL").expect(
+        "ALLOT_TEST_DATABASE_REPLICA_URL is not set: run `scripts/stack up` (it starts the replica) and \
+         `eval \"$(scripts/stack env)\"`",
+    );
+    let (head, _) = base.rsplit_once('/').expect("ALLOT_TEST_DATABASE_REPLICA_URL has a database name");
+    format!("{head}/{db}")
+}
+
+/// Wait (two minutes at most) until the replica has replayed the creation of database `db`.
+pub async fn wait_for_replica_database(db: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match PgConnection::connect(&replica_url_for(db)).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return;
+            }
+            Err(e) if std::time::Instant::now() > deadline => panic!("database {db} never reached the replica: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Drop a test database.
 pub async fn drop_database(name: &str) {
     let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
@@ -257,7 +283,20 @@ impl TestApp {
 
     /// Start an app.
     pub async fn spawn_with(opts: Options) -> Self {
+        Self::spawn_on(migrated_database().await, opts).await
+    }
+
+    /// Start an app whose reads that may lag go to the stack's streaming replica
+    /// (`DATABASE_READ_URL`), once the replica has the test's database.
+    pub async fn spawn_with_replica(mut opts: Options) -> Self {
         let db_name = migrated_database().await;
+        wait_for_replica_database(&db_name).await;
+        opts.extra.push(("DATABASE_READ_URL".to_owned(), replica_url_for(&db_name)));
+        Self::spawn_on(db_name, opts).await
+    }
+
+    /// Start an app on the migrated database `db_name`.
+    async fn spawn_on(db_name: String, opts: Options) -> Self {
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let config = Config::from_settings(&settings_for(&db_name, &prefix, &opts)).expect("test config is valid");
         let pool = PgPoolOptions::new().max_connections(8).connect(&url_for(&db_name)).await.unwrap();

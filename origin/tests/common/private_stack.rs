@@ -86,8 +86,11 @@ impl Stack {
             .env("ALLOT_PG_PORT", self.pg_port.to_string())
             .env("ALLOT_VALKEY_PORT", self.vk_port.to_string())
             .env("ALLOT_EVENTS_PORT", self.ev_port.to_string())
-            .env("ALLOT_STACK_CLUSTER", if self.cluster_port.is_some() { "1" } else { "0" })
+            .env("ALLOT_CLUSTER", if self.cluster_port.is_some() { "on" } else { "off" })
             .env("ALLOT_CLUSTER_PORT", self.cluster_port.map(|p| p.to_string()).unwrap_or_default())
+            // No streaming replica here (nor the shared stack's replica port).
+            .env("ALLOT_PG_REPLICA", "off")
+            .env_remove("ALLOT_PG_REPLICA_PORT")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()

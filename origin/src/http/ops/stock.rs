@@ -22,11 +22,13 @@ pub struct StockQuery {
     state: Option<String>,
 }
 
-/// Every bucket's stock (the listing answers even when Valkey does not: `cached` is null).
+/// Every bucket's stock (the listing answers even when Valkey does not: `cached` is null). Read
+/// from the replica while it serves, so it may be a moment behind.
 pub async fn list(State(st): State<AppState>, QueryOf(q): QueryOf<StockQuery>) -> Result<Response, AppError> {
     let state = q.state.as_deref().map(StockState::parse).transpose()?;
     let filter = StockFilter { product_id: q.product_id, state };
-    let rows = stock::list(&st.db.primary, st.engine.cache(), st.config.stock_low_threshold, &filter).await?;
+    let (cache, threshold, filter) = (st.engine.cache(), st.config.stock_low_threshold, &filter);
+    let rows = st.db.read(|pool| async move { stock::list(&pool, cache, threshold, filter).await }).await?;
     Ok(listing(rows, None))
 }
 

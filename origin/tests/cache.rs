@@ -99,7 +99,7 @@ async fn a_batch_over_many_products_and_their_states_answer_in_order() {
     let asks: Vec<PopArgs> = products
         .iter()
         .enumerate()
-        .map(|(i, p)| PopArgs { product_id: p, denomination_minor: 1000, quantity: i.min(2).max(1), key: None })
+        .map(|(i, p)| PopArgs { product_id: p, denomination_minor: 1000, quantity: i.clamp(1, 2), key: None })
         .collect();
     let popped = c.pop_many(&asks).await.unwrap();
     assert_eq!(popped.len(), products.len());

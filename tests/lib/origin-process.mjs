@@ -88,6 +88,7 @@ async function waitReady(url, child, logs, timeoutMs = 30_000) {
  * @param {"server"|"run-all"} [opts.command]   what to run (default server)
  * @param {object} [opts.join]                  an origin returned by startOrigin: run another instance on
  *                                              its database and cache (same env but the ports), seed nothing
+ * @param {string} [opts.secret]                `ALLOT_EDGE_SECRETS` (default random): origins behind one edge share it
  * @param {string} [opts.setupSql]              SQL run on the new database after the seed, before the start
  * @param {Record<string,string>} [opts.env]    extra environment for the server
  * @param {string} [opts.bin]                   the `allot` binary (default target/debug/allot, built if missing)
@@ -103,7 +104,7 @@ export async function startOrigin(opts = {}) {
   dbUrl.pathname = `/${dbName}`;
   const port = await freePort();
   const operatorPort = await freePort();
-  const secret = joined ? joined.secret : randomHex(24);
+  const secret = joined ? joined.secret : (opts.secret ?? randomHex(24));
   const baseEnv = { ...process.env };
   delete baseEnv.ALLOT_CONFIG_FILE;
   const env = joined

@@ -112,7 +112,10 @@ describe("two run-all instances on one database and cache, behind one edge", () 
       const res = await allocate(`spread-${randomHex()}`, allocationBody(BUCKETS[0]));
       assert.equal(res.status, 201, await res.text());
     }
-    const took = [allocationLines(a).length - before[0], allocationLines(b).length - before[1]];
+    const tookNow = () => [allocationLines(a).length - before[0], allocationLines(b).length - before[1]];
+    // The origins' log lines arrive through pipes, a moment after the answers: wait for them.
+    await until("both access logs", () => tookNow()[0] + tookNow()[1] >= 20, 10_000).catch(() => {});
+    const took = tookNow();
     assert.equal(took[0] + took[1], 20, `one origin request per allocation: ${took}`);
     // One isolate counts round robin: exactly half each.
     assert.deepEqual(took, [10, 10]);

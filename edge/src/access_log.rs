@@ -51,6 +51,9 @@ pub struct AccessLog<'a> {
     /// How the last origin attempt went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin_outcome: Option<&'static str>,
+    /// The instance the last origin attempt went to: `<region>/<place in ORIGINS from 1>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_instance: Option<&'a str>,
 }
 
 impl<'a> AccessLog<'a> {
@@ -74,6 +77,7 @@ impl<'a> AccessLog<'a> {
             cache: cx.cache,
             origin_attempts: cx.origin_attempts,
             origin_outcome: cx.origin_outcome,
+            origin_instance: cx.origin_instance.as_deref(),
         }
     }
 

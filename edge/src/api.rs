@@ -16,6 +16,7 @@ use worker::{Env, Method, Request};
 
 use crate::config::{self, Config};
 use crate::context::RequestContext;
+use crate::origins::Instances;
 use crate::reply::{EDGE_CACHE, Reply};
 use crate::route::Route;
 use crate::upstream::{self, Outbound};
@@ -42,10 +43,11 @@ pub async fn serve(req: &mut Request, env: &Env, cx: &mut RequestContext, route:
     }
 }
 
-/// The region's origin. A key whose region has no origin here gets `403 FORBIDDEN`: the key is
-/// well-formed and may be valid, but this deployment does not serve its region. Not 401 (the
-/// credential is not the problem), not 404 (the route exists), not 503 (retrying cannot help).
-fn origin_for<'c>(config: &'c Config, region: &Region, request_id: &str) -> Result<&'c str, Reply> {
+/// The region's origin instances. A key whose region has no origin here gets `403 FORBIDDEN`:
+/// the key is well-formed and may be valid, but this deployment does not serve its region. Not
+/// 401 (the credential is not the problem), not 404 (the route exists), not 503 (retrying cannot
+/// help).
+fn origin_for<'c>(config: &'c Config, region: &Region, request_id: &str) -> Result<&'c Instances, Reply> {
     config.origin_for(region).ok_or_else(|| {
         Reply::error(&ApiError::new(ErrorCode::Forbidden, format!("no origin serves region {region}")), request_id)
     })
@@ -99,7 +101,7 @@ async fn admit_and_forward(
         Err(e) => warn("rate limit not checked (failing open)", &e),
     }
 
-    let base = origin_for(config, key.region(), &rid)?;
+    let instances = origin_for(config, key.region(), &rid)?;
     let mut headers = cx.origin_headers();
     headers.push(("authorization", format!("Bearer {}", key.expose())));
     let (method, body) = if route == Route::CreateAllocation {
@@ -113,21 +115,14 @@ async fn admit_and_forward(
     } else {
         (Method::Get, Vec::new())
     };
-    let out = Outbound {
-        method,
-        base: base.to_owned(),
-        path_and_query: cx.path_and_query(),
-        key_id: key.key_id().to_owned(),
-        headers,
-        body,
-    };
+    let out = Outbound { method, path_and_query: cx.path_and_query(), key_id: key.key_id().to_owned(), headers, body };
 
     let mut reply = if route == Route::ListProducts {
         let if_none_match = platform::header(req, "if-none-match");
-        let reply = products(&out, config, cx, &key).await;
+        let reply = products(&out, instances, config, cx, &key).await;
         not_modified(if_none_match.as_deref(), &reply).unwrap_or(reply)
     } else {
-        forward(&out, config, cx).await
+        forward(&out, instances, config, cx).await
     };
 
     // An origin 401 is a failed authentication too (a well-formed key that does not exist):
@@ -140,11 +135,10 @@ async fn admit_and_forward(
     Ok(reply)
 }
 
-async fn forward(out: &Outbound, config: &Config, cx: &mut RequestContext) -> Reply {
-    let forwarded = upstream::forward(out, &config.signing_secret, config.origin_timeout_ms).await;
-    cx.origin_attempts = forwarded.attempts;
-    cx.origin_outcome = Some(forwarded.last.outcome());
+async fn forward(out: &Outbound, instances: &Instances, config: &Config, cx: &mut RequestContext) -> Reply {
+    let forwarded = upstream::forward(out, instances, &config.signing_secret, config.origin_timeout_ms).await;
     let region = cx.region.clone().unwrap_or_default();
+    cx.note_forwarded(&forwarded, instances.label(&region, &forwarded.origin));
     let mut reply = upstream::reply_for(&forwarded, &region, &cx.request_id);
     if reply.header("cache-control").is_none() {
         // Allocations carry card codes: no shared cache may keep them.
@@ -154,14 +148,20 @@ async fn forward(out: &Outbound, config: &Config, cx: &mut RequestContext) -> Re
 }
 
 /// `GET /v1/products` through the edge cache (only `200`s are kept).
-async fn products(out: &Outbound, config: &Config, cx: &mut RequestContext, key: &ApiKey) -> Reply {
+async fn products(
+    out: &Outbound,
+    instances: &Instances,
+    config: &Config,
+    cx: &mut RequestContext,
+    key: &ApiKey,
+) -> Reply {
     let cache_key = edge_cache::products_key(cx.host.as_deref(), key.region(), &key.expose(), cx.query.as_deref());
     if let Some(hit) = edge_cache::get(&cache_key).await {
         cx.cache = Some("hit");
         return hit.with_header(EDGE_CACHE, "hit").with_header(headers::REQUEST_ID, cx.request_id.clone());
     }
     cx.cache = Some("miss");
-    let reply = forward(out, config, cx).await;
+    let reply = forward(out, instances, config, cx).await;
     if reply.status == 200 {
         let mut stored = reply.clone();
         // A hit does not reach the origin, so the origin's quota fields would be stale there.

@@ -11,9 +11,11 @@ use std::rc::Rc;
 use allot_shared::Limits;
 use allot_shared::Region;
 use allot_shared::rate_limit::RateLimitPolicy;
-use worker::Url;
 
-/// Var: JSON object, region code → origin base URL (`{"eu":"https://eu.origin.example"}`).
+use crate::origins::Instances;
+
+/// Var: JSON object, region code → origin base URL, or a list of them for several instances
+/// (`{"eu":["https://eu1.origin.example","https://eu2.origin.example"],"us":"https://us.origin.example"}`).
 pub const ORIGINS: &str = "ORIGINS";
 /// Var: the region `/readyz` and `/healthz` speak for when no `?region=` is given.
 pub const DEFAULT_REGION: &str = "DEFAULT_REGION";
@@ -56,8 +58,8 @@ thread_local! {
 /// Validated configuration.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Region → origin base URL (`scheme://host[:port]`, no trailing slash).
-    pub origins: BTreeMap<Region, String>,
+    /// Region → its origin instances (base URLs `scheme://host[:port]`, no trailing slash).
+    pub origins: BTreeMap<Region, Instances>,
     /// The region `/readyz` checks by default.
     pub default_region: Region,
     /// Body and quantity limits, as the origin enforces them.
@@ -116,37 +118,18 @@ fn number<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
     Ok(value)
 }
 
-/// Parse one origin base URL: http(s), a host, no path, query or fragment.
-pub fn origin_base(region: &str, raw: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| ConfigError(format!("{ORIGINS}: origin of region {region:?} {why}"));
-    let url = Url::parse(raw).map_err(|_| bad("is not a URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("must be http or https"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("has no host"));
-    }
-    // The signature covers the path the origin sees; a base path would change it.
-    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("must be scheme://host[:port] without a path, query or fragment"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("must not carry credentials"));
-    }
-    Ok(url.origin().ascii_serialization())
-}
-
-fn origins(raw: Option<String>) -> Result<BTreeMap<Region, String>, ConfigError> {
+fn origins(raw: Option<String>) -> Result<BTreeMap<Region, Instances>, ConfigError> {
     let raw = raw.ok_or_else(|| ConfigError(format!("{ORIGINS} is not set")))?;
-    let map: BTreeMap<String, String> = serde_json::from_str(&raw)
-        .map_err(|_| ConfigError(format!("{ORIGINS} must be a JSON object of region code to origin URL")))?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(&raw).map_err(|_| {
+        ConfigError(format!("{ORIGINS} must be a JSON object of region code to origin URL or list of origin URLs"))
+    })?;
     if map.is_empty() {
         return Err(ConfigError(format!("{ORIGINS} names no region")));
     }
     map.iter()
-        .map(|(region, url)| {
+        .map(|(region, value)| {
             let r = Region::parse(region).map_err(|e| ConfigError(format!("{ORIGINS}: {region:?}: {e}")))?;
-            Ok((r, origin_base(region, url)?))
+            Ok((r, Instances::parse(region, value)?))
         })
         .collect()
 }
@@ -212,9 +195,9 @@ impl Config {
         Ok(config)
     }
 
-    /// The origin base URL serving `region`, if any.
-    pub fn origin_for(&self, region: &Region) -> Option<&str> {
-        self.origins.get(region).map(String::as_str)
+    /// The origin instances serving `region`, if any.
+    pub fn origin_for(&self, region: &Region) -> Option<&Instances> {
+        self.origins.get(region)
     }
 
     /// The configured region codes, sorted.
@@ -248,15 +231,27 @@ mod tests {
     fn reads_a_full_config() {
         let c = load(&base()).unwrap();
         assert_eq!(c.regions(), ["eu", "us"]);
-        assert_eq!(c.origin_for(&Region::parse("us").unwrap()), Some("https://us.origin.example"));
-        assert_eq!(c.origin_for(&Region::parse("eu").unwrap()), Some("http://127.0.0.1:8080"));
-        assert_eq!(c.origin_for(&Region::parse("ap").unwrap()), None);
+        let urls = |r: &str| c.origin_for(&Region::parse(r).unwrap()).map(|i| i.urls().to_vec());
+        assert_eq!(urls("us"), Some(vec!["https://us.origin.example".to_owned()]));
+        assert_eq!(urls("eu"), Some(vec!["http://127.0.0.1:8080".to_owned()]));
+        assert_eq!(urls("ap"), None);
         assert_eq!(c.default_region.as_str(), "eu");
         assert_eq!(c.key_policy.policy_header(), "\"default\";q=100;w=60");
         assert_eq!(c.auth_fail_policy.policy_header(), "\"auth-failures\";q=20;w=60");
         assert_eq!(c.origin_timeout_ms, DEFAULT_ORIGIN_TIMEOUT_MS);
         assert_eq!(c.body_timeout_ms, DEFAULT_BODY_TIMEOUT_MS);
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn reads_lists_of_instances_beside_single_urls() {
+        let mut v = base();
+        v.insert(ORIGINS, r#"{"eu":["http://127.0.0.1:8080","http://127.0.0.1:8081/"],"us":"http://10.0.0.2:80"}"#);
+        let c = load(&v).unwrap();
+        let eu = c.origin_for(&Region::parse("eu").unwrap()).unwrap();
+        assert_eq!(eu.urls(), ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]);
+        assert_eq!(c.origin_for(&Region::parse("us").unwrap()).unwrap().len(), 1);
+        assert_eq!(c.regions(), ["eu", "us"]);
     }
 
     #[test]
@@ -269,12 +264,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_configs() {
-        let cases: [(&str, Option<&str>, &str); 15] = [
+        let cases: [(&str, Option<&str>, &str); 18] = [
             (ORIGINS, None, "ORIGINS is not set"),
             (ORIGINS, Some("[]"), "JSON object"),
             (ORIGINS, Some("{}"), "names no region"),
             (ORIGINS, Some(r#"{"EU":"http://a"}"#), "\"EU\""),
             (ORIGINS, Some(r#"{"eu":"ftp://a"}"#), "http or https"),
+            (ORIGINS, Some(r#"{"eu":[]}"#), "region \"eu\" has an empty list of origins"),
+            (ORIGINS, Some(r#"{"eu":["http://a:1","http://a:1/"]}"#), "lists http://a:1 twice"),
+            (ORIGINS, Some(r#"{"eu":["http://a:1","no scheme"]}"#), "is not a URL"),
             (ORIGINS, Some(r#"{"eu":"http://a/base"}"#), "without a path"),
             (ORIGINS, Some(r#"{"eu":"http://u:p@a"}"#), "credentials"),
             (DEFAULT_REGION, Some("ap"), "no entry"),

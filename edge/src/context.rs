@@ -45,6 +45,8 @@ pub struct RequestContext {
     pub origin_attempts: u8,
     /// For the log: how the last origin attempt went.
     pub origin_outcome: Option<&'static str>,
+    /// For the log: the instance the last origin attempt went to (`eu/2`: its place in `ORIGINS`).
+    pub origin_instance: Option<String>,
 }
 
 impl RequestContext {
@@ -79,7 +81,15 @@ impl RequestContext {
             cache: None,
             origin_attempts: 0,
             origin_outcome: None,
+            origin_instance: None,
         }
+    }
+
+    /// Note for the log how forwarding went and which instance (`label`) the last attempt reached.
+    pub fn note_forwarded(&mut self, forwarded: &crate::upstream::Forwarded, label: String) {
+        self.origin_attempts = forwarded.attempts;
+        self.origin_outcome = Some(forwarded.last.outcome());
+        self.origin_instance = Some(label);
     }
 
     /// Path and query as received (what is forwarded and signed).

@@ -1,5 +1,12 @@
 //! `GET /healthz` (the edge itself, in the isolate) and `GET /readyz` (the home origin's readiness,
 //! kept in the edge cache for a few seconds so probe storms never reach the origin).
+//!
+//! A region with several origin instances is ready when at least one of them is: the edge fails
+//! over to it. `/readyz` asks every instance at once and lists each under `origin:<region>` with
+//! its place in `ORIGINS` (`componentId` `eu/1`, `eu/2`; never its URL). The document is the first
+//! ready instance's (they share one database and cache, so they report the same components); its
+//! status is that instance's when all are ready, `warn` (still HTTP 200) when only some are, and
+//! `fail` (503) when none is.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +16,7 @@ use worker::Method;
 
 use crate::config::{Config, ConfigError};
 use crate::context::RequestContext;
+use crate::origins::Instances;
 use crate::reply::{EDGE_CACHE, Reply};
 use crate::upstream::{self, Attempt, Outbound};
 use crate::{edge_cache, platform};
@@ -106,7 +114,58 @@ pub fn readiness(region: &Region, attempt: &Attempt, latency_ms: u64) -> Health 
     doc
 }
 
-/// `GET /readyz`: from the edge cache, else one origin call whose result is cached.
+/// One instance's `/readyz` answer and how long it took.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// How the call went.
+    pub attempt: Attempt,
+    /// Its round trip in ms.
+    pub latency_ms: u64,
+}
+
+/// A region's readiness: the document, and the facts the log and the cache need.
+#[derive(Debug, Clone)]
+pub struct RegionReadiness {
+    /// The `/readyz` document.
+    pub doc: Health,
+    /// How many instances are ready.
+    pub ready: usize,
+    /// The instance whose document was used (index into the probes).
+    pub chosen: usize,
+}
+
+/// The readiness of a region from its instances' probes (in `ORIGINS` order; see the module doc).
+pub fn region_readiness(region: &Region, probes: &[Probe]) -> RegionReadiness {
+    debug_assert!(!probes.is_empty(), "a region has at least one instance");
+    let docs: Vec<Health> = probes.iter().map(|p| readiness(region, &p.attempt, p.latency_ms)).collect();
+    let ready = docs.iter().filter(|d| d.status != HealthStatus::Fail).count();
+    let chosen = docs.iter().position(|d| d.status != HealthStatus::Fail).unwrap_or(0);
+    let Some(mut doc) = docs.get(chosen).cloned() else {
+        return RegionReadiness { doc: readiness(region, &Attempt::Unreachable, 0), ready: 0, chosen: 0 };
+    };
+    let name = format!("origin:{region}");
+    let instances: Vec<HealthCheck> = docs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let mut c = d.checks.get(&name)?.first()?.clone();
+            c.component_id = Some(format!("{region}/{}", i + 1));
+            Some(c)
+        })
+        .collect();
+    doc.checks.insert(name, instances);
+    if docs.len() > 1 {
+        doc.description = Some(format!("readiness of the {region} origin: {ready} of {} instances ready", docs.len()));
+        if ready > 0 && ready < docs.len() {
+            doc.status = doc.status.max(HealthStatus::Warn);
+            doc.output = Some(format!("{} of {} {region} origin instances not ready", docs.len() - ready, docs.len()));
+        }
+    }
+    RegionReadiness { doc, ready, chosen }
+}
+
+/// `GET /readyz`: from the edge cache, else one call to each instance of the region, at once,
+/// whose result is cached.
 pub async fn readyz(config: &Config, cx: &mut RequestContext) -> Reply {
     let region = match readyz_region(cx.query.as_deref(), config) {
         Ok(r) => r,
@@ -119,33 +178,45 @@ pub async fn readyz(config: &Config, cx: &mut RequestContext) -> Reply {
         return hit.with_header(EDGE_CACHE, "hit");
     }
     cx.cache = Some("miss");
-    let Some(base) = config.origin_for(&region) else {
+    let Some(instances) = config.origin_for(&region) else {
         return Reply::error(
             &ApiError::new(ErrorCode::NotFound, format!("no origin serves region {region}")),
             &cx.request_id,
         );
     };
-    // Signed like everything else that reaches an origin, though the origin's /readyz does not check.
-    let out = Outbound {
-        method: Method::Get,
-        base: base.to_owned(),
-        path_and_query: "/readyz".to_owned(),
-        key_id: String::new(),
-        headers: cx.origin_headers(),
-        body: Vec::new(),
-    };
-    let started = platform::now_ms();
-    let attempt =
-        upstream::send_once(&out, &config.signing_secret, config.origin_timeout_ms.min(READYZ_TIMEOUT_MS)).await;
-    cx.origin_attempts = 1;
-    cx.origin_outcome = Some(attempt.outcome());
-    let doc = readiness(&region, &attempt, platform::now_ms().saturating_sub(started));
-    let ttl = if doc.status == HealthStatus::Fail { NOT_READY_TTL_SECS } else { READY_TTL_SECS };
+    let probes = probe_all(config, cx, instances).await;
+    let RegionReadiness { doc, ready, chosen } = region_readiness(&region, &probes);
+    cx.origin_attempts = u8::try_from(probes.len()).unwrap_or(u8::MAX);
+    cx.origin_outcome = probes.get(chosen).map(|p| p.attempt.outcome());
+    cx.origin_instance = Some(format!("{region}/{}", chosen + 1));
+    // Anything short of every instance ready is reused briefly, so recovery shows quickly.
+    let ttl =
+        if ready == probes.len() && doc.status != HealthStatus::Fail { READY_TTL_SECS } else { NOT_READY_TTL_SECS };
     let reply = Reply::health(&doc);
     if let Err(e) = edge_cache::put(&key, &reply, ttl).await {
         platform::log_line(&serde_json::json!({ "level": "warn", "msg": "readyz not cached", "error": e }).to_string());
     }
     reply.with_header(EDGE_CACHE, "miss")
+}
+
+/// Ask every instance's `/readyz` at once (bounded by [`READYZ_TIMEOUT_MS`]), in `ORIGINS` order.
+async fn probe_all(config: &Config, cx: &RequestContext, instances: &Instances) -> Vec<Probe> {
+    // Signed like everything else that reaches an origin, though the origin's /readyz does not check.
+    let out = Outbound {
+        method: Method::Get,
+        path_and_query: "/readyz".to_owned(),
+        key_id: String::new(),
+        headers: cx.origin_headers(),
+        body: Vec::new(),
+    };
+    let timeout_ms = config.origin_timeout_ms.min(READYZ_TIMEOUT_MS);
+    let out = &out;
+    let probes = instances.urls().iter().map(|base| async move {
+        let started = platform::now_ms();
+        let attempt = upstream::send_once(out, base, &config.signing_secret, timeout_ms).await;
+        Probe { attempt, latency_ms: platform::now_ms().saturating_sub(started) }
+    });
+    futures_util::future::join_all(probes).await
 }
 
 #[cfg(test)]
@@ -184,6 +255,45 @@ mod tests {
         assert_eq!(readyz_region(Some("region=ap"), &c).unwrap_err().code, ErrorCode::NotFound);
         assert_eq!(readyz_region(Some("region=EU"), &c).unwrap_err().code, ErrorCode::ValidationFailed);
         assert_eq!(readyz_region(Some("region"), &c).unwrap_err().code, ErrorCode::ValidationFailed);
+    }
+
+    #[test]
+    fn a_region_is_ready_while_one_instance_is() {
+        let eu = Region::parse("eu").unwrap();
+        let answer = |status, body: &str| Attempt::Answered(Answer { status, headers: vec![], body: body.into() });
+        let pass = || Probe {
+            attempt: answer(200, r#"{"status":"pass","checks":{"postgres:primary":[{"status":"pass"}]}}"#),
+            latency_ms: 4,
+        };
+        let down = || Probe { attempt: Attempt::Unreachable, latency_ms: 1 };
+
+        let one = region_readiness(&eu, &[pass()]);
+        assert_eq!((one.doc.status, one.ready, one.chosen), (HealthStatus::Pass, 1, 0));
+        assert_eq!(one.doc.description.as_deref(), Some("readiness of the eu origin"));
+        assert_eq!(one.doc.checks["origin:eu"].len(), 1);
+        assert_eq!(one.doc.checks["origin:eu"][0].component_id.as_deref(), Some("eu/1"));
+
+        let both = region_readiness(&eu, &[pass(), pass()]);
+        assert_eq!((both.doc.status, both.ready), (HealthStatus::Pass, 2));
+        assert_eq!(both.doc.output, None);
+
+        let half = region_readiness(&eu, &[down(), pass()]);
+        assert_eq!((half.doc.status, half.ready, half.chosen), (HealthStatus::Warn, 1, 1));
+        assert_eq!(half.doc.status.http_status(), 200);
+        assert!(half.doc.checks.contains_key("postgres:primary"), "the ready instance's document");
+        let checks = &half.doc.checks["origin:eu"];
+        let ids: Vec<_> = checks.iter().map(|c| (c.component_id.clone().unwrap(), c.status)).collect();
+        assert_eq!(ids, [("eu/1".to_owned(), HealthStatus::Fail), ("eu/2".to_owned(), HealthStatus::Pass)]);
+        assert_eq!(half.doc.output.as_deref(), Some("1 of 2 eu origin instances not ready"));
+        assert_eq!(half.doc.description.as_deref(), Some("readiness of the eu origin: 1 of 2 instances ready"));
+
+        let none =
+            region_readiness(&eu, &[down(), Probe { attempt: answer(503, r#"{"status":"fail"}"#), latency_ms: 2 }]);
+        assert_eq!((none.doc.status, none.ready), (HealthStatus::Fail, 0));
+        assert_eq!(none.doc.status.http_status(), 503);
+        assert_eq!(none.doc.checks["origin:eu"].len(), 2);
+        let json = serde_json::to_string(&none.doc).unwrap();
+        assert!(!json.contains("127.0.0.1") && !json.contains("http"), "no instance URL: {json}");
     }
 
     #[test]

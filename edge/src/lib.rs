@@ -13,7 +13,8 @@
 //!   - API key format and checksum, and `Idempotency-Key`: `allot_shared::request_headers`, the
 //!     origin's own rules
 //!   - [`admission`]  body deadline, body size and body validation (the shared crate's rules)
-//!   - [`upstream`]   signing, timeouts, one retry, passing the origin's answer back
+//!   - [`upstream`]   signing, timeouts, failover, passing the origin's answer back
+//!   - [`origins`]    a region's origin instances: the spread and the failover order
 //!   - [`edge_cache`] the Cache API for `/readyz`, `/v1/products` and `/v1/openapi.json`
 //! - [`reply`]      responses as data, errors in the shared error body
 //! - [`access_log`] one JSON line per request
@@ -28,6 +29,7 @@ pub mod edge_cache;
 pub mod health;
 pub mod ids;
 pub mod openapi;
+pub mod origins;
 pub mod platform;
 pub mod quota;
 pub mod reply;

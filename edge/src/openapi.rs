@@ -34,22 +34,20 @@ async fn cached_or_fetched(config: &Config, cx: &mut RequestContext) -> Reply {
         return hit.with_header(EDGE_CACHE, "hit");
     }
     cx.cache = Some("miss");
-    let Some(base) = config.origin_for(&region) else {
+    let Some(instances) = config.origin_for(&region) else {
         // Config::from_lookup guarantees the default region has an origin.
         return upstream::unavailable(region.as_str(), &cx.request_id);
     };
     // Signed like everything else that reaches an origin, though the document needs no key.
     let out = Outbound {
         method: Method::Get,
-        base: base.to_owned(),
         path_and_query: PATH.to_owned(),
         key_id: String::new(),
         headers: cx.origin_headers(),
         body: Vec::new(),
     };
-    let forwarded = upstream::forward(&out, &config.signing_secret, config.origin_timeout_ms).await;
-    cx.origin_attempts = forwarded.attempts;
-    cx.origin_outcome = Some(forwarded.last.outcome());
+    let forwarded = upstream::forward(&out, instances, &config.signing_secret, config.origin_timeout_ms).await;
+    cx.note_forwarded(&forwarded, instances.label(region.as_str(), &forwarded.origin));
     let reply = upstream::reply_for(&forwarded, region.as_str(), &cx.request_id);
     if reply.status == 200 {
         let mut stored = reply.clone();

@@ -1,21 +1,29 @@
-//! Forwarding to an origin: sign, send with a bounded timeout, retry once when that is safe,
-//! and hand back the origin's answer (status, body, the headers that matter).
+//! Forwarding to an origin: sign, send with a bounded timeout, fail over to the region's next
+//! instance when that is safe, and hand back the origin's answer (status, body, the headers that
+//! matter).
 //!
-//! Retry rule: a connect failure or a 502/503/504 is retried once, because every forwarded
-//! request is safe to repeat: GETs by definition, and a POST only reaches this point with a
-//! validated `Idempotency-Key` (the origin replays instead of allocating twice). A timeout is not
-//! retried: the origin is slow, not gone, and a retry would double its load and the caller's wait.
+//! Retry rule: a connect failure or a 502/503/504 is tried again on the next instance of the
+//! region (each instance at most once; a region with one instance retries it once, see
+//! [`crate::origins`]), because every forwarded request is safe to repeat: GETs by definition, and
+//! a POST only reaches this point with a validated `Idempotency-Key` (the origin replays instead
+//! of allocating twice). A timeout is not retried: the origin is slow, not gone, and the request
+//! may still be running there. Another attempt would add its load to an origin (and a Postgres)
+//! that is already behind, a POST would most likely meet its own first attempt still holding the
+//! key (`409 IDEMPOTENCY_IN_PROGRESS`), and the caller's wait would grow by a whole timeout per
+//! instance. The caller, who knows its own deadline, retries with the same key instead.
 
+use std::future::Future;
 use std::time::Duration;
 
 use allot_shared::{ApiError, ErrorBody, ErrorCode, headers, signature};
 use worker::js_sys::Uint8Array;
 use worker::{AbortSignal, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect};
 
+use crate::origins::{self, Instances};
 use crate::platform;
 use crate::reply::Reply;
 
-/// Pause before the single retry (an instance restarting, a load balancer re-routing).
+/// Pause between attempts (an instance restarting, a load balancer re-routing).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// `Retry-After` on `503 ORIGIN_UNAVAILABLE`, in seconds.
 pub const UNAVAILABLE_RETRY_AFTER: u32 = 2;
@@ -38,8 +46,6 @@ const PASSED_BACK: [&str; 8] = [
 pub struct Outbound {
     /// `GET` or `POST`.
     pub method: Method,
-    /// `scheme://host[:port]`.
-    pub base: String,
     /// Path and query exactly as the origin will see them (and as signed).
     pub path_and_query: String,
     /// The caller's API key id (signed, so a request cannot be resent under another key).
@@ -106,12 +112,14 @@ impl Attempt {
     }
 }
 
-/// The last attempt and how many were made.
+/// The last attempt, the instance it went to, and how many were made.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
     /// The final attempt.
     pub last: Attempt,
-    /// 1 or 2.
+    /// The base URL of the instance the final attempt went to.
+    pub origin: String,
+    /// From 1 to the region's instances (2 for a region with one).
     pub attempts: u8,
 }
 
@@ -123,18 +131,39 @@ fn method_str(m: &Method) -> &'static str {
     }
 }
 
-/// Send `out`, signed with `secret`, retrying once if the first attempt is retryable.
-pub async fn forward(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Forwarded {
-    let first = send_once(out, secret, timeout_ms).await;
-    if !first.is_retryable() {
-        return Forwarded { last: first, attempts: 1 };
+/// Send `out`, signed with `secret`, to the region's instances in this request's order until an
+/// attempt is not retryable (see the module's retry rule).
+pub async fn forward(out: &Outbound, instances: &Instances, secret: &[u8], timeout_ms: u32) -> Forwarded {
+    let order = instances.attempt_order(origins::next_turn());
+    try_in_order(&order, |base| send_once(out, base, secret, timeout_ms), || Delay::from(RETRY_PAUSE)).await
+}
+
+/// Try `send` on each base URL of `order` in turn, stopping at the first attempt that is not
+/// retryable, with `pause` between attempts (never after the last).
+pub async fn try_in_order<'o, S, SF, P, PF>(order: &[&'o str], mut send: S, mut pause: P) -> Forwarded
+where
+    S: FnMut(&'o str) -> SF,
+    SF: Future<Output = Attempt>,
+    P: FnMut() -> PF,
+    PF: Future<Output = ()>,
+{
+    debug_assert!(!order.is_empty(), "a region has at least one instance");
+    let mut last = Forwarded { last: Attempt::Unreachable, origin: String::new(), attempts: 0 };
+    for &base in order {
+        if last.attempts > 0 {
+            pause().await;
+        }
+        let attempt = send(base).await;
+        last = Forwarded { last: attempt, origin: base.to_owned(), attempts: last.attempts.saturating_add(1) };
+        if !last.last.is_retryable() {
+            break;
+        }
     }
-    Delay::from(RETRY_PAUSE).await;
-    Forwarded { last: send_once(out, secret, timeout_ms).await, attempts: 2 }
+    last
 }
 
 /// One signed attempt; the timeout covers connecting, the headers and the whole body.
-pub async fn send_once(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Attempt {
+pub async fn send_once(out: &Outbound, base: &str, secret: &[u8], timeout_ms: u32) -> Attempt {
     // A fresh timestamp and nonce per attempt: a retry is signed again, with a MAC of its own,
     // so the origin's replay guard does not take the edge's retry for a replay.
     let ts = i64::try_from(platform::now_ms() / 1000).unwrap_or(0);
@@ -149,7 +178,7 @@ pub async fn send_once(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Attemp
     };
     let sig = signature::sign(secret, ts, &nonce, &signed);
     let signal = AbortSignal::from(worker::web_sys::AbortSignal::timeout_with_u32(timeout_ms));
-    let request = match build_request(out, &sig) {
+    let request = match build_request(out, base, &sig) {
         Ok(r) => r,
         // Header values come from validated input; a refusal here is a bug, not an outage.
         Err(_) => return Attempt::Unreachable,
@@ -168,7 +197,7 @@ pub async fn send_once(out: &Outbound, secret: &[u8], timeout_ms: u32) -> Attemp
     }
 }
 
-fn build_request(out: &Outbound, sig: &str) -> worker::Result<Request> {
+fn build_request(out: &Outbound, base: &str, sig: &str) -> worker::Result<Request> {
     let h = Headers::new();
     for (name, value) in &out.headers {
         h.set(name, value)?;
@@ -179,7 +208,7 @@ fn build_request(out: &Outbound, sig: &str) -> worker::Result<Request> {
     if out.method == Method::Post {
         init.with_body(Some(Uint8Array::from(out.body.as_slice()).into()));
     }
-    Request::new_with_init(&format!("{}{}", out.base, out.path_and_query), &init)
+    Request::new_with_init(&format!("{base}{}", out.path_and_query), &init)
 }
 
 /// The caller's reply for a forwarded request: the origin's answer, or `503 ORIGIN_UNAVAILABLE`.
@@ -251,9 +280,58 @@ mod tests {
         }
     }
 
+    /// Runs `try_in_order` with answers scripted per instance; returns it and the calls made.
+    fn failover(order: &[&str], script: &[(&str, Attempt)]) -> (Forwarded, Vec<String>) {
+        use futures_util::FutureExt;
+        let calls = std::cell::RefCell::new(Vec::new());
+        let send = |base: &str| {
+            calls.borrow_mut().push(base.to_owned());
+            let attempt = script.iter().find(|(b, _)| *b == base).map(|(_, a)| a.clone()).unwrap();
+            std::future::ready(attempt)
+        };
+        let pause = || {
+            calls.borrow_mut().push("pause".to_owned());
+            std::future::ready(())
+        };
+        let forwarded = try_in_order(order, send, pause).now_or_never().expect("ready futures");
+        (forwarded, calls.into_inner())
+    }
+
+    #[test]
+    fn fails_over_to_each_instance_once() {
+        let (f, calls) =
+            failover(&["a", "b", "c"], &[("a", Attempt::Unreachable), ("b", answer(503)), ("c", answer(201))]);
+        assert_eq!(calls, ["a", "pause", "b", "pause", "c"]);
+        assert_eq!((f.attempts, f.origin.as_str()), (3, "c"));
+        assert_eq!(f.last, answer(201));
+
+        let (f, calls) = failover(&["b", "a"], &[("a", answer(201)), ("b", answer(201))]);
+        assert_eq!(calls, ["b"], "the first answer ends it, no pause");
+        assert_eq!((f.attempts, f.origin.as_str()), (1, "b"));
+
+        let (f, calls) = failover(&["a", "b"], &[("a", answer(502)), ("b", answer(504))]);
+        assert_eq!(calls, ["a", "pause", "b"], "bounded by the list");
+        assert_eq!((f.attempts, f.origin.as_str()), (2, "b"));
+        assert_eq!(reply_for(&f, "eu", "r").status, 503);
+
+        // One instance: its one retry, as before lists.
+        let (f, calls) = failover(&["a", "a"], &[("a", Attempt::Unreachable)]);
+        assert_eq!(calls, ["a", "pause", "a"]);
+        assert_eq!(f.attempts, 2);
+    }
+
+    #[test]
+    fn neither_a_timeout_nor_an_answer_fails_over() {
+        for stop in [Attempt::TimedOut, answer(500), answer(409), answer(401)] {
+            let (f, calls) = failover(&["a", "b"], &[("a", stop.clone()), ("b", answer(201))]);
+            assert_eq!(calls, ["a"], "{stop:?}");
+            assert_eq!((f.attempts, f.last), (1, stop));
+        }
+    }
+
     #[test]
     fn passes_back_answers_and_hides_outages() {
-        let ok = Forwarded { last: answer(201), attempts: 1 };
+        let ok = Forwarded { last: answer(201), origin: "http://a".into(), attempts: 1 };
         let r = reply_for(&ok, "eu", "req-1");
         assert_eq!(r.status, 201);
         assert_eq!(r.body, b"{}");
@@ -262,7 +340,7 @@ mod tests {
         assert_eq!(r.header("set-cookie"), None);
         assert_eq!(r.header("ratelimit"), None);
         for last in [answer(503), Attempt::Unreachable, Attempt::TimedOut] {
-            let r = reply_for(&Forwarded { last, attempts: 2 }, "eu", "req-1");
+            let r = reply_for(&Forwarded { last, origin: "http://a".into(), attempts: 2 }, "eu", "req-1");
             assert_eq!(r.status, 503);
             assert_eq!(r.header("retry-after"), Some("2"));
             assert_eq!(r.error_code, Some(ErrorCode::OriginUnavailable));
@@ -281,7 +359,7 @@ mod tests {
             ],
             body: br#"{"error":{"code":"RATE_LIMITED","message":"slow down"}}"#.to_vec(),
         });
-        let r = reply_for(&Forwarded { last: limited, attempts: 1 }, "eu", "req-1");
+        let r = reply_for(&Forwarded { last: limited, origin: "http://a".into(), attempts: 1 }, "eu", "req-1");
         assert_eq!(r.status, 429);
         assert_eq!(r.error_code, Some(ErrorCode::RateLimited));
         assert_eq!(r.header("ratelimit"), Some("\"client\";r=0;t=17"));

@@ -14,12 +14,53 @@ use crate::ops::{self, NewCard};
 /// The fixed id of the demo client, so seeding twice reuses it.
 pub const DEMO_CLIENT_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_de30);
 
-/// The demo catalogue: product id, name, currency, denominations.
-const CATALOGUE: &[(&str, &str, &str, &[&str])] = &[
+/// A demo catalogue: product id, name, currency, denominations.
+type Products = &'static [(&'static str, &'static str, &'static str, &'static [&'static str])];
+
+/// The default demo catalogue.
+const STANDARD: Products = &[
     ("gift-usd", "Demo gift card (USD)", "USD", &["10.00", "25.00", "50.00", "100.00"]),
     ("games-eur", "Demo games wallet (EUR)", "EUR", &["20.00", "50.00"]),
     ("mobile-jpy", "Demo mobile top-up (JPY)", "JPY", &["1000", "3000"]),
 ];
+
+/// A second region's catalogue, in dollars only, with no product id in common with [`STANDARD`]
+/// (so two regions' answers cannot be mistaken for each other).
+const US: Products = &[
+    ("store-usd", "Demo US store card (USD)", "USD", &["15.00", "40.00"]),
+    ("games-usd", "Demo US games wallet (USD)", "USD", &["20.00", "60.00"]),
+];
+
+/// Which demo catalogue `allot demo seed` creates (`--catalogue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Catalogue {
+    /// `standard`: gift-usd, games-eur, mobile-jpy.
+    #[default]
+    Standard,
+    /// `us`: store-usd and games-usd, dollars only.
+    Us,
+}
+
+impl Catalogue {
+    fn products(self) -> Products {
+        match self {
+            Catalogue::Standard => STANDARD,
+            Catalogue::Us => US,
+        }
+    }
+}
+
+impl std::str::FromStr for Catalogue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" => Ok(Catalogue::Standard),
+            "us" => Ok(Catalogue::Us),
+            other => Err(format!("unknown demo catalogue {other:?}: use standard or us")),
+        }
+    }
+}
 
 /// What the seed did.
 pub struct Seeded {
@@ -41,14 +82,15 @@ fn data_encoding_upper(b: &[u8]) -> String {
     b.iter().map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char).collect()
 }
 
-/// Seed the demo data, topping each denomination up to `per_denomination` active cards.
+/// Seed the demo data, topping each denomination of `catalogue` up to `per_denomination` active cards.
 pub async fn seed(
     pool: &PgPool,
     cache: Option<&InventoryCache>,
     cfg: &Config,
+    catalogue: Catalogue,
     per_denomination: usize,
 ) -> anyhow::Result<Seeded> {
-    seed_with(pool, cache, &cfg.card_keys, &cfg.region, per_denomination).await
+    seed_with(pool, cache, &cfg.card_keys, &cfg.region, catalogue, per_denomination).await
 }
 
 /// [`seed`] with explicit parts (for tests and tools).
@@ -57,12 +99,13 @@ pub async fn seed_with(
     cache: Option<&InventoryCache>,
     keys: &KeyRing,
     region: &allot_shared::Region,
+    catalogue: Catalogue,
     per_denomination: usize,
 ) -> anyhow::Result<Seeded> {
     let client = ops::create_client(pool, &ops::Actor::cli(), "Demo client", region, Some(DEMO_CLIENT_ID)).await?;
     let key = ops::issue_key(pool, &ops::Actor::cli(), client, Some("demo")).await?;
     let mut cards_added = 0;
-    for (id, name, currency, denominations) in CATALOGUE {
+    for (id, name, currency, denominations) in catalogue.products() {
         let currency = Currency::parse(currency).map_err(anyhow::Error::msg)?;
         let denominations: Vec<Denomination> = denominations
             .iter()
@@ -88,4 +131,21 @@ pub async fn seed_with(
         }
     }
     Ok(Seeded { key, cards_added })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogues_by_name_and_distinct() {
+        assert_eq!("standard".parse::<Catalogue>(), Ok(Catalogue::Standard));
+        assert_eq!("us".parse::<Catalogue>(), Ok(Catalogue::Us));
+        assert!("US".parse::<Catalogue>().unwrap_err().contains("use standard or us"));
+        assert_eq!(Catalogue::default(), Catalogue::Standard);
+        for (id, ..) in US {
+            assert!(STANDARD.iter().all(|(other, ..)| other != id), "{id} in both catalogues");
+        }
+        assert!(US.iter().all(|(_, _, currency, _)| *currency == "USD"));
+    }
 }

@@ -126,6 +126,10 @@ enum DemoAction {
         /// Active cards to keep per denomination.
         #[arg(long, default_value_t = 400)]
         cards_per_denomination: usize,
+        /// Which catalogue: `standard` (gift-usd, games-eur, mobile-jpy) or `us` (store-usd,
+        /// games-usd: a second region's, dollars only).
+        #[arg(long, default_value = "standard")]
+        catalogue: demo::Catalogue,
     },
 }
 
@@ -285,12 +289,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo { action: DemoAction::Seed { cards_per_denomination } } => {
+        Command::Demo { action: DemoAction::Seed { cards_per_denomination, catalogue } } => {
             let cfg = Config::from_env()?;
             let pool = db::connect_admin(&cfg.database_url).await?;
             db::check_schema(&pool).await?;
             let cache = cli::cache(&cfg)?;
-            let seeded = demo::seed(&pool, cache.as_ref(), &cfg, cards_per_denomination).await?;
+            let seeded = demo::seed(&pool, cache.as_ref(), &cfg, catalogue, cards_per_denomination).await?;
             println!("demo client: {}", demo::DEMO_CLIENT_ID);
             println!("demo cards added: {}", seeded.cards_added);
             println!("demo API key (shown once): {}", seeded.key.expose());

@@ -1,10 +1,13 @@
-// The edge (the real WASM build in workerd via Miniflare) for local development, in front of a local
-// origin. Started by scripts/dev; runs until SIGTERM/SIGINT.
+// The edge (the real WASM build in workerd via Miniflare) for local development, in front of local
+// origins. Started by scripts/dev; runs until SIGTERM/SIGINT.
 //
 //   EDGE_SIGNING_SECRET=... ORIGIN_URL=http://127.0.0.1:8080 EDGE_PORT=8787 node tests/lib/dev-edge.mjs
+//   EDGE_SIGNING_SECRET=... ORIGINS='{"eu":"http://127.0.0.1:8080","us":"http://127.0.0.1:8081"}' \
+//     DEFAULT_REGION=eu EDGE_PORT=8787 node tests/lib/dev-edge.mjs
 //
 // Vars and rate limits are wrangler.toml's default environment, read with wrangler's own parser
-// (the same config `wrangler dev` would use), with ORIGINS replaced by {"eu": ORIGIN_URL}.
+// (the same config `wrangler dev` would use), with ORIGINS replaced by $ORIGINS when set, else by
+// {"eu": ORIGIN_URL}, and DEFAULT_REGION by $DEFAULT_REGION when set.
 // The worker's log lines (one JSON line per request) go to stdout.
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -30,6 +33,7 @@ process.on("SIGINT", () => void stop("SIGINT"));
 const { REPO_ROOT, startEdge } = await import("./edge.mjs");
 
 const { EDGE_SIGNING_SECRET, ORIGIN_URL = "http://127.0.0.1:8080", EDGE_PORT = "8787" } = process.env;
+const ORIGINS = process.env.ORIGINS || JSON.stringify({ eu: ORIGIN_URL });
 const fail = (msg) => {
   console.error(`dev-edge: ${msg}`);
   process.exit(2);
@@ -45,8 +49,9 @@ const ratelimits = Object.fromEntries(
   Object.entries(workerOptions.ratelimits ?? {}).map(([name, rl]) => [name, { simple: rl.simple }]),
 );
 
+const defaultRegion = process.env.DEFAULT_REGION ? { DEFAULT_REGION: process.env.DEFAULT_REGION } : {};
 edge = await startEdge({
-  bindings: { ...workerOptions.bindings, ORIGINS: JSON.stringify({ eu: ORIGIN_URL }), EDGE_SIGNING_SECRET },
+  bindings: { ...workerOptions.bindings, ORIGINS, ...defaultRegion, EDGE_SIGNING_SECRET },
   ratelimits,
   logs: (line) => console.log(line),
   miniflare: { port },
@@ -56,7 +61,7 @@ console.log(
     level: "info",
     msg: "edge listening",
     url: edge.url.toString(),
-    origins: { eu: ORIGIN_URL },
+    origins: JSON.parse(ORIGINS),
     startup_ms: Math.round(edge.startupMs),
   }),
 );

@@ -82,11 +82,13 @@ export function assertEdgeBuilt() {
 /**
  * An edge in front of a real origin (`tests/lib/origin-process.mjs`) for region eu, signing with its
  * secret, with a per-key limit high enough that a test's own load never meets it. `opts` as startEdge's.
+ * Given a list of origins (instances on one database), ORIGINS.eu lists them all, in that order.
  */
 export function startEdgeInFront(origin, opts = {}) {
+  const instances = Array.isArray(origin) ? origin : [origin];
   const bindings = {
-    ORIGINS: JSON.stringify({ eu: origin.url }),
-    EDGE_SIGNING_SECRET: origin.secret,
+    ORIGINS: JSON.stringify({ eu: Array.isArray(origin) ? instances.map((o) => o.url) : origin.url }),
+    EDGE_SIGNING_SECRET: instances[0].secret,
     RL_KEY_LIMIT: "100000",
   };
   return startEdge({

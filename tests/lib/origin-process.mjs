@@ -6,13 +6,24 @@
 //   const origin = await startOrigin({ cardsPerDenomination: 100 });
 //   origin.url, origin.key (demo API key), origin.secret (ALLOT_EDGE_SECRETS), origin.sql("SELECT 1")
 //   await origin.stop();             // SIGTERM the server, DROP the database
+//
+// A second instance on the same database and cache (same card keys, edge secret and key prefix;
+// its own ports), here both as `allot run-all` (API, relay and scheduler in each):
+//   const a = await startOrigin({ command: "run-all" });
+//   const b = await startOrigin({ command: "run-all", join: a });
+//   await b.kill();                  // SIGKILL, as a crash
+//   await b.stop(); await a.stop();  // a joined instance never drops the database: stop it first
+//
+// The binary: $ALLOT_BIN, else $CARGO_TARGET_DIR/debug/allot, else target/debug/allot.
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { REPO_ROOT } from "./edge.mjs";
 import { freePort, randomHex } from "./allot.mjs";
 
-export const ALLOT_BIN = path.join(REPO_ROOT, "target", "debug", "allot");
+export const ALLOT_BIN =
+  process.env.ALLOT_BIN ||
+  path.join(path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR || "target"), "debug", "allot");
 
 /** DATABASE_URL and VALKEY_URL, or a clear error saying how to get them. */
 export function stackEnv() {
@@ -30,6 +41,7 @@ export function stackEnv() {
 /** Build target/debug/allot when it is missing (scripts/test builds it before the node tests). */
 export function ensureAllotBinary() {
   if (existsSync(ALLOT_BIN)) return ALLOT_BIN;
+  if (process.env.ALLOT_BIN) throw new Error(`ALLOT_BIN=${process.env.ALLOT_BIN} does not exist`);
   const r = spawnSync("cargo", ["build", "-q", "-p", "allot-origin"], { cwd: REPO_ROOT, stdio: "inherit" });
   if (r.status !== 0 || !existsSync(ALLOT_BIN)) {
     throw new Error(`cargo build -p allot-origin failed (exit ${r.status}); ${ALLOT_BIN} is missing`);
@@ -71,35 +83,47 @@ async function waitReady(url, child, logs, timeoutMs = 30_000) {
 /**
  * @param {object} [opts]
  * @param {number} [opts.cardsPerDenomination]  `allot demo seed --cards-per-denomination` (default 100)
+ * @param {string} [opts.catalogue]             `allot demo seed --catalogue` (default: the seed's default)
+ * @param {string} [opts.region]                `ALLOT_REGION` (default eu); the demo key is of this region
+ * @param {"server"|"run-all"} [opts.command]   what to run (default server)
+ * @param {object} [opts.join]                  an origin returned by startOrigin: run another instance on
+ *                                              its database and cache (same env but the ports), seed nothing
+ * @param {string} [opts.secret]                `ALLOT_EDGE_SECRETS` (default random): origins behind one edge share it
+ * @param {string} [opts.setupSql]              SQL run on the new database after the seed, before the start
  * @param {Record<string,string>} [opts.env]    extra environment for the server
  * @param {string} [opts.bin]                   the `allot` binary (default target/debug/allot, built if missing)
  */
 export async function startOrigin(opts = {}) {
   const { DATABASE_URL, VALKEY_URL } = stackEnv();
-  const bin = opts.bin ?? ensureAllotBinary();
-  const dbName = `e2e_${randomHex(6)}`;
-  psql(DATABASE_URL, `CREATE DATABASE ${dbName}`);
+  const bin = opts.bin ?? opts.join?.bin ?? ensureAllotBinary();
+  const command = opts.command ?? "server";
+  const joined = opts.join;
+  const dbName = joined ? joined.dbName : `e2e_${randomHex(6)}`;
+  if (!joined) psql(DATABASE_URL, `CREATE DATABASE ${dbName}`);
   const dbUrl = new URL(DATABASE_URL);
   dbUrl.pathname = `/${dbName}`;
   const port = await freePort();
   const operatorPort = await freePort();
-  const secret = randomHex(24);
+  const secret = joined ? joined.secret : (opts.secret ?? randomHex(24));
   const baseEnv = { ...process.env };
   delete baseEnv.ALLOT_CONFIG_FILE;
-  const env = {
-    ...baseEnv,
-    DATABASE_URL: dbUrl.toString(),
-    VALKEY_URL,
-    ALLOT_REGION: "eu",
-    ALLOT_VALKEY_PREFIX: `e2e_${randomHex(6)}`,
-    ALLOT_EDGE_SECRETS: secret,
-    ALLOT_LISTEN: `127.0.0.1:${port}`,
-    ALLOT_OPERATOR_LISTEN: `127.0.0.1:${operatorPort}`,
-    ALLOT_LOG_FORMAT: "json",
-    ...opts.env,
-  };
+  const env = joined
+    ? { ...joined.env, ...opts.env }
+    : {
+        ...baseEnv,
+        DATABASE_URL: dbUrl.toString(),
+        VALKEY_URL,
+        ALLOT_REGION: opts.region ?? "eu",
+        ALLOT_VALKEY_PREFIX: `e2e_${randomHex(6)}`,
+        ALLOT_EDGE_SECRETS: secret,
+        ALLOT_LOG_FORMAT: "json",
+        ...opts.env,
+      };
+  env.ALLOT_LISTEN = `127.0.0.1:${port}`;
+  env.ALLOT_OPERATOR_LISTEN = `127.0.0.1:${operatorPort}`;
   let child;
   const dropDb = () => {
+    if (joined) return; // the first instance owns the database
     try {
       psql(DATABASE_URL, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
     } catch {
@@ -107,16 +131,23 @@ export async function startOrigin(opts = {}) {
     }
   };
   try {
-    env.ALLOT_CARD_KEYS = run(bin, ["keygen", "--key-id", "e2e"], env).trim();
-    run(bin, ["migrate", "up"], env);
-    const seed = run(bin, ["demo", "seed", "--cards-per-denomination", String(opts.cardsPerDenomination ?? 100)], env);
-    const key = /^demo API key \(shown once\): (\S+)$/m.exec(seed)?.[1];
-    if (!key) throw new Error(`no demo API key in the seed's output:\n${seed}`);
-    const clientId = /^demo client: (\S+)$/m.exec(seed)?.[1];
+    let key = joined?.key;
+    let clientId = joined?.clientId;
+    if (!joined) {
+      env.ALLOT_CARD_KEYS = run(bin, ["keygen", "--key-id", "e2e"], env).trim();
+      run(bin, ["migrate", "up"], env);
+      const seedArgs = ["demo", "seed", "--cards-per-denomination", String(opts.cardsPerDenomination ?? 100)];
+      if (opts.catalogue) seedArgs.push("--catalogue", opts.catalogue);
+      const seed = run(bin, seedArgs, env);
+      key = /^demo API key \(shown once\): (\S+)$/m.exec(seed)?.[1];
+      if (!key) throw new Error(`no demo API key in the seed's output:\n${seed}`);
+      clientId = /^demo client: (\S+)$/m.exec(seed)?.[1];
+      if (opts.setupSql) psql(dbUrl.toString(), opts.setupSql);
+    }
 
     /** @type {string[]} */
     const logs = [];
-    child = spawn(bin, ["server"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    child = spawn(bin, [command], { env, stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise((resolve) => child.once("close", resolve));
     for (const stream of [child.stdout, child.stderr]) {
       let rest = "";
@@ -139,6 +170,10 @@ export async function startOrigin(opts = {}) {
     return {
       url,
       port,
+      bin,
+      dbName,
+      /** The child's pid. */
+      pid: child.pid,
       /** The operator listener (health, metrics, the operator API and the console). */
       operatorUrl: `http://127.0.0.1:${operatorPort}`,
       key,
@@ -170,10 +205,17 @@ export async function startOrigin(opts = {}) {
         if (!key) throw new Error(`no API key in the output of allot key issue:\n${out}`);
         return key;
       },
+      /** SIGKILL the process (a crash: no drain, no goodbye) and wait for it to be gone. */
+      async kill() {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill("SIGKILL");
+          await exited;
+        }
+      },
       async stop() {
         if (stopped) return;
         stopped = true;
-        if (child.exitCode === null) {
+        if (child.exitCode === null && child.signalCode === null) {
           child.kill("SIGTERM");
           const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
           await exited;

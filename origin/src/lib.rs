@@ -18,6 +18,7 @@
 //! - [`relay`]: the outbox relay
 //! - [`ops`], [`demo`]: operator actions and demo data
 //! - [`openapi`]: the OpenAPI document of the public and operator APIs
+//! - [`funding`]: balances, prices and the double-entry ledger
 //! - [`error`]: the one error type and its HTTP mapping
 //! - [`outage`]: dependency outages, logged once each
 //! - [`request_guard`]: the replay guard and each client's exact rate limit, in Valkey
@@ -34,6 +35,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod funding;
 pub mod http;
 pub mod jobs;
 pub mod openapi;

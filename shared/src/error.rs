@@ -22,6 +22,9 @@ pub enum ErrorCode {
     IdempotencyInProgress,
     /// Fewer cards are available than were asked for; nothing was allocated.
     OutOfStock,
+    /// The client's balance (with its credit limit) does not cover the price; nothing was
+    /// allocated. `details.available` and `details.required` say by how much.
+    InsufficientFunds,
     /// The idempotency key was used before with a different body.
     IdempotencyMismatch,
     /// The body is larger than allowed.
@@ -38,7 +41,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::ValidationFailed,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -46,6 +49,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyRequired,
         ErrorCode::IdempotencyInProgress,
         ErrorCode::OutOfStock,
+        ErrorCode::InsufficientFunds,
         ErrorCode::IdempotencyMismatch,
         ErrorCode::PayloadTooLarge,
         ErrorCode::RequestTimeout,
@@ -59,6 +63,7 @@ impl ErrorCode {
         match self {
             ErrorCode::ValidationFailed | ErrorCode::IdempotencyKeyRequired => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::InsufficientFunds => 402,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::RequestTimeout => 408,
@@ -81,6 +86,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyRequired => "IDEMPOTENCY_KEY_REQUIRED",
             ErrorCode::IdempotencyInProgress => "IDEMPOTENCY_IN_PROGRESS",
             ErrorCode::OutOfStock => "OUT_OF_STOCK",
+            ErrorCode::InsufficientFunds => "INSUFFICIENT_FUNDS",
             ErrorCode::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",

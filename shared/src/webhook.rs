@@ -28,7 +28,7 @@ pub const SECRET_BYTES: usize = 32;
 pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 
 /// The topics an endpoint may subscribe to (a payload never carries a card code).
-pub const TOPICS: &[&str] = &["allocation.created", "card.voided", "stock.low", "stock.out"];
+pub const TOPICS: &[&str] = &["allocation.created", "card.voided", "stock.low", "stock.out", "balance.low"];
 /// The topic of a test event sent by hand; every endpoint receives it when asked.
 pub const TEST_TOPIC: &str = "webhook.test";
 

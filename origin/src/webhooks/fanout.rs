@@ -4,7 +4,7 @@
 //! (ordered by delivery id) follows the events' order, an event is queued once (a unique index
 //! too), and deliveries never wait for the events Valkey.
 //!
-//! Which endpoints want an event: `allocation.created` and `card.voided` go to the endpoints of
+//! Which endpoints want an event: `allocation.created`, `card.voided` and `balance.low` go to the endpoints of
 //! the client in the payload (a void of a card never allocated has none), `stock.*` to every
 //! endpoint subscribed; only enabled endpoints that existed when the event was written get it.
 

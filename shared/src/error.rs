@@ -208,6 +208,7 @@ mod tests {
             ("IDEMPOTENCY_KEY_REQUIRED", 400),
             ("IDEMPOTENCY_IN_PROGRESS", 409),
             ("OUT_OF_STOCK", 409),
+            ("INSUFFICIENT_FUNDS", 402),
             ("IDEMPOTENCY_MISMATCH", 422),
             ("PAYLOAD_TOO_LARGE", 413),
             ("REQUEST_TIMEOUT", 408),

@@ -34,6 +34,7 @@ fn kind(o: &Written) -> &'static str {
         Written::Created(..) => "created",
         Written::KeyExists => "key exists",
         Written::Stale => "stale",
+        Written::Unfunded(_) => "unfunded",
     }
 }
 

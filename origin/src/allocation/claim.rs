@@ -15,6 +15,7 @@ use super::request::NewAllocation;
 use super::sql;
 use crate::cache::{InventoryCache, Popped};
 use crate::error::AppError;
+use crate::funding::{self, Shortfall};
 
 /// How many times stale ids may send the slow path back to the cache before Postgres.
 const MAX_POP_ROUNDS: usize = 3;
@@ -27,10 +28,12 @@ pub enum Claimed {
     KeyExists,
     /// Only this many cards could be had.
     Short(u64),
+    /// The client's funds do not cover the price.
+    Unfunded(Shortfall),
 }
 
-/// A statement over the allocation row's parameters (`$1`…`$8`).
-fn allocation_query<'q, O>(a: &'q NewAllocation) -> QueryAs<'q, Postgres, O, PgArguments>
+/// A statement over the allocation row's parameters (`$1`…`$9`).
+fn allocation_query<'q, O>(a: &'q NewAllocation, unit_price_minor: Option<i64>) -> QueryAs<'q, Postgres, O, PgArguments>
 where
     O: for<'r> sqlx::FromRow<'r, PgRow>,
 {
@@ -43,6 +46,7 @@ where
         .bind(a.denomination_minor)
         .bind(a.quantity as i32)
         .bind(&a.client_reference)
+        .bind(unit_price_minor)
 }
 
 /// A claim statement: `first` (the ids, or how many), then the allocation, the bucket, and
@@ -67,10 +71,22 @@ pub async fn claim(
     popped: &mut PoppedIds,
 ) -> Result<Claimed, AppError> {
     let mut tx = pool.begin().await?;
-    let Some((created_at,)) = allocation_query::<(OffsetDateTime,)>(a).fetch_optional(&mut *tx).await? else {
+    let price =
+        funding::price_one(&mut tx, a.client_id, &a.product_id, a.denomination_minor, a.currency.code()).await?;
+    let unit_price = price.funded.then_some(price.unit_price_minor);
+    let Some((created_at,)) = allocation_query::<(OffsetDateTime,)>(a, unit_price).fetch_optional(&mut *tx).await?
+    else {
         tx.rollback().await?;
         return Ok(Claimed::KeyExists);
     };
+    // Charged before any card is locked: a refused allocation holds no card meanwhile.
+    if let Some(unit_price) = unit_price {
+        let amount = unit_price * i64::from(a.quantity);
+        if let Err(shortfall) = funding::debit_one(&mut tx, a.client_id, a.currency.code(), amount, a.id).await? {
+            tx.rollback().await?;
+            return Ok(Claimed::Unfunded(shortfall));
+        }
+    }
     let mut cards = claim_from_cache(&mut tx, cache, a, popped).await?;
     let from_cache = cards.len() as u32;
     let wanted = a.quantity as usize;

@@ -11,6 +11,8 @@
 //!    ([`write`]), each all-or-nothing and idempotent on its own (a live key replays);
 //! 4. or **claim** in one transaction when the cache could not serve exactly (stale ids, cold,
 //!    Valkey down): cache ids first, then Postgres with `SKIP LOCKED` ([`claim`]);
+//!    either way a funded client is charged in the same transaction, or refused with `402`
+//!    ([`crate::funding`]);
 //! 5. **render** the body ([`render`]), the same way for replays;
 //! 6. **put back** whatever was popped and not allocated ([`popped::PoppedIds`]).
 //!
@@ -47,6 +49,7 @@ use crate::coalescer::{BatchHandler, Coalescer};
 use crate::crypto::KeyRing;
 use crate::db::Db;
 use crate::error::AppError;
+use crate::funding::Shortfall;
 use crate::products::ProductDirectory;
 use crate::rebuilder::CacheRebuilder;
 
@@ -200,6 +203,7 @@ impl Engine {
                         return Ok(Outcome::Created(a.id, render::render(&self.keys, &a.head(created_at), &cards)?));
                     }
                     Written::KeyExists => return self.replay(a).await,
+                    Written::Unfunded(shortfall) => return self.unfunded_unless_replay(a, shortfall).await,
                     Written::Stale => cache_for_claim = self.cache.as_ref(),
                 }
             }
@@ -223,6 +227,7 @@ impl Engine {
             }
             Claimed::KeyExists => self.replay(a).await,
             Claimed::Short(available) => Err(a.out_of_stock(available)),
+            Claimed::Unfunded(shortfall) => Err(a.insufficient_funds(shortfall)),
         }
     }
 
@@ -276,6 +281,15 @@ impl Engine {
         match replay::live_key_coalesced(self.key_lookup.as_ref(), &self.db.primary, a).await? {
             Some(live) => replay::replay_live(&self.db.primary, &self.keys, a, live).await,
             None => Err(a.out_of_stock(available)),
+        }
+    }
+
+    /// The funds fell short: `402` with nothing written, unless the key is live (a replay never
+    /// pays twice, and is answered even when the balance has run out since).
+    async fn unfunded_unless_replay(&self, a: &Arc<NewAllocation>, shortfall: Shortfall) -> Result<Outcome, AppError> {
+        match replay::live_key_coalesced(self.key_lookup.as_ref(), &self.db.primary, a).await? {
+            Some(live) => replay::replay_live(&self.db.primary, &self.keys, a, live).await,
+            None => Err(a.insufficient_funds(shortfall)),
         }
     }
 

@@ -5,20 +5,29 @@
 //! deferred constraint trigger (`allocations_cards_complete`) requires every allocation to
 //! have exactly `quantity` cards at commit.
 
-/// The fast write, for one request or many: `$1`–`$10` are one array per request field, and
-/// `$11`–`$13` the wanted cards as (allocation, card, position). Each request stays
+use crate::funding::{balance_low_event_sql, unit_price_sql};
+
+/// The fast write, for one request or many: `$1`–`$11` are one array per request field, and
+/// `$12`–`$14` the wanted cards as (allocation, card, position). Each request stays
 /// all-or-nothing and idempotent on its own: its cards are locked, it goes ahead only if every
-/// one is still active, its allocation is inserted with `ON CONFLICT DO NOTHING` on the live
-/// key, and only the cards of allocations actually inserted are claimed. One row comes back per
-/// request that is not complete or not inserted, and one per claimed card.
-pub const WRITE_POPPED: &str = "
+/// one is still active and its client's funds cover it, its allocation is inserted with
+/// `ON CONFLICT DO NOTHING` on the live key, and only the cards of allocations actually inserted
+/// are claimed and charged. One row comes back per request that is not complete, not funded or
+/// not inserted, and one per claimed card.
+///
+/// Funding (see [`crate::funding`]): the batch locks each funded client's account once, lets
+/// its requests through in batch order while their running total fits the balance plus credit
+/// limit, writes one ledger entry per allocation inserted and debits each account once, by the
+/// batch's total: a busy client's account row is updated once per batch, not per allocation.
+pub const WRITE_POPPED: &str = concat!(
+    "
 WITH req AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::bigint[], $7::int[],
-                         $8::text[], $9::jsonb[], $10::text[])
-        AS r(client_id, key, fingerprint, allocation_id, product_id, denomination_minor, quantity,
-             client_reference, event, trace_context)
+                         $8::text[], $9::jsonb[], $10::text[], $11::text[])
+        WITH ORDINALITY AS r(client_id, key, fingerprint, allocation_id, product_id, denomination_minor, quantity,
+                             client_reference, event, trace_context, currency, ord)
 ), want AS (
-    SELECT * FROM unnest($11::uuid[], $12::bigint[], $13::int[]) AS w(allocation_id, card_id, position)
+    SELECT * FROM unnest($12::uuid[], $13::bigint[], $14::int[]) AS w(allocation_id, card_id, position)
 ), live AS (
     SELECT w.allocation_id, i.id
       FROM want w
@@ -29,13 +38,50 @@ WITH req AS (
 ), complete AS (
     SELECT r.* FROM req r
      WHERE r.quantity = (SELECT count(*) FROM live l WHERE l.allocation_id = r.allocation_id)
+), account AS (
+    SELECT fa.client_id, fa.currency, fa.balance_minor + fa.credit_limit_minor AS headroom
+      FROM funding_accounts fa
+     WHERE (fa.client_id, fa.currency) IN (SELECT client_id, currency FROM complete)
+       FOR UPDATE
+), priced AS (
+    SELECT c.*, ac.headroom, ",
+    unit_price_sql!("c", "d"),
+    " AS unit_price
+      FROM complete c
+      LEFT JOIN client_discounts d ON d.client_id = c.client_id AND d.product_id = c.product_id
+      LEFT JOIN account ac ON ac.client_id = c.client_id AND ac.currency = c.currency
+), charged AS (
+    -- running: the batch's total so far of this client's requests that each fit alone, so one
+    -- request too large for the balance does not refuse the smaller ones after it.
+    SELECT pr.*, pr.unit_price * pr.quantity AS price,
+           (sum(pr.unit_price * pr.quantity) FILTER (WHERE pr.unit_price * pr.quantity <= pr.headroom)
+               OVER (PARTITION BY pr.client_id, pr.currency ORDER BY pr.ord))::bigint AS running
+      FROM priced pr
+), payable AS (
+    SELECT * FROM charged WHERE headroom IS NULL OR (price <= headroom AND running <= headroom)
 ), a AS (
     INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
-                             idempotency_key, request_fingerprint)
-    SELECT allocation_id, client_id, product_id, denomination_minor, quantity, client_reference, key, fingerprint
-      FROM complete
+                             idempotency_key, request_fingerprint, unit_price_minor)
+    SELECT allocation_id, client_id, product_id, denomination_minor, quantity, client_reference, key, fingerprint,
+           CASE WHEN headroom IS NOT NULL THEN unit_price END
+      FROM payable
     ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
     RETURNING id, created_at
+), debits AS (
+    INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor, allocation_id)
+    SELECT p.client_id, p.currency, 'allocation', 'client', 'sales', p.price, p.allocation_id
+      FROM payable p JOIN a ON a.id = p.allocation_id
+     WHERE p.headroom IS NOT NULL AND p.price > 0
+    RETURNING client_id, currency, amount_minor
+), debited AS (
+    UPDATE funding_accounts fa
+       SET balance_minor = fa.balance_minor - d.total, updated_at = now()
+      FROM (SELECT client_id, currency, sum(amount_minor)::bigint AS total FROM debits GROUP BY client_id, currency) d
+     WHERE fa.client_id = d.client_id AND fa.currency = d.currency
+    RETURNING fa.client_id, fa.currency, fa.balance_minor, fa.low_balance_minor, d.total
+), low AS (",
+    balance_low_event_sql!("debited"),
+    "
 ), claimed AS (
     UPDATE inventories i
        SET status = 'allocated', allocation_id = w.allocation_id, allocation_position = w.position::smallint,
@@ -47,22 +93,29 @@ WITH req AS (
 ), events AS (
     INSERT INTO outbox (topic, aggregate_id, payload, trace_context)
     SELECT 'allocation.created', c.allocation_id::text, c.event, c.trace_context
-      FROM complete c JOIN a ON a.id = c.allocation_id
+      FROM payable c JOIN a ON a.id = c.allocation_id
 )
 SELECT r.allocation_id,
        EXISTS (SELECT 1 FROM complete c WHERE c.allocation_id = r.allocation_id) AS complete,
-       a.created_at, cl.id, cl.allocation_position, cl.code_ciphertext, cl.code_nonce, cl.code_key_id, cl.expires_at
+       a.created_at, cl.id, cl.allocation_position, cl.code_ciphertext, cl.code_nonce, cl.code_key_id, cl.expires_at,
+       CASE WHEN ch.price IS NOT NULL
+            THEN greatest(ch.headroom - coalesce(ch.running - CASE WHEN ch.price <= ch.headroom THEN ch.price ELSE 0 END, 0), 0)
+       END AS available_minor,
+       ch.price AS required_minor
   FROM req r
   LEFT JOIN a ON a.id = r.allocation_id
-  LEFT JOIN claimed cl ON cl.allocation_id = r.allocation_id";
+  LEFT JOIN claimed cl ON cl.allocation_id = r.allocation_id
+  LEFT JOIN charged ch ON ch.allocation_id = r.allocation_id
+                      AND NOT EXISTS (SELECT 1 FROM payable p WHERE p.allocation_id = r.allocation_id)"
+);
 
 /// The slow path's first statement: the allocation row with its key; no row back when the
 /// key is already live. Parameters: client, key, fingerprint, allocation, product,
-/// denomination, quantity, client reference.
+/// denomination, quantity, client reference, the unit price charged (NULL: unfunded).
 pub const INSERT_ALLOCATION: &str = "
 INSERT INTO allocations (id, client_id, product_id, denomination_minor, quantity, client_reference,
-                         idempotency_key, request_fingerprint)
-VALUES ($4, $1, $5, $6, $7, $8, $2, $3)
+                         idempotency_key, request_fingerprint, unit_price_minor)
+VALUES ($4, $1, $5, $6, $7, $8, $2, $3, $9)
 ON CONFLICT (client_id, idempotency_key) WHERE request_fingerprint IS NOT NULL DO NOTHING
 RETURNING created_at";
 

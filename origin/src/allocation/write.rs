@@ -13,6 +13,7 @@ use super::render::ClaimedCard;
 use super::request::NewAllocation;
 use super::sql;
 use crate::coalescer::{BatchHandler, Coalescer};
+use crate::funding::Shortfall;
 
 /// One request's write: its allocation and exactly the ids popped for it.
 pub struct WriteAsk {
@@ -33,6 +34,8 @@ pub enum Written {
     KeyExists,
     /// Some id was no longer active.
     Stale,
+    /// The client's funds do not cover the price (nothing written; the key may still be live).
+    Unfunded(Shortfall),
 }
 
 /// The batch statement failed as a whole (the same error for every request in it).
@@ -41,8 +44,8 @@ pub type BatchFailed = String;
 /// The coalesced write stage.
 pub type Writer = Coalescer<WriteAsk, Result<Written, BatchFailed>>;
 
-/// One row of [`sql::WRITE_POPPED`]: the request, whether it was complete, its commit time, and
-/// one claimed card.
+/// One row of [`sql::WRITE_POPPED`]: the request, whether it was complete, its commit time, one
+/// claimed card, and what was available and required when its funds fell short.
 type Row = (
     Uuid,
     bool,
@@ -53,6 +56,8 @@ type Row = (
     Option<Vec<u8>>,
     Option<String>,
     Option<OffsetDateTime>,
+    Option<i64>,
+    Option<i64>,
 );
 
 /// Write `asks` in one statement on `conn`; one outcome per ask, in order.
@@ -78,6 +83,7 @@ pub async fn write_popped(conn: &mut PgConnection, asks: &[WriteAsk]) -> Result<
         .bind(all.iter().map(|a| a.client_reference.as_deref()).collect::<Vec<_>>())
         .bind(asks.iter().map(|a| a.allocation.event(&a.ids)).collect::<Vec<_>>())
         .bind(all.iter().map(|a| a.trace_context.as_deref()).collect::<Vec<_>>())
+        .bind(all.iter().map(|a| a.currency.code()).collect::<Vec<_>>())
         .bind(&want_alloc)
         .bind(&want_card)
         .bind(&want_pos)
@@ -92,9 +98,10 @@ pub async fn write_popped(conn: &mut PgConnection, asks: &[WriteAsk]) -> Result<
 
 fn outcome(rows: Vec<Row>) -> Written {
     let complete = rows.first().is_some_and(|r| r.1);
+    let shortfall = rows.first().and_then(|r| Some(Shortfall { available_minor: r.9?, required_minor: r.10? }));
     match (complete, rows.first().and_then(|r| r.2)) {
         (false, _) => Written::Stale,
-        (true, None) => Written::KeyExists,
+        (true, None) => shortfall.map_or(Written::KeyExists, Written::Unfunded),
         (true, Some(created_at)) => {
             let mut cards: Vec<ClaimedCard> = rows
                 .into_iter()

@@ -2,6 +2,9 @@
 //! transaction locks the cards in id order, marks them void, writes one `card.voided` event per
 //! card and the audit row; after the commit the ids leave the cache at once.
 //!
+//! Voiding an allocated card credits its price back to its client, in the same transaction, when
+//! the allocation was charged and the client's account credits voids ([`crate::funding`]).
+//!
 //! A void card never becomes active again (the `inventories_void_is_final` trigger), and the
 //! allocation engine claims only `status = 'active'` cards, so an id that an allocation popped
 //! before the void is found stale and dropped, never handed out.
@@ -118,6 +121,9 @@ pub struct VoidOutcome {
     pub already_void: i64,
     /// Allocated cards left alone (an import or bucket without `include_allocated`).
     pub skipped_allocated: i64,
+    /// Of the allocated cards voided, how many had their price credited back to their client's
+    /// balance (charged allocations of accounts that credit voids).
+    pub credited: i64,
     /// The ids voided now; present only when at most 100.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -232,8 +238,18 @@ async fn void_once(
         voided_allocated: rows.iter().filter(|r| r.2).count() as i64,
         already_void: void,
         skipped_allocated: 0,
+        credited: 0,
         card_ids: (rows.len() <= LIST_IDS_UP_TO).then(|| rows.iter().map(|r| r.0).collect()),
     };
+    let allocated: Vec<i64> = rows.iter().filter(|r| r.2).map(|r| r.0).collect();
+    if !allocated.is_empty() {
+        outcome.credited = sqlx::query_scalar(crate::funding::REVERSE_VOIDED)
+            .bind(&allocated)
+            .bind(reason)
+            .bind(actor.name())
+            .fetch_one(&mut *tx)
+            .await?;
+    }
     // Counted before the lock; a card allocated meanwhile is voided or skipped by its status then.
     outcome.skipped_allocated = (outcome.matched - outcome.already_void - outcome.voided).max(0);
     let change = serde_json::json!({

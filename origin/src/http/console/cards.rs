@@ -188,6 +188,9 @@ pub fn void_summary(o: &VoidOutcome) -> String {
     if o.voided_allocated > 0 {
         text.push_str(&format!(" ({} of them allocated)", o.voided_allocated));
     }
+    if o.credited > 0 {
+        text.push_str(&format!("; {} credited back to their clients' balances", o.credited));
+    }
     if o.already_void > 0 {
         text.push_str(&format!("; {} were void already", o.already_void));
     }

@@ -82,7 +82,7 @@ fn void_cards() -> Op {
             200,
             "Done (also when every card was void already).",
             json!({
-                "matched": 3, "voided": 3, "voided_allocated": 1, "already_void": 0, "skipped_allocated": 0,
+                "matched": 3, "voided": 3, "voided_allocated": 1, "already_void": 0, "skipped_allocated": 0, "credited": 1,
                 "card_ids": [101, 102, 107]
             }),
             &[],

@@ -246,11 +246,22 @@ pub fn parse_memo(memo: Option<&str>, required: bool) -> Result<Option<String>, 
     }
 }
 
+/// Why a credit limit is refused when the client owes more.
+pub const LIMIT_BELOW_OWED: &str = "the account would owe more than its credit limit: the balance plus the credit \
+                                    limit must stay at or above zero";
+/// Why an adjustment is refused when it would break the credit limit.
+pub const ADJUSTMENT_BEYOND_CREDIT: &str = "the adjustment would take the balance below what the credit limit allows";
+
+/// The `400` of a change that would leave the account owing more than its credit limit.
+pub fn beyond_credit_error(field: &str, reason: &str) -> ApiError {
+    ApiError::validation(field, format!("{reason}; nothing was changed"))
+}
+
 /// `e`, or `400` naming `field` when it is the balance breaking its credit limit.
 fn beyond_credit(e: sqlx::Error, field: &str, reason: &str) -> AppError {
     match &e {
         sqlx::Error::Database(db) if db.constraint() == Some(WITHIN_CREDIT) => {
-            ApiError::validation(field, format!("{reason}; nothing was changed")).into()
+            beyond_credit_error(field, reason).into()
         }
         sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
             ApiError::validation(field, "would take the balance past the largest amount an account holds").into()
@@ -324,8 +335,6 @@ pub async fn set_account(
     let credit_limit = credit_limit.unwrap_or_else(|| before.as_ref().map_or(0, |b| b.credit_limit_minor));
     let low_balance = low_balance.unwrap_or_else(|| before.as_ref().and_then(|b| b.low_balance_minor));
     let credit_voids = change.credit_voids.unwrap_or_else(|| before.as_ref().is_none_or(|b| b.credit_voids));
-    let reason = "the account would owe more than its credit limit: the balance plus the credit limit must stay \
-                  at or above zero";
     // An insert of a new account, or an update of the locked one (ON CONFLICT cannot race: a
     // second opener waits on the primary key and then updates).
     let after: AccountRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -343,7 +352,7 @@ pub async fn set_account(
     .bind(credit_voids)
     .fetch_one(&mut *tx)
     .await
-    .map_err(|e| beyond_credit(e, "credit_limit", reason))?;
+    .map_err(|e| beyond_credit(e, "credit_limit", LIMIT_BELOW_OWED))?;
     let account = after.to_account()?;
     let settings = |credit_limit: i64, low: Option<i64>, voids: bool| {
         serde_json::json!({
@@ -431,9 +440,7 @@ async fn post(
     .bind(signed_minor)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(|e| {
-        beyond_credit(e, "amount", "the adjustment would take the balance below what the credit limit allows")
-    })?;
+    .map_err(|e| beyond_credit(e, "amount", ADJUSTMENT_BEYOND_CREDIT))?;
     let after = after.ok_or_else(|| no_account(client, currency))?;
     let (entry_id, _at): (i64, OffsetDateTime) = sqlx::query_as(
         "INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor, memo, actor)

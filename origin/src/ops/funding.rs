@@ -297,6 +297,17 @@ pub async fn show(pool: &PgPool, client: Uuid) -> Result<Funding, AppError> {
     Ok(Funding { client_id: client, accounts, discounts })
 }
 
+/// The accounts of each of `clients` (for a listing), by client and currency.
+pub async fn accounts_of(pool: &PgPool, clients: &[Uuid]) -> Result<Vec<Account>, AppError> {
+    let rows: Vec<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM funding_accounts WHERE client_id = ANY($1) ORDER BY client_id, currency"
+    )))
+    .bind(clients)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(AccountRow::to_account).collect()
+}
+
 /// The account of `client` in `currency`, locked for the rest of the transaction.
 async fn lock_account(tx: &mut PgConnection, client: Uuid, currency: Currency) -> Result<Option<AccountRow>, AppError> {
     let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -565,3 +565,90 @@ async fn the_cli_opens_tops_up_adjusts_and_writes_statements_as_cli_user() {
     assert_eq!(app.count("audit_log", "action LIKE 'funding.%' OR action LIKE 'discount.%'").await, 5);
     app.finish().await;
 }
+
+/// A console session of `token`: (cookie, CSRF token).
+async fn console_sign_in(app: &TestApp, token: &str) -> (String, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let value = |html: &str, attr: &str| {
+        let rest = &html[html.find(attr).unwrap_or_else(|| panic!("{attr} in {html}")) + attr.len()..];
+        rest[1..].split('"').next().unwrap().to_owned()
+    };
+    let cookie = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(|v| v.split(';').next().unwrap().to_owned())
+            .unwrap()
+    };
+    let form = http.get(format!("{}/ops/sign-in", app.operator)).send().await.unwrap();
+    let pre = cookie(&form, "allot_console_sign_in");
+    let csrf = value(&form.text().await.unwrap(), "name=\"csrf\" value=");
+    let signed = http
+        .post(format!("{}/ops/sign-in", app.operator))
+        .header("cookie", &pre)
+        .form(&[("csrf", csrf.as_str()), ("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    let session = cookie(&signed, "allot_console");
+    let page = http.get(format!("{}/ops/stock", app.operator)).header("cookie", &session).send().await.unwrap();
+    let csrf = value(&page.text().await.unwrap(), "data-csrf=");
+    (session, csrf)
+}
+
+#[tokio::test]
+async fn the_console_shows_balances_tops_up_sets_accounts_and_downloads_statements() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (admin, admin_csrf) = console_sign_in(&app, &operator_token(&app, "admin").await).await;
+    let (operator, operator_csrf) = console_sign_in(&app, &operator_token(&app, "operator").await).await;
+    let (viewer, _) = console_sign_in(&app, &operator_token(&app, "viewer").await).await;
+    let page = format!("{}/ops/clients/{}", app.operator, app.client_id);
+    let get = |cookie: &str, url: &str| http.get(url).header("cookie", cookie).send();
+
+    let html = get(&admin, &page).await.unwrap().text().await.unwrap();
+    assert!(html.contains("No funding account: this client allocates without limit."), "{html}");
+    let post = |cookie: &str, path: String, fields: Vec<(&str, &str)>| {
+        http.post(format!("{}{path}", app.operator)).header("cookie", cookie).form(&fields).send()
+    };
+    let base = format!("/ops/clients/{}/funding", app.client_id);
+    let fields =
+        vec![("csrf", admin_csrf.as_str()), ("currency", "EUR"), ("credit_limit", "20.00"), ("low_balance", "5")];
+    let r = post(&admin, base.clone(), fields).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let html = get(&admin, &page).await.unwrap().text().await.unwrap();
+    assert!(html.contains("Opened the EUR account: credit limit 20.00, low at 5.00."), "{html}");
+    assert!(html.contains("0.00 EUR") && html.contains("Top up"), "{html}");
+
+    // An operator tops up; a viewer sees the balance but no forms.
+    let fields = vec![("csrf", operator_csrf.as_str()), ("amount", "12.34"), ("memo", "desk top-up")];
+    let r = post(&operator, format!("{base}/EUR/deposit"), fields).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let html = get(&operator, &page).await.unwrap().text().await.unwrap();
+    assert!(html.contains("Topped up 12.34 EUR: the balance is now 12.34 EUR."), "{html}");
+    assert!(!html.contains("Open an account or change one"), "account settings are for admins");
+    assert_eq!(balance_minor(&app, "EUR").await, 1234);
+    let rows = app.audit_rows("funding.deposit").await;
+    assert!(rows[0].3.is_some(), "audited with the request id");
+    let fields = vec![("csrf", operator_csrf.as_str()), ("amount", "1.001")];
+    assert_eq!(post(&operator, format!("{base}/EUR/deposit"), fields).await.unwrap().status(), 303);
+    let html = get(&operator, &page).await.unwrap().text().await.unwrap();
+    assert!(html.contains("has more decimal places than the currency allows"), "said in words: {html}");
+    assert_eq!(balance_minor(&app, "EUR").await, 1234);
+    let html = get(&viewer, &page).await.unwrap().text().await.unwrap();
+    assert!(html.contains("12.34 EUR") && !html.contains("name=\"amount\""), "{html}");
+    let list = get(&viewer, &format!("{}/ops/clients", app.operator)).await.unwrap().text().await.unwrap();
+    assert!(list.contains("12.34 EUR"), "the list shows balances: {list}");
+
+    let csv = get(&viewer, &format!("{}{base}/EUR/statement.csv?from=&to=", app.operator)).await.unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let rows = parse_csv(&csv.text().await.unwrap());
+    assert_eq!((rows.len(), rows[1][3].as_str(), rows[1][7].as_str()), (2, "12.34", "desk top-up"));
+    let dated = get(&viewer, &format!("{}{base}/EUR/statement.csv?from=2000-01-01&to=2000-01-02", app.operator));
+    assert_eq!(parse_csv(&dated.await.unwrap().text().await.unwrap()).len(), 1, "only the header");
+    app.finish().await;
+}

@@ -74,15 +74,15 @@ fn no_product() -> ApiError {
 }
 
 fn bad_currency() -> ApiError {
-    service::parse_currency("eur").err().expect("eur is not a currency code").to_api_error()
+    service::parse_currency("eur").expect_err("eur is not a currency code").to_api_error()
 }
 
 fn bad_amount(field: &str, text: &str, sign: Sign) -> ApiError {
-    service::parse_amount(field, text, eur(), sign).err().expect("the example amount is refused").to_api_error()
+    service::parse_amount(field, text, eur(), sign).expect_err("the example amount is refused").to_api_error()
 }
 
 fn bad_memo(memo: &str, required: bool) -> ApiError {
-    service::parse_memo(Some(memo), required).err().expect("the example memo is refused").to_api_error()
+    service::parse_memo(Some(memo), required).expect_err("the example memo is refused").to_api_error()
 }
 
 fn too_large(op: Op) -> Op {

@@ -89,6 +89,12 @@ fn database_error(e: &sqlx::Error) -> ApiError {
             (_, Some("inventories_code_digest_unique")) => {
                 return ApiError::validation("code", "a card with this code is already loaded");
             }
+            (_, Some("funding_accounts_within_credit")) => {
+                return ApiError::validation(
+                    "balance",
+                    "the account would owe more than its credit limit allows; nothing was changed",
+                );
+            }
             (_, Some("product_denominations_product_id_fkey" | "inventories_product_id_fkey")) => {
                 return ApiError::validation("product_id", "no such product");
             }

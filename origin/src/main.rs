@@ -103,6 +103,16 @@ enum Command {
     },
     /// Events in the relay's (commit) order after an event id, from Postgres, as JSON.
     Events(cli::events::EventsArgs),
+    /// Clients' funding accounts: show, open or change, deposit, adjust, statements as CSV.
+    Funding {
+        #[command(subcommand)]
+        action: cli::funding::FundingAction,
+    },
+    /// Clients' discounts per product: set or clear.
+    Discount {
+        #[command(subcommand)]
+        action: cli::funding::DiscountAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,6 +319,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Void(args) => cli::cards::void(args).await,
         Command::Allocation { action } => cli::cards::allocation(action).await,
         Command::Events(args) => cli::events::run(args).await,
+        Command::Funding { action } => cli::funding::run(action).await,
+        Command::Discount { action } => cli::funding::run_discount(action).await,
         Command::Product { action: ProductAction::Upsert { id, name, currency, denominations } } => {
             let pool = db::connect_admin(&database_url()?).await?;
             let currency = Currency::parse(&currency).map_err(anyhow::Error::msg)?;

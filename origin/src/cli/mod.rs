@@ -4,6 +4,7 @@
 pub mod cards;
 pub mod clients;
 pub mod events;
+pub mod funding;
 pub mod imports;
 pub mod jobs;
 pub mod operators;

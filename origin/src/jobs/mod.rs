@@ -8,6 +8,7 @@
 //! a pause holds from the next tick).
 
 pub mod housekeeping;
+pub mod ledger_check;
 pub mod outbox_prune;
 pub mod pump;
 pub mod reconcile;
@@ -83,6 +84,8 @@ pub fn registry(cfg: &Config, has_cache: bool) -> Vec<Arc<dyn Job>> {
         // Postgres alone: a region without a cache still hears about stock.
         jobs.push(Arc::new(stock_watch::StockWatch));
         jobs.push(Arc::new(outbox_prune::OutboxPrune));
+        // Postgres alone: funding balances against their ledger.
+        jobs.push(Arc::new(ledger_check::LedgerCheck));
     }
     jobs
 }

@@ -12,12 +12,14 @@
 //! - [`voids`]: voiding cards by ids, import or bucket
 //! - [`allocations`]: allocation lookup with masked codes, and audited reveals
 //! - [`events`]: events read back from the outbox in the relay's order, for catching up
+//! - [`funding`]: funding accounts, top-ups, adjustments, discounts and CSV statements
 
 pub mod allocations;
 pub mod audit;
 pub mod cards;
 pub mod clients;
 pub mod events;
+pub mod funding;
 pub mod imports;
 pub mod jobs;
 pub mod operators;

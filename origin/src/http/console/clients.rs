@@ -1,5 +1,5 @@
-//! The Clients and keys page: clients, one client's keys, and (admins) new clients, keys shown
-//! once, revocation, rotation, suspension and rate limits.
+//! The Clients and keys page: clients with their balances, one client's funding and keys, and
+//! (admins) new clients, keys shown once, revocation, rotation, suspension and rate limits.
 
 use allot_shared::ApiError;
 use axum::extract::{Path, Query, State};
@@ -9,6 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::funding;
 use super::layout::{self, Section, Tone};
 use super::session::Notice;
 use super::{Console, ConsoleError, FormOf};
@@ -16,6 +17,7 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::ops::operators::parse_uuid;
 use crate::ops::clients::{self, ClientDetail, ClientFilter, RotationEnd};
+use crate::ops::funding::Funding;
 
 /// `GET /ops/clients`'s query.
 #[derive(Deserialize)]
@@ -34,6 +36,8 @@ pub async fn page(
     let after = q.cursor.as_deref().map(clients::parse_client_cursor).transpose()?;
     let filter = ClientFilter { status: status.clone(), after, limit: 50 };
     let (rows, next) = clients::list_clients(&st.db.primary, &filter).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|c| c.id).collect();
+    let accounts = crate::ops::funding::accounts_of(&st.db.primary, &ids).await?;
     let content = html! {
         form.row method="get" action="/ops/clients" {
             label { "Status"
@@ -51,17 +55,24 @@ pub async fn page(
                 th scope="col" { "Status" }
                 th.num scope="col" { "Usable keys" }
                 th.num scope="col" { "Requests / min" }
+                th scope="col" { "Balances" }
                 th scope="col" { "Last used" }
                 th scope="col" { "Created" }
             } }
             tbody {
-                @if rows.is_empty() { tr { td colspan="6" { "No clients." } } }
+                @if rows.is_empty() { tr { td colspan="7" { "No clients." } } }
                 @for c in &rows {
                     tr {
                         th scope="row" { a href={ "/ops/clients/" (c.id) } { (c.name) } }
                         td { (status_badge(&c.status)) }
                         td.num { (c.usable_keys) }
                         td.num { (c.rate_limit_per_minute.map_or("default".to_owned(), |n| n.to_string())) }
+                        td {
+                            @for (i, a) in accounts.iter().filter(|a| a.client_id == c.id).enumerate() {
+                                @if i > 0 { br; }
+                                (funding::balance(a))
+                            }
+                        }
                         td { (layout::maybe_time(c.last_used_at)) }
                         td { (layout::time(c.created_at)) }
                     }
@@ -95,7 +106,8 @@ pub async fn detail(
 ) -> Result<Response, ConsoleError> {
     let id = parse_uuid("id", &id)?;
     let d = clients::show_client(&st.db.primary, id).await?;
-    Ok(detail_page(&console, &d, None).into_response())
+    let f = crate::ops::funding::show(&st.db.primary, id).await?;
+    Ok(detail_page(&console, &d, &f, None).into_response())
 }
 
 /// A new key's secret, shown on the page that made it and nowhere else.
@@ -104,7 +116,7 @@ struct ShownOnce {
     secret: String,
 }
 
-fn detail_page(console: &Console, d: &ClientDetail, shown: Option<ShownOnce>) -> Response {
+fn detail_page(console: &Console, d: &ClientDetail, f: &Funding, shown: Option<ShownOnce>) -> Response {
     let c = &d.client;
     let base = format!("/ops/clients/{}", c.id);
     let content = html! {
@@ -141,6 +153,7 @@ fn detail_page(console: &Console, d: &ClientDetail, shown: Option<ShownOnce>) ->
                 }
             }
         }
+        (funding::section(console, f))
         h2 { "API keys" }
         (keys_table(console, d))
         @if console.may("POST", "/ops/clients/{id}/keys") {
@@ -332,7 +345,8 @@ async fn shown_once(
     secret: String,
 ) -> Result<Response, ConsoleError> {
     let d = clients::show_client(&st.db.primary, client).await?;
-    Ok(detail_page(console, &d, Some(ShownOnce { key_id, secret })))
+    let f = crate::ops::funding::show(&st.db.primary, client).await?;
+    Ok(detail_page(console, &d, &f, Some(ShownOnce { key_id, secret })))
 }
 
 async fn client_of_key(st: &AppState, key_id: &str) -> Result<Uuid, AppError> {

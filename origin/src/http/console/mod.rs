@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cards;
 pub mod chart;
 pub mod clients;
+pub mod funding;
 pub mod imports;
 pub mod jobs;
 pub mod layout;
@@ -109,6 +110,19 @@ pub const ROUTES: &[ConsoleRoute] = &[
     form("/ops/clients/{id}/keys", Role::Admin, ("POST", "/ops/v1/clients/{id}/keys")),
     form("/ops/keys/{key_id}/revoke", Role::Admin, ("POST", "/ops/v1/keys/{key_id}/revoke")),
     form("/ops/keys/{key_id}/rotate", Role::Admin, ("POST", "/ops/v1/keys/{key_id}/rotate")),
+    form("/ops/clients/{id}/funding", Role::Admin, ("PUT", "/ops/v1/clients/{id}/funding/{currency}")),
+    form(
+        "/ops/clients/{id}/funding/{currency}/deposit",
+        Role::Operator,
+        ("POST", "/ops/v1/clients/{id}/funding/{currency}/deposits"),
+    ),
+    ConsoleRoute {
+        method: "GET",
+        path: "/ops/clients/{id}/funding/{currency}/statement.csv",
+        kind: Kind::Page,
+        role: Role::Viewer,
+        acts_as: Some(("GET", "/ops/v1/clients/{id}/funding/{currency}/statement.csv")),
+    },
     page("/ops/jobs"),
     form("/ops/jobs/{name}/pause", Role::Operator, ("POST", "/ops/v1/jobs/{name}/pause")),
     form("/ops/jobs/{name}/resume", Role::Operator, ("POST", "/ops/v1/jobs/{name}/resume")),
@@ -150,6 +164,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/clients/{id}/keys", post(clients::issue_key))
         .route("/ops/keys/{key_id}/revoke", post(clients::revoke_key))
         .route("/ops/keys/{key_id}/rotate", post(clients::rotate_key))
+        .route("/ops/clients/{id}/funding", post(funding::set_account))
+        .route("/ops/clients/{id}/funding/{currency}/deposit", post(funding::deposit))
+        .route("/ops/clients/{id}/funding/{currency}/statement.csv", get(funding::statement))
         .route("/ops/jobs", get(jobs::page))
         .route("/ops/jobs/{name}/pause", post(jobs::pause))
         .route("/ops/jobs/{name}/resume", post(jobs::resume))

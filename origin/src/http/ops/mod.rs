@@ -4,6 +4,7 @@
 pub mod cards;
 pub mod clients;
 pub mod events;
+pub mod funding;
 pub mod imports;
 pub mod jobs;
 pub mod operators;
@@ -84,6 +85,13 @@ pub const ROUTES: &[OpsRoute] = &[
     route("POST", "/ops/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", Role::Operator),
     route("POST", "/ops/v1/webhooks/{id}/test", Role::Operator),
     route("GET", "/ops/v1/events", Role::Viewer),
+    route("GET", "/ops/v1/clients/{id}/funding", Role::Viewer),
+    route("PUT", "/ops/v1/clients/{id}/funding/{currency}", Role::Admin),
+    route("POST", "/ops/v1/clients/{id}/funding/{currency}/deposits", Role::Operator),
+    route("POST", "/ops/v1/clients/{id}/funding/{currency}/adjustments", Role::Admin),
+    route("GET", "/ops/v1/clients/{id}/funding/{currency}/statement.csv", Role::Viewer),
+    route("PUT", "/ops/v1/clients/{id}/discounts/{product_id}", Role::Admin),
+    route("DELETE", "/ops/v1/clients/{id}/discounts/{product_id}", Role::Admin),
 ];
 
 /// The least role for a matched route, if it is an operator route.
@@ -130,6 +138,15 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/ops/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
         .route("/ops/v1/webhooks/{id}/test", post(webhooks::send_test))
         .route("/ops/v1/events", get(events::list))
+        .route("/ops/v1/clients/{id}/funding", get(funding::show))
+        .route("/ops/v1/clients/{id}/funding/{currency}", put(funding::set_account))
+        .route("/ops/v1/clients/{id}/funding/{currency}/deposits", post(funding::deposit))
+        .route("/ops/v1/clients/{id}/funding/{currency}/adjustments", post(funding::adjust))
+        .route("/ops/v1/clients/{id}/funding/{currency}/statement.csv", get(funding::statement))
+        .route(
+            "/ops/v1/clients/{id}/discounts/{product_id}",
+            put(funding::set_discount).delete(funding::clear_discount),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), access))
 }
 

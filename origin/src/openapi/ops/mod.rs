@@ -16,11 +16,13 @@
 //! - `/ops/v1/clients` and `/ops/v1/keys` in [`clients`]
 //! - `/ops/v1/voids` and `/ops/v1/allocations` in [`cards`]
 //! - `/ops/v1/events` in [`events`]
+//! - `/ops/v1/clients/{id}/funding` and `/ops/v1/clients/{id}/discounts` in [`funding`]
 //! - `/ops/v1/clients/{id}/webhooks` and `/ops/v1/webhooks` in [`webhooks`]
 
 pub mod cards;
 pub mod clients;
 pub mod events;
+pub mod funding;
 pub mod imports;
 pub mod webhooks;
 
@@ -279,14 +281,15 @@ fn unknown_job() -> ApiError {
         Arc::new(jobs::housekeeping::AuditPrune),
         Arc::new(jobs::stock_watch::StockWatch),
         Arc::new(jobs::outbox_prune::OutboxPrune),
+        Arc::new(jobs::ledger_check::LedgerCheck),
     ];
     job_ops::find(&every, "nope").err().expect("no job is called nope").to_api_error()
 }
 
 fn job_name_param(op: Op) -> Op {
     let description = "The job's name: `inventory-pump`, `reconcile` (both with the inventory cache and a Valkey), \
-                       `idempotency-expiry`, `job-history-prune`, `audit-prune`, `stock-watch`, `outbox-prune` \
-                       (housekeeping).";
+                       `idempotency-expiry`, `job-history-prune`, `audit-prune`, `stock-watch`, `outbox-prune`, \
+                       `ledger-check` (housekeeping).";
     op.path_param("name", string(description))
 }
 
@@ -524,5 +527,6 @@ pub fn operations() -> Vec<Op> {
     .chain(cards::operations())
     .chain(webhooks::operations())
     .chain(events::operations())
+    .chain(funding::operations())
     .collect()
 }

@@ -14,6 +14,11 @@
 //!   per allocation.
 //!
 //! Migration `20261127000011_funding` holds the schema and the ledger's account rules.
+//!
+//! - [`callers`]: `GET /v1/balance`; [`ledger_listing`]: `GET /v1/ledger`.
+
+pub mod callers;
+pub mod ledger_listing;
 
 /// The platform's accounts; `client` is the entry's own client's account in its currency.
 pub const ACCOUNTS: [&str; 4] = ["client", "deposits", "sales", "adjustments"];

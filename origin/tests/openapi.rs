@@ -97,7 +97,15 @@ async fn the_public_listener_serves_the_callers_document_without_a_key_with_an_e
     assert_eq!(reply.json(), public);
     assert_eq!(public["openapi"], "3.1.0");
     let paths: BTreeSet<&str> = public["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    let want = ["/readyz", "/v1/allocations", "/v1/allocations/{id}", "/v1/openapi.json", "/v1/products"];
+    let want = [
+        "/readyz",
+        "/v1/allocations",
+        "/v1/allocations/{id}",
+        "/v1/balance",
+        "/v1/ledger",
+        "/v1/openapi.json",
+        "/v1/products",
+    ];
     assert_eq!(paths, BTreeSet::from(want), "the callers' operations only");
     assert!(public["components"]["securitySchemes"].get("operator_token").is_none());
     assert_documented(&document(), "GET", "/v1/openapi.json", &reply);

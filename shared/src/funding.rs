@@ -113,7 +113,8 @@ pub struct LedgerEntry {
 pub struct LedgerPage {
     /// The entries, newest first.
     pub items: Vec<LedgerEntry>,
-    /// The cursor of the next page; null on the last.
+    /// The cursor of the next page (pass it as `cursor`, with the same filters); null on the last.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub next_cursor: Option<String>,
 }
 

@@ -79,7 +79,12 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
                 Reply::error(&ApiError::new(ErrorCode::Internal, "internal error"), &cx.request_id)
             }
         },
-        Route::CreateAllocation | Route::ListAllocations | Route::GetAllocation | Route::ListProducts => {
+        Route::CreateAllocation
+        | Route::ListAllocations
+        | Route::GetAllocation
+        | Route::ListProducts
+        | Route::GetBalance
+        | Route::ListLedger => {
             api::serve(&mut req, &env, &mut cx, route).await
         }
     };

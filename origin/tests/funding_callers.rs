@@ -185,7 +185,8 @@ async fn balances_are_exact_decimals_in_each_currencys_exponent_and_none_means_n
     );
 
     // Spent into the credit: the balance goes negative, what is available is what is left.
-    let spend = Entry { kind: "adjustment", debit: "client", credit: "adjustments", ..Entry::deposit("EUR", 15_000, 0) };
+    let spend =
+        Entry { kind: "adjustment", debit: "client", credit: "adjustments", ..Entry::deposit("EUR", 15_000, 0) };
     write(&app, client, &spend).await;
     settle(&app, client).await;
     let eur = get(&app, &app.key, "/v1/balance").await.json()["balances"][0].clone();
@@ -283,6 +284,9 @@ async fn the_ledger_is_the_callers_own_newest_first_signed_from_its_side() {
     app.finish().await;
 }
 
+/// An entry as written: id, currency, kind, hours ago.
+type Written = (i64, &'static str, &'static str, i64);
+
 #[tokio::test]
 async fn pages_walk_every_entry_once_newest_first_with_and_without_filters() {
     let app = TestApp::spawn().await;
@@ -292,7 +296,7 @@ async fn pages_walk_every_entry_once_newest_first_with_and_without_filters() {
     let (other, _) = other_client(&app, "Neighbour").await;
     open_account(&app, other, "EUR", 0, None).await;
     // 30 entries over 30 hours: deposits, and every third an adjustment; EUR and JPY alternating.
-    let mut written: Vec<(i64, &str, &str, i64)> = Vec::new();
+    let mut written: Vec<Written> = Vec::new();
     for i in 0..30_i64 {
         let currency = if i % 2 == 0 { "EUR" } else { "JPY" };
         let entry = if i % 3 == 0 {
@@ -305,7 +309,7 @@ async fn pages_walk_every_entry_once_newest_first_with_and_without_filters() {
         write(&app, other, &Entry::deposit("EUR", 1, 30 - i)).await;
     }
     settle(&app, client).await;
-    let newest_first = |keep: &dyn Fn(&(i64, &str, &str, i64)) -> bool| -> Vec<i64> {
+    let newest_first = |keep: &dyn Fn(&Written) -> bool| -> Vec<i64> {
         written.iter().rev().filter(|e| keep(e)).map(|e| e.0).collect()
     };
 
@@ -353,7 +357,8 @@ async fn bad_queries_and_foreign_cursors_are_refused_in_the_shared_shape() {
     let first = get(&app, &app.key, "/v1/ledger?limit=1&currency=EUR").await;
     let cursor = first.json()["next_cursor"].as_str().unwrap().to_owned();
     // An allocation listing's cursor, well-formed, of another listing.
-    let listing_cursor = "bDE6OGY0OWUxYzJhMGI3ZDNlNToxNzk1Nzk1NTMxMjA0MDAwMDAwOjAxOTJmMGMxLTdjN2UtNzAwMC04MDAwLTAwMDAwMDAwMDAwMQ";
+    let listing_cursor =
+        "bDE6OGY0OWUxYzJhMGI3ZDNlNToxNzk1Nzk1NTMxMjA0MDAwMDAwOjAxOTJmMGMxLTdjN2UtNzAwMC04MDAwLTAwMDAwMDAwMDAwMQ";
 
     let cases = [
         ("?colour=blue", "query"),

@@ -78,7 +78,10 @@ mod tests {
         assert_eq!(eur.low_balance_threshold.as_deref(), Some("20.00"));
         assert_eq!(eur.updated_at, "2026-11-27T16:05:31Z");
         let jpy = row("JPY", -3_000, 10_000, None).to_wire().unwrap();
-        assert_eq!((jpy.balance.as_str(), jpy.credit_limit.as_str(), jpy.available.as_str()), ("-3000", "10000", "7000"));
+        assert_eq!(
+            (jpy.balance.as_str(), jpy.credit_limit.as_str(), jpy.available.as_str()),
+            ("-3000", "10000", "7000")
+        );
         assert_eq!(jpy.low_balance_threshold, None);
     }
 }

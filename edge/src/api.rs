@@ -1,6 +1,7 @@
 //! The forwarded API: `POST /v1/allocations`, `GET /v1/allocations` (the caller's listing, its
 //! query forwarded and signed as received, never cached), `GET /v1/allocations/{id}`,
-//! `GET /v1/products`.
+//! `GET /v1/products`, and the caller's funding, `GET /v1/balance` and `GET /v1/ledger` (its
+//! query forwarded as received; both never cached).
 //!
 //! Checks run cheapest first and in the origin's order, so a request with several problems gets
 //! the same error from either: client IP blocked for failed authentications (429), declared size
@@ -141,7 +142,7 @@ async fn forward(out: &Outbound, instances: &Instances, config: &Config, cx: &mu
     cx.note_forwarded(&forwarded, instances.label(&region, &forwarded.origin));
     let mut reply = upstream::reply_for(&forwarded, &region, &cx.request_id);
     if reply.header("cache-control").is_none() {
-        // Allocations carry card codes: no shared cache may keep them.
+        // Allocations carry card codes, balances and ledgers a client's money: no shared cache may keep them.
         reply.set_header("cache-control", "no-store");
     }
     reply

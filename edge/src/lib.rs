@@ -79,9 +79,12 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
                 Reply::error(&ApiError::new(ErrorCode::Internal, "internal error"), &cx.request_id)
             }
         },
-        Route::CreateAllocation | Route::ListAllocations | Route::GetAllocation | Route::ListProducts => {
-            api::serve(&mut req, &env, &mut cx, route).await
-        }
+        Route::CreateAllocation
+        | Route::ListAllocations
+        | Route::GetAllocation
+        | Route::ListProducts
+        | Route::GetBalance
+        | Route::ListLedger => api::serve(&mut req, &env, &mut cx, route).await,
     };
     reply.set_header(headers::REQUEST_ID, cx.request_id.clone());
     platform::log_line(&AccessLog::new(&cx, route, &reply, platform::now_ms()).to_line());

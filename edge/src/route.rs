@@ -16,6 +16,10 @@ pub enum Route {
     GetAllocation,
     /// `GET /v1/products`: forwarded, cached briefly per region and key.
     ListProducts,
+    /// `GET /v1/balance`: forwarded, never cached (a balance changes with every allocation).
+    GetBalance,
+    /// `GET /v1/ledger`: forwarded with its query, never cached.
+    ListLedger,
     /// `GET /v1/openapi.json`: the callers' document, from the edge cache; no key needed.
     OpenApi,
     /// Everything else, including known paths with the wrong method.
@@ -38,6 +42,8 @@ impl Route {
             ("POST", "/v1/allocations") => Route::CreateAllocation,
             ("GET", "/v1/allocations") => Route::ListAllocations,
             ("GET", "/v1/products") => Route::ListProducts,
+            ("GET", "/v1/balance") => Route::GetBalance,
+            ("GET", "/v1/ledger") => Route::ListLedger,
             ("GET", "/v1/openapi.json") => Route::OpenApi,
             ("GET", p) => match p.strip_prefix("/v1/allocations/") {
                 Some(id) if is_allocation_id(id) => Route::GetAllocation,
@@ -56,6 +62,8 @@ impl Route {
             Route::ListAllocations => "GET /v1/allocations",
             Route::GetAllocation => "GET /v1/allocations/{id}",
             Route::ListProducts => "GET /v1/products",
+            Route::GetBalance => "GET /v1/balance",
+            Route::ListLedger => "GET /v1/ledger",
             Route::OpenApi => "GET /v1/openapi.json",
             Route::NotFound => "not found",
         }
@@ -63,7 +71,15 @@ impl Route {
 
     /// Whether this route is forwarded to an origin with the caller's API key.
     pub fn is_api(self) -> bool {
-        matches!(self, Route::CreateAllocation | Route::ListAllocations | Route::GetAllocation | Route::ListProducts)
+        matches!(
+            self,
+            Route::CreateAllocation
+                | Route::ListAllocations
+                | Route::GetAllocation
+                | Route::ListProducts
+                | Route::GetBalance
+                | Route::ListLedger
+        )
     }
 }
 
@@ -79,6 +95,8 @@ mod tests {
         assert_eq!(Route::of("GET", "/v1/products"), Route::ListProducts);
         assert_eq!(Route::of("GET", "/v1/allocations"), Route::ListAllocations);
         assert_eq!(Route::of("GET", "/v1/openapi.json"), Route::OpenApi);
+        assert_eq!(Route::of("GET", "/v1/balance"), Route::GetBalance);
+        assert_eq!(Route::of("GET", "/v1/ledger"), Route::ListLedger);
         assert_eq!(Route::of("GET", "/v1/allocations/0192f0c1-7c7e-7000-8000-000000000001"), Route::GetAllocation);
         for (m, p) in [
             ("GET", "/"),
@@ -95,6 +113,11 @@ mod tests {
             ("GET", &format!("/v1/allocations/{}", "a".repeat(65))),
             ("POST", "/v1/products"),
             ("GET", "/v1/products/"),
+            ("POST", "/v1/balance"),
+            ("GET", "/v1/balance/"),
+            ("GET", "/v1/balances"),
+            ("DELETE", "/v1/ledger"),
+            ("GET", "/v1/ledger/1"),
             ("GET", "/metrics"),
             ("GET", "/health"),
             ("GET", "/livez"),
@@ -108,6 +131,7 @@ mod tests {
     fn api_routes() {
         assert!(Route::CreateAllocation.is_api() && Route::GetAllocation.is_api() && Route::ListProducts.is_api());
         assert!(Route::ListAllocations.is_api());
+        assert!(Route::GetBalance.is_api() && Route::ListLedger.is_api());
         assert!(!Route::Healthz.is_api() && !Route::Readyz.is_api() && !Route::NotFound.is_api());
         assert!(!Route::OpenApi.is_api(), "the document needs no key");
     }

@@ -97,7 +97,15 @@ async fn the_public_listener_serves_the_callers_document_without_a_key_with_an_e
     assert_eq!(reply.json(), public);
     assert_eq!(public["openapi"], "3.1.0");
     let paths: BTreeSet<&str> = public["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    let want = ["/readyz", "/v1/allocations", "/v1/allocations/{id}", "/v1/openapi.json", "/v1/products"];
+    let want = [
+        "/readyz",
+        "/v1/allocations",
+        "/v1/allocations/{id}",
+        "/v1/balance",
+        "/v1/ledger",
+        "/v1/openapi.json",
+        "/v1/products",
+    ];
     assert_eq!(paths, BTreeSet::from(want), "the callers' operations only");
     assert!(public["components"]["securitySchemes"].get("operator_token").is_none());
     assert_documented(&document(), "GET", "/v1/openapi.json", &reply);
@@ -573,6 +581,26 @@ async fn public_answers_match_their_documented_schemas() {
     assert_documented(&doc, "GET", "/v1/allocations/{id}", &one);
     let products = app.send("GET", "/v1/products", Some(&app.key), None, b"").await;
     assert_documented(&doc, "GET", "/v1/products", &products);
+    // Funding, after the allocations (so nothing above was charged): an account with entries.
+    for sql in [
+        "INSERT INTO funding_accounts (client_id, currency, balance_minor, credit_limit_minor) VALUES ($1, 'EUR', 19000, 5000)",
+        "INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor, memo)
+         VALUES ($1, 'EUR', 'deposit', 'deposits', 'client', 20000, 'top-up'),
+                ($1, 'EUR', 'adjustment', 'client', 'adjustments', 1000, NULL)",
+    ] {
+        sqlx::query(sql).bind(app.client_id).execute(&app.pool).await.unwrap();
+    }
+    let balance = app.send("GET", "/v1/balance", Some(&app.key), None, b"").await;
+    assert_eq!(balance.json()["balances"][0]["available"], "240.00", "{:?}", balance.body);
+    assert_documented(&doc, "GET", "/v1/balance", &balance);
+    let ledger = app.send("GET", "/v1/ledger?limit=1&currency=EUR", Some(&app.key), None, b"").await;
+    assert!(ledger.json()["next_cursor"].is_string(), "{:?}", ledger.body);
+    assert_documented(&doc, "GET", "/v1/ledger", &ledger);
+    for query in ["?colour=blue", "?kind=debit", "?currency=ZZZ", "?cursor=nope"] {
+        let refused = app.send("GET", &format!("/v1/ledger{query}"), Some(&app.key), None, b"").await;
+        assert_eq!(refused.status, 400, "{query}: {:?}", refused.body);
+        assert_documented(&doc, "GET", "/v1/ledger", &refused);
+    }
     for path in ["/livez", "/readyz"] {
         let reply = app.send("GET", path, None, None, b"").await;
         assert_documented(&doc, "GET", path, &reply);

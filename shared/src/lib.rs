@@ -7,6 +7,7 @@ pub mod allocation;
 pub mod api_key;
 pub mod catalogue;
 pub mod error;
+pub mod funding;
 pub mod headers;
 pub mod health;
 pub mod ident;

@@ -49,6 +49,21 @@ const CHECKS = [
   "ignored_auth",
 ];
 
+/**
+ * A funding account for the demo client (its fixed id: origin/src/demo.rs DEMO_CLIENT_ID), in EUR
+ * with a deposit far above what a run can spend on games-eur, so GET /v1/balance and
+ * GET /v1/ledger answer real accounts and entries (and the balance's link to the ledger has a
+ * currency to follow), while allocations are never refused for funds.
+ */
+const DEMO_CLIENT_ID = "00000000-0000-7000-8000-00000000de30";
+const FUND_DEMO_CLIENT = `
+  INSERT INTO funding_accounts (client_id, currency, credit_limit_minor, low_balance_minor)
+       VALUES ('${DEMO_CLIENT_ID}', 'EUR', 50000, 10000);
+  INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor, memo)
+       VALUES ('${DEMO_CLIENT_ID}', 'EUR', 'deposit', 'deposits', 'client', 100000000, 'contract run top-up');
+  UPDATE funding_accounts SET balance_minor = 100000000
+   WHERE client_id = '${DEMO_CLIENT_ID}' AND currency = 'EUR';`;
+
 let origin;
 let edge;
 let child;
@@ -74,6 +89,7 @@ async function main() {
   origin = await startOrigin({
     bin: process.env.ALLOT_BIN || undefined,
     cardsPerDenomination: 300,
+    setupSql: FUND_DEMO_CLIENT,
     env: { ALLOT_CLIENT_RATE_LIMIT_PER_MINUTE: String(HIGH) },
   });
   edge = await startEdge({

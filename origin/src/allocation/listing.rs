@@ -97,18 +97,18 @@ impl CursorKey for Position {
 }
 
 /// An RFC 3339 time from a query parameter, or `400` naming it.
-fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
+pub(crate) fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
     OffsetDateTime::parse(value, &Rfc3339)
         .map_err(|_| ApiError::validation(field, "must be an RFC 3339 time, like 2026-11-27T16:05:31Z"))
 }
 
 /// `t` without its sub-microsecond part (Postgres keeps microseconds).
-fn floor_micros(t: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn floor_micros(t: OffsetDateTime) -> OffsetDateTime {
     t - Duration::nanoseconds(i64::from(t.nanosecond() % 1_000))
 }
 
 /// `t` rounded up to a whole microsecond: "before t" then means the same to Postgres.
-fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
     let floor = floor_micros(t);
     if floor == t { t } else { floor + Duration::microseconds(1) }
 }

@@ -14,6 +14,11 @@
 //!   per allocation.
 //!
 //! Migration `20261127000011_funding` holds the schema and the ledger's account rules.
+//!
+//! - [`callers`]: `GET /v1/balance`; [`ledger_listing`]: `GET /v1/ledger`.
+
+pub mod callers;
+pub mod ledger_listing;
 
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -2,6 +2,7 @@
 
 pub mod allocations;
 pub mod console;
+pub mod funding;
 pub mod gate;
 pub mod health;
 pub mod listener;
@@ -72,6 +73,8 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/allocations", post(allocations::create).get(allocations::list))
         .route("/v1/allocations/{id}", get(allocations::get_one))
         .route("/v1/products", get(products::list))
+        .route("/v1/balance", get(funding::balance))
+        .route("/v1/ledger", get(funding::ledger))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::edge_and_key));
     let router = Router::new()
         .route("/livez", get(health::livez))

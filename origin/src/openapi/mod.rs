@@ -8,10 +8,12 @@
 //! - [`build`]: the operation builder and its helpers
 //! - [`check`]: a small JSON Schema check the tests hold examples and answers to
 //! - [`public`]: `/v1/…`, `/livez`, `/readyz` (tags `allocations`, `catalogue`, `health`)
+//! - [`funding`]: `/v1/balance`, `/v1/ledger` (tag `funding`) and the allocations' `402`
 //! - [`ops`]: `/ops/v1/…` (tag `operators`), one entry per row of `http::ops::ROUTES`
 
 pub mod build;
 pub mod check;
+pub mod funding;
 pub mod ops;
 pub mod public;
 #[cfg(test)]
@@ -51,6 +53,8 @@ pub const TAG_HEALTH: &str = "health";
 pub const TAG_OPERATORS: &str = "operators";
 /// Tag of the document itself.
 pub const TAG_DOCUMENT: &str = "document";
+/// Tag of the callers' balances and ledger.
+pub const TAG_FUNDING: &str = "funding";
 
 /// `components.responses`: an operator request without a live token.
 pub const RESPONSE_OPS_UNAUTHORIZED: &str = "OperatorUnauthorized";
@@ -71,6 +75,7 @@ fn tags(with_operators: bool) -> Vec<utoipa::openapi::Tag> {
     let mut tags = vec![
         tag(TAG_ALLOCATIONS, "Allocate cards, idempotently, read an allocation back, and list yours."),
         tag(TAG_CATALOGUE, "Products, denominations and what is available."),
+        tag(TAG_FUNDING, "Your prepaid balances and the ledger of every change to them."),
         tag(TAG_DOCUMENT, "This OpenAPI document, for callers; no credentials."),
         tag(TAG_HEALTH, "Liveness and readiness (application/health+json); no credentials."),
     ];

@@ -123,7 +123,7 @@ fn sample_health(status: HealthStatus) -> Value {
     serde_json::to_value(health).expect("a health document serialises")
 }
 
-fn rate_limit_headers() -> [(&'static str, utoipa::openapi::Header); 2] {
+pub(super) fn rate_limit_headers() -> [(&'static str, utoipa::openapi::Header); 2] {
     [
         (
             headers::RATELIMIT,
@@ -146,7 +146,7 @@ fn real(result: Result<impl Sized, ApiError>) -> ApiError {
 
 /// The errors every gated `/v1` operation can return: credentials, suspension, limits, and
 /// the origin's own failures.
-fn gate_errors(op: Op) -> Op {
+pub(super) fn gate_errors(op: Op) -> Op {
     let missing_key = real(request_headers::api_key(None));
     let unknown_key = ApiError::new(ErrorCode::Unauthorized, "the API key is not valid");
     let rate_limited =
@@ -164,7 +164,7 @@ fn gate_errors(op: Op) -> Op {
 
 /// `413` on a gated `GET`: a declared body over the limit is refused before anything else (a `GET`
 /// needs no body).
-fn declared_body_too_large(op: Op) -> Op {
+pub(super) fn declared_body_too_large(op: Op) -> Op {
     let too_large =
         ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {DEFAULT_MAX_BODY_BYTES} bytes"));
     op.error("A `Content-Length` over the body limit (a `GET` needs no body).", &[too_large])
@@ -211,7 +211,9 @@ fn create_allocation() -> Op {
         .description(&format!(
             "Allocates `quantity` distinct cards of one product and denomination, all or nothing. \
              Idempotent by `Idempotency-Key`: a retry with the same key and body gets the same `201` \
-             (with `Idempotent-Replayed: true`). At most {DEFAULT_MAX_QUANTITY} cards by default."
+             (with `Idempotent-Replayed: true`). At most {DEFAULT_MAX_QUANTITY} cards by default. With a \
+             funding account in the product's currency, the price is debited from it in the same \
+             transaction (a replay is not debited again), or the answer is `402 INSUFFICIENT_FUNDS`."
         ))
         .tag(TAG_ALLOCATIONS)
         .security(API_KEY_SCHEME)
@@ -253,7 +255,13 @@ fn create_allocation() -> Op {
             &[in_progress, out_of_stock],
         )
         .error("The body is too large.", &[too_large])
-        .error("The key was used before with a different body.", &[mismatch]);
+        .error("The key was used before with a different body.", &[mismatch])
+        .error(
+            "You have a funding account in the product's currency and its balance plus credit limit does not \
+             cover the price; nothing was allocated. `details.available` and `details.required` are decimal \
+             strings in `details.currency` (see `GET /v1/balance`).",
+            &[super::funding::insufficient_funds_example()],
+        );
     gate_errors(op)
 }
 
@@ -418,7 +426,10 @@ fn readyz() -> Op {
 
 /// The operations callers reach through the edge: the callers' document.
 pub fn caller_operations() -> Vec<Op> {
-    vec![create_allocation(), list_allocations(), get_allocation(), list_products(), get_document(), readyz()]
+    let mut ops = vec![create_allocation(), list_allocations(), get_allocation(), list_products()];
+    ops.extend(super::funding::operations());
+    ops.extend([get_document(), readyz()]);
+    ops
 }
 
 /// Every public operation: the callers' and the origin's liveness probe.

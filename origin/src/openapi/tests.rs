@@ -252,7 +252,7 @@ fn the_callers_document_is_the_public_operations_reached_through_the_edge() {
         assert!(!path.starts_with("/ops/") && path != "/livez", "{method} {path} is not reached through the edge");
         assert_eq!(op, whole["paths"][&path][method.to_lowercase()], "{method} {path} is described as in the whole");
     }
-    assert_eq!(documented(&public).len(), 6);
+    assert_eq!(documented(&public).len(), 8);
     assert!(public["components"]["securitySchemes"].get(OPERATOR_TOKEN_SCHEME).is_none());
     assert!(public["components"]["responses"].get(RESPONSE_OPS_FORBIDDEN).is_none());
     assert!(public["tags"].as_array().unwrap().iter().all(|t| t["name"] != TAG_OPERATORS));

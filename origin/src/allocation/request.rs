@@ -113,26 +113,8 @@ impl NewAllocation {
     /// `402 INSUFFICIENT_FUNDS`: the client's funds fall short of the price; nothing was
     /// allocated.
     pub fn insufficient_funds(&self, shortfall: crate::funding::Shortfall) -> AppError {
-        let (available, required) = (
-            self.currency.format_minor(shortfall.available_minor),
-            self.currency.format_minor(shortfall.required_minor),
-        );
-        ApiError::new(
-            ErrorCode::InsufficientFunds,
-            format!(
-                "the price of {} {} is more than the {} {} available (balance and credit limit); nothing was allocated",
-                required,
-                self.currency.code(),
-                available,
-                self.currency.code()
-            ),
-        )
-        .with_details(serde_json::json!({
-            "currency": self.currency.code(),
-            "available": available,
-            "required": required,
-        }))
-        .into()
+        allot_shared::funding::insufficient_funds(self.currency, shortfall.available_minor, shortfall.required_minor)
+            .into()
     }
 
     /// `409 OUT_OF_STOCK`: only `available` cards could be had; nothing was allocated.

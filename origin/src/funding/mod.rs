@@ -171,7 +171,10 @@ pub async fn debit_one(
     Ok(if debited {
         Ok(())
     } else {
-        Err(Shortfall { available_minor: headroom.unwrap_or(0).clamp(0, amount_minor), required_minor: amount_minor })
+        // The headroom is the statement's snapshot; a debit committed meanwhile may have taken
+        // more, so what is reported stays below the price.
+        let available_minor = headroom.unwrap_or(0).clamp(0, (amount_minor - 1).max(0));
+        Err(Shortfall { available_minor, required_minor: amount_minor })
     })
 }
 

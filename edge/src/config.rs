@@ -13,10 +13,7 @@ use allot_shared::Region;
 use allot_shared::rate_limit::RateLimitPolicy;
 
 use crate::origins::Instances;
-
-/// Var: JSON object, region code → origin base URL, or a list of them for several instances
-/// (`{"eu":["https://eu1.origin.example","https://eu2.origin.example"],"us":"https://us.origin.example"}`).
-pub const ORIGINS: &str = "ORIGINS";
+pub use crate::origins::ORIGINS;
 /// Var: the region `/readyz` and `/healthz` speak for when no `?region=` is given.
 pub const DEFAULT_REGION: &str = "DEFAULT_REGION";
 /// Var: largest `quantity` in one allocation (same as the origin's `ALLOT_MAX_QUANTITY`).
@@ -129,7 +126,7 @@ fn origins(raw: Option<String>) -> Result<BTreeMap<Region, Instances>, ConfigErr
     map.iter()
         .map(|(region, value)| {
             let r = Region::parse(region).map_err(|e| ConfigError(format!("{ORIGINS}: {region:?}: {e}")))?;
-            Ok((r, Instances::parse(region, value)?))
+            Ok((r, Instances::parse(region, value).map_err(ConfigError)?))
         })
         .collect()
 }

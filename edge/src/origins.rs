@@ -13,7 +13,6 @@
 
 use std::cell::Cell;
 
-use crate::config::{ConfigError, ORIGINS};
 use crate::platform;
 
 /// Most instances one region may list (every one of them may be tried by one request).
@@ -23,14 +22,18 @@ thread_local! {
     static TURN: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
+/// Var: JSON object, region code → origin base URL, or a list of them for several instances
+/// (`{"eu":["https://eu1.origin.example","https://eu2.origin.example"],"us":"https://us.origin.example"}`).
+pub const ORIGINS: &str = "ORIGINS";
+
 /// The instances serving one region, in the configured order: at least one, each once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instances(Vec<String>);
 
 impl Instances {
     /// Parse one `ORIGINS` value: a URL string, or a non-empty list of distinct URL strings.
-    pub fn parse(region: &str, value: &serde_json::Value) -> Result<Self, ConfigError> {
-        let bad = |why: String| ConfigError(format!("{ORIGINS}: region {region:?} {why}"));
+    pub fn parse(region: &str, value: &serde_json::Value) -> Result<Self, String> {
+        let bad = |why: String| format!("{ORIGINS}: region {region:?} {why}");
         let raw: Vec<&serde_json::Value> = match value {
             serde_json::Value::String(_) => vec![value],
             serde_json::Value::Array(list) => list.iter().collect(),
@@ -110,8 +113,8 @@ pub fn next_turn() -> u32 {
 }
 
 /// Parse one origin base URL: http(s), a host, no path, query or fragment.
-pub fn origin_base(region: &str, raw: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| ConfigError(format!("{ORIGINS}: origin {raw:?} of region {region:?} {why}"));
+pub fn origin_base(region: &str, raw: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("{ORIGINS}: origin {raw:?} of region {region:?} {why}");
     let url = worker::Url::parse(raw).map_err(|_| bad("is not a URL"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("must be http or https"));
@@ -163,7 +166,7 @@ mod tests {
             (json!((0..9).map(|i| format!("http://h{i}")).collect::<Vec<_>>()), "at most 8"),
         ];
         for (value, want) in cases {
-            let err = Instances::parse("eu", &value).unwrap_err().0;
+            let err = Instances::parse("eu", &value).unwrap_err();
             assert!(err.contains(want), "{value}: {err}");
             assert!(err.starts_with("ORIGINS: "), "{err}");
         }

@@ -7,7 +7,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::Config;
-use crate::read_routing::{REPLICA_ACQUIRE_TIMEOUT, ReplicaRoute};
+use crate::error::AppError;
+use crate::read_routing::{self, REPLICA_ACQUIRE_TIMEOUT, ReadTarget, ReplicaRoute};
 
 /// The migrations this build was compiled with.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -73,6 +74,61 @@ impl Db {
         };
         Ok(Self { primary, replica, has_replica, route: ReplicaRoute::new(cfg.replica_max_lag) })
     }
+}
+
+impl Db {
+    /// Which server a read that may lag goes to now.
+    pub fn read_target(&self) -> ReadTarget {
+        if self.has_replica && self.route.is_serving() { ReadTarget::Replica } else { ReadTarget::Primary }
+    }
+
+    /// The pool for a read that may lag: the replica while it serves, the primary otherwise.
+    pub fn reads(&self) -> &PgPool {
+        match self.read_target() {
+            ReadTarget::Replica => &self.replica,
+            ReadTarget::Primary => &self.primary,
+        }
+    }
+
+    /// Run a read that may lag on [`Db::reads`]; when it fails on the replica as if the replica
+    /// were gone, the replica stops serving and the read is retried once on the primary.
+    pub async fn read<T, F, Fut>(&self, read: F) -> Result<T, AppError>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: Future<Output = Result<T, AppError>>,
+    {
+        let target = self.read_target();
+        count_read(target);
+        let first = read(self.reads_pool(target).clone()).await;
+        match first {
+            Err(AppError::Database(e)) if target == ReadTarget::Replica && read_routing::replica_failure(&e) => {
+                self.route.read_failed(&e);
+                metrics::counter!("allot_db_replica_fallbacks_total").increment(1);
+                count_read(ReadTarget::Primary);
+                read(self.primary.clone()).await
+            }
+            other => other,
+        }
+    }
+
+    fn reads_pool(&self, target: ReadTarget) -> &PgPool {
+        match target {
+            ReadTarget::Replica => &self.replica,
+            ReadTarget::Primary => &self.primary,
+        }
+    }
+
+    /// Check the replica in the background until `shutdown` (nothing to do without one); reads
+    /// follow its verdicts (see [`crate::read_routing`]).
+    pub fn spawn_replica_checks(&self, every: std::time::Duration, shutdown: tokio_util::sync::CancellationToken) {
+        if self.has_replica {
+            read_routing::spawn_checks(self.primary.clone(), self.replica.clone(), self.route.clone(), every, shutdown);
+        }
+    }
+}
+
+fn count_read(target: ReadTarget) {
+    metrics::counter!("allot_db_reads_total", "target" => target.as_str()).increment(1);
 }
 
 /// Open a small pool for one-off commands (migrate, operator tools).

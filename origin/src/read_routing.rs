@@ -15,7 +15,6 @@
 //! serves again once a check finds it at most half the threshold behind (no flapping around it).
 //! Stopping and resuming are logged once each (WARN, INFO), never on every check.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,9 +22,6 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-
-use crate::db::Db;
-use crate::error::AppError;
 
 /// The replica pool's acquire timeout (or the configured one when shorter): a stopped replica
 /// refuses connections, which the pool retries until this passes before the read falls back.
@@ -221,58 +217,15 @@ impl ReplicaRoute {
     }
 }
 
-impl Db {
-    /// Which server a read that may lag goes to now.
-    pub fn read_target(&self) -> ReadTarget {
-        if self.has_replica && self.route.is_serving() { ReadTarget::Replica } else { ReadTarget::Primary }
-    }
-
-    /// The pool for a read that may lag: the replica while it serves, the primary otherwise.
-    pub fn reads(&self) -> &PgPool {
-        match self.read_target() {
-            ReadTarget::Replica => &self.replica,
-            ReadTarget::Primary => &self.primary,
-        }
-    }
-
-    /// Run a read that may lag on [`Db::reads`]; when it fails on the replica as if the replica
-    /// were gone, the replica stops serving and the read is retried once on the primary.
-    pub async fn read<T, F, Fut>(&self, read: F) -> Result<T, AppError>
-    where
-        F: Fn(PgPool) -> Fut,
-        Fut: Future<Output = Result<T, AppError>>,
-    {
-        let target = self.read_target();
-        count_read(target);
-        let first = read(self.reads_pool(target).clone()).await;
-        match first {
-            Err(AppError::Database(e)) if target == ReadTarget::Replica && replica_failure(&e) => {
-                self.route.read_failed(&e);
-                metrics::counter!("allot_db_replica_fallbacks_total").increment(1);
-                count_read(ReadTarget::Primary);
-                read(self.primary.clone()).await
-            }
-            other => other,
-        }
-    }
-
-    fn reads_pool(&self, target: ReadTarget) -> &PgPool {
-        match target {
-            ReadTarget::Replica => &self.replica,
-            ReadTarget::Primary => &self.primary,
-        }
-    }
-}
-
-fn count_read(target: ReadTarget) {
-    metrics::counter!("allot_db_reads_total", "target" => target.as_str()).increment(1);
-}
-
-/// Check the replica every `every` until `shutdown`; nothing to do without a replica.
-pub fn spawn_checks(db: Db, every: Duration, shutdown: CancellationToken) {
-    if !db.has_replica {
-        return;
-    }
+/// Check `replica` against `primary` every `every` until `shutdown`, recording each verdict in
+/// `route`.
+pub fn spawn_checks(
+    primary: PgPool,
+    replica: PgPool,
+    route: Arc<ReplicaRoute>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let mut previous: Option<PrimarySample> = None;
         let mut tick = tokio::time::interval(every);
@@ -282,22 +235,26 @@ pub fn spawn_checks(db: Db, every: Duration, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let (verdict, current) = check(&db, previous).await;
+            let (verdict, current) = check(&primary, &replica, previous).await;
             previous = current.or(previous);
-            db.route.record(verdict);
+            route.record(verdict);
         }
     });
 }
 
 /// One check: the primary's position (when it answers), then the replica's.
-async fn check(db: &Db, previous: Option<PrimarySample>) -> (Verdict, Option<PrimarySample>) {
+async fn check(
+    primary: &PgPool,
+    replica: &PgPool,
+    previous: Option<PrimarySample>,
+) -> (Verdict, Option<PrimarySample>) {
     let at = Instant::now();
-    let current = match tokio::time::timeout(CHECK_TIMEOUT, primary_lsn(&db.primary)).await {
+    let current = match tokio::time::timeout(CHECK_TIMEOUT, primary_lsn(primary)).await {
         Ok(Ok(lsn)) => Some(PrimarySample { at, lsn }),
         // Without the primary's position, the bounds from earlier positions and commit ages remain.
         _ => None,
     };
-    let verdict = match tokio::time::timeout(CHECK_TIMEOUT, replica_reading(&db.replica)).await {
+    let verdict = match tokio::time::timeout(CHECK_TIMEOUT, replica_reading(replica)).await {
         Ok(Ok(Some(reading))) => Ok(lag(reading, current, previous, Instant::now())),
         Ok(Ok(None)) => Err("it is not in recovery (promoted, or not a replica)".to_owned()),
         Ok(Err(e)) => Err(format!("no answer: {e}")),

@@ -76,11 +76,7 @@ impl BoundServer {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(public = %self.public_addr, operator = %self.operator_addr, region = %self.state.config.region, "serving");
         crate::outage::spawn_watch(shutdown.clone());
-        crate::read_routing::spawn_checks(
-            self.state.db.clone(),
-            self.state.config.replica_check_interval,
-            shutdown.clone(),
-        );
+        self.state.db.spawn_replica_checks(self.state.config.replica_check_interval, shutdown.clone());
         let (limits, drain) = (self.state.config.connections, self.state.config.shutdown_timeout);
         let public = listener::serve(self.public, public_router(self.state.clone()), limits, shutdown.clone(), drain);
         let operator =
@@ -101,7 +97,7 @@ pub async fn serve_operator(state: AppState, shutdown: CancellationToken) -> any
         .await
         .with_context(|| format!("binding {}", state.config.operator_listen))?;
     tracing::info!(operator = %listener.local_addr()?, "serving health and metrics");
-    crate::read_routing::spawn_checks(state.db.clone(), state.config.replica_check_interval, shutdown.clone());
+    state.db.spawn_replica_checks(state.config.replica_check_interval, shutdown.clone());
     let (limits, drain) = (state.config.connections, state.config.shutdown_timeout);
     listener::serve(listener, operator_router(state), limits, shutdown, drain).await?;
     Ok(())

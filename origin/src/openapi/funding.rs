@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::TAG_FUNDING;
 use super::build::{Op, link};
-use super::public::{declared_body_too_large, gate_errors, rate_limit_headers};
+use super::gate::{declared_body_too_large, gate_errors, rate_limit_headers};
 use crate::allocation::listing::FOREIGN_CURSOR;
 use crate::funding::ledger_listing::{Ledger, LedgerQuery};
 use crate::http::funding::LedgerParams;

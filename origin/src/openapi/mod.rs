@@ -7,6 +7,7 @@
 //!
 //! - [`build`]: the operation builder and its helpers
 //! - [`check`]: a small JSON Schema check the tests hold examples and answers to
+//! - [`gate`]: what every gated `/v1` operation shares: the gate's errors and rate-limit headers
 //! - [`public`]: `/v1/…`, `/livez`, `/readyz` (tags `allocations`, `catalogue`, `health`)
 //! - [`funding`]: `/v1/balance`, `/v1/ledger` (tag `funding`) and the allocations' `402`
 //! - [`ops`]: `/ops/v1/…` (tag `operators`), one entry per row of `http::ops::ROUTES`
@@ -14,6 +15,7 @@
 pub mod build;
 pub mod check;
 pub mod funding;
+pub mod gate;
 pub mod ops;
 pub mod public;
 #[cfg(test)]

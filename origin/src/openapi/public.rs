@@ -19,7 +19,8 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, HttpMethod, ResponseBuilder};
 use uuid::Uuid;
 
-use super::build::{Op, error_response_with, formatted_string, header, link, request_id_header, schema_ref, string};
+use super::build::{Op, formatted_string, header, link, request_id_header, schema_ref, string};
+use super::gate::{declared_body_too_large, gate_errors, rate_limit_headers, real};
 use super::{API_KEY_SCHEME, TAG_ALLOCATIONS, TAG_CATALOGUE, TAG_DOCUMENT, TAG_HEALTH};
 use crate::allocation::listing::{FOREIGN_CURSOR, Listing, ListingQuery};
 use crate::http::allocations::ListQuery;
@@ -121,53 +122,6 @@ fn sample_health(status: HealthStatus) -> Value {
     let mut health = Health::from_checks(checks);
     health.version = Some(env!("CARGO_PKG_VERSION").to_owned());
     serde_json::to_value(health).expect("a health document serialises")
-}
-
-pub(super) fn rate_limit_headers() -> [(&'static str, utoipa::openapi::Header); 2] {
-    [
-        (
-            headers::RATELIMIT,
-            header("The current window's state: `\"<policy>\";r=<remaining>;t=<seconds to reset>` (IETF draft)."),
-        ),
-        (
-            headers::RATELIMIT_POLICY,
-            header("The quota policies applied: `\"<policy>\";q=<quota>;w=<window seconds>` (IETF draft)."),
-        ),
-    ]
-}
-
-/// The example of an error a real constructor makes.
-fn real(result: Result<impl Sized, ApiError>) -> ApiError {
-    match result {
-        Err(e) => e,
-        Ok(_) => unreachable!("the sample input is invalid by construction"),
-    }
-}
-
-/// The errors every gated `/v1` operation can return: credentials, suspension, limits, and
-/// the origin's own failures.
-pub(super) fn gate_errors(op: Op) -> Op {
-    let missing_key = real(request_headers::api_key(None));
-    let unknown_key = ApiError::new(ErrorCode::Unauthorized, "the API key is not valid");
-    let rate_limited =
-        ApiError::new(ErrorCode::RateLimited, "over this client's limit of 600 requests per minute; retry later");
-    let mut op = op
-        .error("The API key is missing, malformed, unknown or revoked.", &[missing_key, unknown_key])
-        .error("The key's client is suspended.", &[ApiError::new(ErrorCode::Forbidden, "this client is suspended")]);
-    let too_many =
-        ResponseBuilder::new().description("Over the client's rate limit; retry after `Retry-After` seconds.");
-    let too_many = error_response_with(too_many, &[rate_limited], &mut op.schemas);
-    let too_many = rate_limit_headers().into_iter().fold(too_many, |r, (n, h)| r.header(n, h));
-    op = op.response(429, too_many);
-    op.shared_response(500, super::RESPONSE_INTERNAL).shared_response(503, super::RESPONSE_UNAVAILABLE)
-}
-
-/// `413` on a gated `GET`: a declared body over the limit is refused before anything else (a `GET`
-/// needs no body).
-pub(super) fn declared_body_too_large(op: Op) -> Op {
-    let too_large =
-        ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {DEFAULT_MAX_BODY_BYTES} bytes"));
-    op.error("A `Content-Length` over the body limit (a `GET` needs no body).", &[too_large])
 }
 
 /// `Location` on a `201`.

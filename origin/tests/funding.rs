@@ -403,3 +403,48 @@ proptest! {
         rt.block_on(run_scenario(s));
     }
 }
+
+#[tokio::test]
+async fn a_balance_low_event_is_queued_for_the_clients_own_endpoints_only() {
+    let app = TestApp::spawn().await;
+    app.product("gift", "EUR", &["10.00"]).await;
+    app.load_cards("gift", 1000, 5).await;
+    fund(&app, app.client_id, "EUR", 30_00, 0).await;
+    sqlx::query("UPDATE funding_accounts SET low_balance_minor = 1500").execute(&app.pool).await.unwrap();
+    let other = allot_origin::ops::create_client(
+        &app.pool,
+        &allot_origin::ops::Actor::cli(),
+        "Other",
+        &allot_shared::Region::parse("eu").unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let topics = vec!["balance.low".to_owned()];
+    let add = |client: Uuid| {
+        let (pool, keys, topics) = (app.pool.clone(), app.config.card_keys.clone(), topics.clone());
+        async move {
+            let actor = allot_origin::ops::Actor::cli();
+            let url = "https://127.0.0.1:9/hooks";
+            allot_origin::webhooks::endpoints::create(&pool, &keys, &actor, client, url, &topics, true).await.unwrap().0
+        }
+    };
+    let (own, _foreign) = (add(app.client_id).await, add(other).await);
+    for i in 0..2 {
+        assert_eq!(app.allocate(format!("w-{i}"), body("gift", "10.00", 1)).await.status, 201);
+    }
+    let event: i64 =
+        sqlx::query_scalar("SELECT id FROM outbox WHERE topic = 'balance.low'").fetch_one(&app.pool).await.unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    let queued = allot_origin::webhooks::fanout::queue(&mut tx, &[event]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(queued, 1, "only the client's own endpoint");
+    let (endpoint, body): (Uuid, String) =
+        sqlx::query_as("SELECT endpoint_id, body FROM webhook_deliveries").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(endpoint, own.id);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["type"], "balance.low");
+    assert_eq!(body["data"]["balance_minor"], 10_00);
+    assert_eq!(body["data"]["currency"], "EUR");
+    app.finish().await;
+}

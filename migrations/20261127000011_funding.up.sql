@@ -46,7 +46,10 @@ CREATE TABLE ledger_entries (
     debit_account   text NOT NULL CHECK (debit_account IN ('client', 'deposits', 'sales', 'adjustments')),
     credit_account  text NOT NULL CHECK (credit_account IN ('client', 'deposits', 'sales', 'adjustments')),
     amount_minor    bigint NOT NULL CHECK (amount_minor > 0),
-    allocation_id   uuid REFERENCES allocations (id),
+    -- No foreign key: an allocation's entry is written by the statement that inserts the
+    -- allocation (and a reversal's by the void of one of its cards); a key check per entry would
+    -- cost the hot path for what the statement already guarantees.
+    allocation_id   uuid,
     card_id         bigint,
     memo            text CHECK (length(memo) <= 500),
     actor           text,
@@ -68,9 +71,6 @@ CREATE TABLE ledger_entries (
 CREATE INDEX ledger_entries_client ON ledger_entries (client_id, id DESC);
 -- A voided card is credited back once.
 CREATE UNIQUE INDEX ledger_entries_one_reversal_per_card ON ledger_entries (card_id) WHERE kind = 'reversal';
--- An allocation is debited once.
-CREATE UNIQUE INDEX ledger_entries_one_debit_per_allocation ON ledger_entries (allocation_id)
-    WHERE kind = 'allocation';
 
 -- What a funded allocation was charged per card (NULL: the client had no account in the
 -- product's currency). A reversal credits this back.

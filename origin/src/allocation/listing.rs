@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use allot_shared::{AllocationResponse, ApiError, Currency, ident};
 use bytes::Bytes;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
@@ -136,27 +135,17 @@ impl Filters {
 
     /// A digest of `client_id` and these filters: what a cursor is valid for.
     fn scope(&self, client_id: Uuid) -> String {
-        let mut h = Sha256::new();
-        h.update(b"allot-allocation-listing-v1\0");
-        h.update(client_id.as_bytes());
         let time = |t: Option<OffsetDateTime>| t.map(|t| t.unix_timestamp_nanos().to_string());
-        for field in [
-            time(self.created_after),
-            time(self.created_before),
-            self.product_id.clone(),
-            self.client_reference.clone(),
-        ] {
-            // Length-prefixed, and absent differs from empty: no two filter sets share a digest input.
-            match field {
-                Some(v) => {
-                    h.update([1]);
-                    h.update((v.len() as u64).to_be_bytes());
-                    h.update(v.as_bytes());
-                }
-                None => h.update([0]),
-            }
-        }
-        hex::encode(&h.finalize()[..8])
+        page::scope(
+            "allot-allocation-listing-v1",
+            client_id,
+            &[
+                time(self.created_after),
+                time(self.created_before),
+                self.product_id.clone(),
+                self.client_reference.clone(),
+            ],
+        )
     }
 }
 

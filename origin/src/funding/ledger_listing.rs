@@ -10,7 +10,6 @@
 
 use allot_shared::funding::{LedgerEntry, LedgerKind, LedgerPage, signed_amount};
 use allot_shared::{ApiError, Currency};
-use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -117,27 +116,17 @@ impl Filters {
 
     /// A digest of `client_id` and these filters: what a cursor is valid for.
     fn scope(&self, client_id: Uuid) -> String {
-        let mut h = Sha256::new();
-        h.update(b"allot-ledger-listing-v1\0");
-        h.update(client_id.as_bytes());
         let time = |t: Option<OffsetDateTime>| t.map(|t| t.unix_timestamp_nanos().to_string());
-        for field in [
-            self.currency.map(|c| c.code().to_owned()),
-            self.kind.map(|k| k.as_str().to_owned()),
-            time(self.created_after),
-            time(self.created_before),
-        ] {
-            // Length-prefixed, and absent differs from empty: no two filter sets share a digest input.
-            match field {
-                Some(v) => {
-                    h.update([1]);
-                    h.update((v.len() as u64).to_be_bytes());
-                    h.update(v.as_bytes());
-                }
-                None => h.update([0]),
-            }
-        }
-        hex::encode(&h.finalize()[..8])
+        page::scope(
+            "allot-ledger-listing-v1",
+            client_id,
+            &[
+                self.currency.map(|c| c.code().to_owned()),
+                self.kind.map(|k| k.as_str().to_owned()),
+                time(self.created_after),
+                time(self.created_before),
+            ],
+        )
     }
 }
 

@@ -62,9 +62,6 @@ macro_rules! balance_low_event_sql {
 }
 pub(crate) use balance_low_event_sql;
 
-/// The platform's accounts; `client` is the entry's own client's account in its currency.
-pub const ACCOUNTS: [&str; 4] = ["client", "deposits", "sales", "adjustments"];
-
 /// A client's unit price of a product's denomination, and whether the client has an account in
 /// the currency (`$1` client, `$2` product, `$3` denomination, `$4` currency).
 const PRICE_ONE: &str = concat!(

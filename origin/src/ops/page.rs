@@ -4,10 +4,32 @@
 use allot_shared::ApiError;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::AppError;
+
+/// What a cursor is valid for: a short digest of the listing (`domain`), the client, and its
+/// filters. Each field is length-prefixed and an absent one differs from an empty one, so no
+/// two filter sets share a digest input.
+pub fn scope(domain: &str, client_id: Uuid, fields: &[Option<String>]) -> String {
+    let mut h = Sha256::new();
+    h.update(domain.as_bytes());
+    h.update([0]);
+    h.update(client_id.as_bytes());
+    for field in fields {
+        match field {
+            Some(v) => {
+                h.update([1]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update([0]),
+        }
+    }
+    hex::encode(&h.finalize()[..8])
+}
 
 /// Rows per page when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 50;

@@ -9,6 +9,9 @@ mod common;
 
 use std::collections::HashSet;
 
+use allot_origin::ops::Actor;
+use allot_origin::ops::funding::{self, AccountChange};
+use allot_shared::Currency;
 use common::{Options, Reply, TestApp};
 use futures::future::join_all;
 use proptest::prelude::*;
@@ -22,43 +25,22 @@ fn card_ids(r: &Reply) -> Vec<i64> {
     r.json()["cards"].as_array().unwrap().iter().map(|c| c["card_id"].as_i64().unwrap()).collect()
 }
 
-/// Open `client`'s account in `currency` with a deposit of `balance_minor` (a ledger entry, so
-/// the balance is the sum of its entries) and a credit limit.
+/// Open `client`'s account in `currency` with a credit limit and a deposit of `balance_minor`,
+/// through the operators' service (a ledger entry per deposit: the balance is their sum).
 async fn fund(app: &TestApp, client: Uuid, currency: &str, balance_minor: i64, credit_minor: i64) {
-    sqlx::query("INSERT INTO funding_accounts (client_id, currency, credit_limit_minor) VALUES ($1, $2, $3)")
-        .bind(client)
-        .bind(currency)
-        .bind(credit_minor)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let c = Currency::parse(currency).unwrap();
+    let change = AccountChange { credit_limit: Some(c.format_minor(credit_minor)), ..AccountChange::default() };
+    funding::set_account(&app.pool, &Actor::cli(), client, c, &change).await.unwrap();
     if balance_minor > 0 {
         deposit(app, client, currency, balance_minor).await;
     }
 }
 
 async fn deposit(app: &TestApp, client: Uuid, currency: &str, amount_minor: i64) {
-    let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor, memo)
-         VALUES ($1, $2, 'deposit', 'deposits', 'client', $3, 'test deposit')",
-    )
-    .bind(client)
-    .bind(currency)
-    .bind(amount_minor)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE funding_accounts SET balance_minor = balance_minor + $3 WHERE client_id = $1 AND currency = $2",
-    )
-    .bind(client)
-    .bind(currency)
-    .bind(amount_minor)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let c = Currency::parse(currency).unwrap();
+    funding::deposit(&app.pool, &Actor::cli(), client, c, &c.format_minor(amount_minor), Some("test deposit"))
+        .await
+        .unwrap();
 }
 
 async fn balance(app: &TestApp, client: Uuid, currency: &str) -> i64 {

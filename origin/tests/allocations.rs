@@ -187,7 +187,7 @@ async fn replays_after_the_cache_is_flushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn allocates_correctly_with_valkey_down() {
     // A port nothing listens on: every cache call fails fast, as with a stopped Valkey.
-    let port = common::closed_port();
+    let port = common::ports::closed_port();
     let app =
         TestApp::spawn_with(Options { valkey_url: Some(format!("redis://127.0.0.1:{port}")), ..Options::default() })
             .await;

@@ -16,7 +16,8 @@ use allot_origin::ops;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
-use common::private_stack::{Seeded, Stack, free_port, seed, wait_ready};
+use common::ports::free_port;
+use common::private_stack::{Seeded, Stack, seed, wait_ready};
 
 const SECRET: &str = "event-fault-edge-secret-0123456789";
 static SERIAL: Mutex<()> = Mutex::const_new(());

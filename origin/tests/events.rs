@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use allot_origin::jobs::{self, RunOutcome};
 use allot_origin::relay::{Append, Event, EventStream, Relay, StreamId};
 use allot_origin::services::Services;
+use common::ports::free_port;
 use common::{Options, TestApp};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -27,21 +27,6 @@ struct PrivateValkey {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
-}
-
-/// A free port below Linux's ephemeral range, so no client socket takes it while the server is down.
-fn free_port() -> u16 {
-    for _ in 0..1_000 {
-        let port = 20_000 + rand_below(12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below 32000");
-}
-
-fn rand_below(n: u32) -> u32 {
-    (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u32
 }
 
 impl PrivateValkey {
@@ -111,7 +96,7 @@ fn relay(app: &TestApp, url: &str) -> Relay {
 
 /// A URL where nothing listens.
 fn dead_url() -> String {
-    format!("redis://127.0.0.1:{}", common::closed_port())
+    format!("redis://127.0.0.1:{}", common::ports::closed_port())
 }
 
 /// Write one event in its own committed transaction.

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
-use common::private_stack::{Seeded, Stack, free_port, seed, wait_ready};
+use common::ports::free_port;
+use common::private_stack::{Seeded, Stack, seed, wait_ready};
 
 const SECRET: &str = "fault-edge-secret-0123456789abcdef";
 static SERIAL: Mutex<()> = Mutex::const_new(());

@@ -298,7 +298,7 @@ async fn each_clients_limit_is_exact_across_instances() {
 
 #[tokio::test]
 async fn the_limit_fails_open_when_valkey_is_down() {
-    let dead = format!("redis://127.0.0.1:{}", common::closed_port());
+    let dead = format!("redis://127.0.0.1:{}", common::ports::closed_port());
     let app =
         TestApp::spawn_with(Options { valkey_url: Some(dead), ..opts(&[("ALLOT_VALKEY_TIMEOUT_MS", "200")]) }).await;
     allot_origin::ops::set_client_rate_limit(&app.pool, &allot_origin::ops::Actor::cli(), app.client_id, Some(1))

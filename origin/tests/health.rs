@@ -59,7 +59,7 @@ async fn healthy_then_valkey_down_is_a_warning() {
     app.finish().await;
 
     let db = common::migrated_database().await;
-    let base = operator(config(&db, &[], Some(format!("redis://127.0.0.1:{}", common::closed_port())))).await;
+    let base = operator(config(&db, &[], Some(format!("redis://127.0.0.1:{}", common::ports::closed_port())))).await;
     let (r, _) = get(&base, "/health").await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(r.json()["status"], "warn");
@@ -72,7 +72,7 @@ async fn healthy_then_valkey_down_is_a_warning() {
 
 #[tokio::test]
 async fn postgres_down_fails_health_and_readiness_but_not_liveness() {
-    let port = common::closed_port();
+    let port = common::ports::closed_port();
     let mut cfg = config("unused", &[("ALLOT_DB_ACQUIRE_TIMEOUT_MS", "500".into())], None);
     cfg.database_url = format!("postgres://allot@127.0.0.1:{port}/allot");
     let base = operator(cfg).await;

@@ -16,6 +16,7 @@ use allot_origin::ops;
 use allot_shared::Region;
 use axum::body::Bytes;
 use axum::routing::post;
+use common::ports::free_port;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -39,10 +40,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<u8>>>) {

@@ -98,7 +98,7 @@ async fn the_stock_listing_shows_postgres_the_cache_and_the_rate() {
 
 #[tokio::test]
 async fn the_stock_listing_answers_while_valkey_is_down() {
-    let dead = format!("redis://127.0.0.1:{}", common::closed_port());
+    let dead = format!("redis://127.0.0.1:{}", common::ports::closed_port());
     let app = TestApp::spawn_with(Options { valkey_url: Some(dead), ..Options::default() }).await;
     let viewer = operator_token(&app, "viewer").await;
     app.product("vd", "EUR", &["5.00"]).await;

@@ -23,6 +23,27 @@ die() {
 }
 bold() { printf '%s%s%s' "$C_BOLD" "$*" "$C_RESET"; }
 
+# A loopback port with no socket on it. Ports are drawn at random below Linux's ephemeral range
+# (32768+), never asked of the kernel, which may hand out one port to every caller.
+port_busy() {
+    if command -v ss >/dev/null 2>&1 && [[ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]]; then
+        return 0
+    fi
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+free_port() { # [PORT-TO-AVOID...]
+    local p i
+    for ((i = 0; i < 500; i++)); do
+        p=$((20000 + RANDOM % 12000))
+        [[ " $* " != *" $p "* ]] || continue
+        port_busy "$p" || {
+            printf '%s\n' "$p"
+            return 0
+        }
+    done
+    die "no free loopback port found"
+}
+
 is_root() { [[ "$(id -u)" -eq 0 ]]; }
 
 # Run a command as root (directly, or through sudo when available).

@@ -1,6 +1,6 @@
 // allot's wire contract re-implemented in JavaScript for the tests, independently of the Rust code:
 // API keys (format + base62 CRC32 checksum), the edge→origin signature, and small utilities.
-import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
 import net from "node:net";
 import { crc32 } from "node:zlib";
 
@@ -95,13 +95,33 @@ export function parseTraceparent(value) {
   return { traceId: m[1], parentId: m[2], flags: m[3] };
 }
 
-/** A free TCP port on 127.0.0.1 (closed again; fine for tests). */
-export async function freePort() {
+/** Ports this process has handed out: none is handed out twice. */
+const handedOut = new Set();
+
+/** Whether a server could listen on `port` of 127.0.0.1 now. */
+async function bindable(port) {
   const srv = net.createServer();
-  await new Promise((resolve) => srv.listen(0, "127.0.0.1", resolve));
-  const { port } = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
+  const ok = await new Promise((resolve) => {
+    srv.once("error", () => resolve(false));
+    srv.listen(port, "127.0.0.1", () => resolve(true));
+  });
+  if (ok) await new Promise((resolve) => srv.close(resolve));
+  return ok;
+}
+
+/**
+ * A free TCP port on 127.0.0.1 for a server a test starts. Drawn at random below Linux's
+ * ephemeral range (32768+), never asked of the kernel: some kernels give `listen(0)` the same
+ * port every time, so two ports picked one after the other came out equal.
+ */
+export async function freePort() {
+  for (let i = 0; i < 10_000; i++) {
+    const port = 20_000 + randomInt(12_000);
+    if (handedOut.has(port) || !(await bindable(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error("no free loopback port in 20000..32000");
 }
 
 /** Random lower-case hex. */

@@ -4,6 +4,7 @@
 //! Needs the local stack: `scripts/stack up && eval "$(scripts/stack env)"`.
 #![allow(dead_code)]
 
+pub mod ports;
 pub mod private_stack;
 
 use std::sync::OnceLock;
@@ -502,11 +503,6 @@ pub fn edge_signature(
     let signed =
         signature::Signed { method, path_and_query: path, key_id: &key_id, idempotency_key: idem.unwrap_or(""), body };
     signature::sign(secret, ts, &Uuid::new_v4().simple().to_string(), &signed)
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A concrete path for a route pattern: every `{param}` becomes a well-formed id nobody has.

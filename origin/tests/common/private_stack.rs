@@ -2,10 +2,8 @@
 //! `scripts/stack` in a folder of their own, purged on drop), and a seeded system on it: a
 //! migrated database with one product's cards, a client and its key.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use allot_origin::config::generate_card_key;
@@ -15,36 +13,11 @@ use allot_shared::{Currency, Denomination, Region};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+use super::ports::{free_port, free_port_run};
+
 /// The repository's root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// A free port below Linux's ephemeral range (32768+), so that no client socket can take it
-/// while the service that owns it is stopped for a fault.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = (std::process::id() as u16).wrapping_mul(7919) % 10_000;
-    for _ in 0..10_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(13))) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below 32000");
-}
-
-/// The first of `n` consecutive free ports whose cluster bus ports (+10000) are free too.
-pub fn free_port_run(n: u16) -> u16 {
-    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-    for _ in 0..1000 {
-        let base = free_port();
-        if (base..base + n).all(|p| free(p) && free(p + 10_000)) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports below 32000");
 }
 
 /// A private stack, torn down (and purged) on drop.

@@ -13,22 +13,18 @@ use allot_shared::{AllocationResponse, ApiError, Currency, ident};
 use bytes::Bytes;
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use time::format_description::well_known::Rfc3339;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::render::{self, AllocationHead, ClaimedCard};
 use crate::crypto::KeyRing;
 use crate::error::AppError;
-use crate::ops::page::{self, CursorKey};
+use crate::ops::page;
 
 /// Allocations per page when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 20;
 /// The tag of listing cursors (another listing's cursor is refused).
 const CURSOR_TAG: &str = "l1";
-/// Why a well-formed cursor is refused: it was made for another client or other filters.
-pub const FOREIGN_CURSOR: &str =
-    "was made for other filters or another client; send the same filters as the first page";
 
 /// What the caller asked for, as sent (all optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,50 +69,11 @@ pub struct Listing {
     pub limit: u32,
 }
 
-/// What a cursor carries: the last row's sort key and the digest of what it was made for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Position {
-    at: OffsetDateTime,
-    id: Uuid,
-    scope: String,
-}
-
-impl CursorKey for Position {
-    fn to_text(&self) -> String {
-        format!("{}:{}:{}", self.scope, self.at.unix_timestamp_nanos(), self.id)
-    }
-
-    fn from_text(text: &str) -> Option<Self> {
-        let mut parts = text.splitn(3, ':');
-        let scope = parts.next()?.to_owned();
-        let at = OffsetDateTime::from_unix_timestamp_nanos(parts.next()?.parse().ok()?).ok()?;
-        let id = Uuid::parse_str(parts.next()?).ok()?;
-        (scope.len() == 16 && scope.bytes().all(|b| b.is_ascii_hexdigit())).then_some(Self { at, id, scope })
-    }
-}
-
-/// An RFC 3339 time from a query parameter, or `400` naming it.
-pub(crate) fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map_err(|_| ApiError::validation(field, "must be an RFC 3339 time, like 2026-11-27T16:05:31Z"))
-}
-
-/// `t` without its sub-microsecond part (Postgres keeps microseconds).
-pub(crate) fn floor_micros(t: OffsetDateTime) -> OffsetDateTime {
-    t - Duration::nanoseconds(i64::from(t.nanosecond() % 1_000))
-}
-
-/// `t` rounded up to a whole microsecond: "before t" then means the same to Postgres.
-pub(crate) fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
-    let floor = floor_micros(t);
-    if floor == t { t } else { floor + Duration::microseconds(1) }
-}
-
 impl Filters {
     /// Check the filters of `query`.
     pub fn parse(query: &ListingQuery) -> Result<Self, ApiError> {
-        let created_after = query.created_after.as_deref().map(|v| parse_time("created_after", v)).transpose()?;
-        let created_before = query.created_before.as_deref().map(|v| parse_time("created_before", v)).transpose()?;
+        let (created_after, created_before) =
+            page::created_between(query.created_after.as_deref(), query.created_before.as_deref())?;
         if let Some(p) = &query.product_id {
             ident::validate_product_id(p).map_err(|r| ApiError::validation("product_id", r))?;
         }
@@ -124,10 +81,8 @@ impl Filters {
             ident::validate_client_reference(r).map_err(|why| ApiError::validation("client_reference", why))?;
         }
         Ok(Self {
-            // Strictly after t: after its floor; strictly before t: before its ceiling. Nothing
-            // Postgres holds lies between t and either, so the answer is exact.
-            created_after: created_after.map(floor_micros),
-            created_before: created_before.map(ceil_micros),
+            created_after,
+            created_before,
             product_id: query.product_id.clone(),
             client_reference: query.client_reference.clone(),
         })
@@ -155,16 +110,8 @@ impl Listing {
     pub fn parse(client_id: Uuid, query: &ListingQuery) -> Result<Self, AppError> {
         let filters = Filters::parse(query)?;
         let limit = page::limit(query.limit, DEFAULT_LIMIT)?;
-        let after_row = match &query.cursor {
-            None => None,
-            Some(cursor) => {
-                let position: Position = page::decode(CURSOR_TAG, cursor)?;
-                if position.scope != filters.scope(client_id) {
-                    return Err(ApiError::validation("cursor", FOREIGN_CURSOR).into());
-                }
-                Some((position.at, position.id))
-            }
-        };
+        let scope = filters.scope(client_id);
+        let after_row = query.cursor.as_deref().map(|c| page::decode_scoped(CURSOR_TAG, c, &scope)).transpose()?;
         Ok(Self { client_id, filters, after_row, limit })
     }
 
@@ -198,8 +145,7 @@ impl Listing {
     }
 
     fn next_cursor(&self, last: &HeadRow) -> String {
-        let position = Position { at: last.created_at, id: last.id, scope: self.filters.scope(self.client_id) };
-        page::encode(CURSOR_TAG, &position)
+        page::encode_scoped(CURSOR_TAG, self.filters.scope(self.client_id), (last.created_at, last.id))
     }
 }
 
@@ -277,6 +223,9 @@ pub async fn read_body(pool: &PgPool, keys: &KeyRing, listing: &Listing) -> Resu
 
 #[cfg(test)]
 mod tests {
+    use time::Duration;
+    use time::format_description::well_known::Rfc3339;
+
     use super::*;
 
     fn client() -> Uuid {

@@ -14,10 +14,9 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::allocation::listing::{FOREIGN_CURSOR, ceil_micros, floor_micros, parse_time};
 use crate::allocation::render::format_time;
 use crate::error::AppError;
-use crate::ops::page::{self, CursorKey};
+use crate::ops::page;
 
 /// Entries per page when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -67,26 +66,6 @@ pub struct Ledger {
     pub limit: u32,
 }
 
-/// What a cursor carries: the last entry's id and the digest of what it was made for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Position {
-    id: i64,
-    scope: String,
-}
-
-impl CursorKey for Position {
-    fn to_text(&self) -> String {
-        format!("{}:{}", self.scope, self.id)
-    }
-
-    fn from_text(text: &str) -> Option<Self> {
-        let (scope, id) = text.split_once(':')?;
-        let id: i64 = id.parse().ok().filter(|id| *id > 0)?;
-        (scope.len() == 16 && scope.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Self { id, scope: scope.to_owned() })
-    }
-}
-
 impl Filters {
     /// Check the filters of `query`.
     pub fn parse(query: &LedgerQuery) -> Result<Self, ApiError> {
@@ -103,15 +82,9 @@ impl Filters {
                     .ok_or_else(|| ApiError::validation("kind", "must be deposit, allocation, reversal or adjustment"))
             })
             .transpose()?;
-        let created_after = query.created_after.as_deref().map(|v| parse_time("created_after", v)).transpose()?;
-        let created_before = query.created_before.as_deref().map(|v| parse_time("created_before", v)).transpose()?;
-        Ok(Self {
-            currency,
-            kind,
-            // As the allocation listing: exact to the microsecond Postgres keeps.
-            created_after: created_after.map(floor_micros),
-            created_before: created_before.map(ceil_micros),
-        })
+        let (created_after, created_before) =
+            page::created_between(query.created_after.as_deref(), query.created_before.as_deref())?;
+        Ok(Self { currency, kind, created_after, created_before })
     }
 
     /// A digest of `client_id` and these filters: what a cursor is valid for.
@@ -136,16 +109,8 @@ impl Ledger {
     pub fn parse(client_id: Uuid, query: &LedgerQuery) -> Result<Self, AppError> {
         let filters = Filters::parse(query)?;
         let limit = page::limit(query.limit, DEFAULT_LIMIT)?;
-        let before_id = match &query.cursor {
-            None => None,
-            Some(cursor) => {
-                let position: Position = page::decode(CURSOR_TAG, cursor)?;
-                if position.scope != filters.scope(client_id) {
-                    return Err(ApiError::validation("cursor", FOREIGN_CURSOR).into());
-                }
-                Some(position.id)
-            }
-        };
+        let scope = filters.scope(client_id);
+        let before_id = query.cursor.as_deref().map(|c| page::decode_scoped(CURSOR_TAG, c, &scope)).transpose()?;
         Ok(Self { client_id, filters, before_id, limit })
     }
 
@@ -178,7 +143,7 @@ impl Ledger {
     }
 
     fn next_cursor(&self, last_id: i64) -> String {
-        page::encode(CURSOR_TAG, &Position { id: last_id, scope: self.filters.scope(self.client_id) })
+        page::encode_scoped(CURSOR_TAG, self.filters.scope(self.client_id), last_id)
     }
 }
 

@@ -13,10 +13,10 @@ use uuid::Uuid;
 use super::TAG_FUNDING;
 use super::build::{Op, link};
 use super::gate::{declared_body_too_large, gate_errors, rate_limit_headers};
-use crate::allocation::listing::FOREIGN_CURSOR;
 use crate::funding::ledger_listing::{Ledger, LedgerQuery};
 use crate::http::funding::LedgerParams;
 use crate::http::ops::serde_urlencoded_query;
+use crate::ops::page::FOREIGN_CURSOR;
 
 /// A sample ledger cursor (opaque to callers).
 const SAMPLE_CURSOR: &str = "ZzE6OGY0OWUxYzJhMGI3ZDNlNTo0ODE2";

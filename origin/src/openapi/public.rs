@@ -22,9 +22,10 @@ use uuid::Uuid;
 use super::build::{Op, formatted_string, header, link, request_id_header, schema_ref, string};
 use super::gate::{declared_body_too_large, gate_errors, rate_limit_headers, real};
 use super::{API_KEY_SCHEME, TAG_ALLOCATIONS, TAG_CATALOGUE, TAG_DOCUMENT, TAG_HEALTH};
-use crate::allocation::listing::{FOREIGN_CURSOR, Listing, ListingQuery};
+use crate::allocation::listing::{Listing, ListingQuery};
 use crate::http::allocations::ListQuery;
 use crate::http::ops::serde_urlencoded_query;
+use crate::ops::page::FOREIGN_CURSOR;
 
 /// The body of `POST /v1/allocations`, as documented; the edge and the origin both parse it with
 /// `AllocationRequest::parse`, which refuses unknown fields.

@@ -1,11 +1,13 @@
-//! Cursor pagination for operator listings: one opaque cursor codec over each listing's sort
-//! key, one limit rule, and the id-ordered [`Page`] most listings use.
+//! Cursor pagination for every listing: one opaque cursor codec over each listing's sort key,
+//! cursors bound to the client and filters they were made for, one limit rule, time filters
+//! exact to Postgres's microsecond, and the id-ordered [`Page`] most operator listings use.
 
 use allot_shared::ApiError;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -89,6 +91,72 @@ pub fn decode<K: CursorKey>(tag: &str, cursor: &str) -> Result<K, AppError> {
     text.strip_prefix(tag).and_then(|t| t.strip_prefix(':')).and_then(K::from_text).ok_or_else(bad)
 }
 
+/// Why a well-formed cursor is refused: it was made for another client or other filters.
+pub const FOREIGN_CURSOR: &str =
+    "was made for other filters or another client; send the same filters as the first page";
+
+/// A sort key with the [`scope`] its cursor is valid for.
+struct Scoped<K> {
+    scope: String,
+    key: K,
+}
+
+impl<K: CursorKey> CursorKey for Scoped<K> {
+    fn to_text(&self) -> String {
+        format!("{}:{}", self.scope, self.key.to_text())
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        let (scope, key) = text.split_once(':')?;
+        let scope_ok = scope.len() == 16 && scope.bytes().all(|b| b.is_ascii_hexdigit());
+        scope_ok.then(|| K::from_text(key).map(|key| Self { scope: scope.to_owned(), key }))?
+    }
+}
+
+/// The opaque cursor for `key` in the listing `tag`, valid only for `scope` (see [`scope`]).
+pub fn encode_scoped<K: CursorKey>(tag: &str, scope: String, key: K) -> String {
+    encode(tag, &Scoped { scope, key })
+}
+
+/// The key of a cursor of the listing `tag` made for `scope`, or `400 VALIDATION_FAILED`: a
+/// cursor made for another client or other filters is refused instead of skipping rows.
+pub fn decode_scoped<K: CursorKey>(tag: &str, cursor: &str, scope: &str) -> Result<K, AppError> {
+    let scoped: Scoped<K> = decode(tag, cursor)?;
+    if scoped.scope != scope {
+        return Err(ApiError::validation("cursor", FOREIGN_CURSOR).into());
+    }
+    Ok(scoped.key)
+}
+
+/// An RFC 3339 time from a query parameter, or `400` naming it.
+pub fn parse_time(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map_err(|_| ApiError::validation(field, "must be an RFC 3339 time, like 2026-11-27T16:05:31Z"))
+}
+
+/// The `created_after` and `created_before` filters, exact to the microsecond Postgres keeps:
+/// strictly after t is after its floor, strictly before t is before its ceiling, and nothing
+/// Postgres holds lies between t and either.
+pub fn created_between(
+    after: Option<&str>,
+    before: Option<&str>,
+) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), ApiError> {
+    let after = after.map(|v| parse_time("created_after", v)).transpose()?;
+    let before = before.map(|v| parse_time("created_before", v)).transpose()?;
+    Ok((after.map(floor_micros), before.map(ceil_micros)))
+}
+
+/// `t` without its sub-microsecond part (Postgres keeps microseconds).
+fn floor_micros(t: OffsetDateTime) -> OffsetDateTime {
+    t - Duration::nanoseconds(i64::from(t.nanosecond() % 1_000))
+}
+
+/// `t` rounded up to a whole microsecond: "before t" then means the same to Postgres.
+fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let floor = floor_micros(t);
+    if floor == t { t } else { floor + Duration::microseconds(1) }
+}
+
 /// A page's size: `default` when not given, else 1 to [`MAX_LIMIT`].
 pub fn limit(limit: Option<u32>, default: u32) -> Result<u32, AppError> {
     let limit = limit.unwrap_or(default);
@@ -143,6 +211,35 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scoped_cursor_keeps_its_text_and_is_refused_for_another_scope() {
+        let scope = "0123456789abcdef".to_owned();
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_000).unwrap();
+        let id = Uuid::from_u128(9);
+        let cursor = encode_scoped("l1", scope.clone(), (at, id));
+        let text = format!("l1:{scope}:1800000000123456000:{id}");
+        assert_eq!(cursor, URL_SAFE_NO_PAD.encode(text), "cursors already handed out stay valid");
+        assert_eq!(decode_scoped::<(OffsetDateTime, Uuid)>("l1", &cursor, &scope).unwrap(), (at, id));
+        let foreign = decode_scoped::<(OffsetDateTime, Uuid)>("l1", &cursor, "fedcba9876543210").unwrap_err();
+        assert_eq!(foreign.to_api_error().details.unwrap()["reason"], FOREIGN_CURSOR);
+        assert_eq!(decode_scoped::<i64>("g1", &encode_scoped("g1", scope.clone(), 42_i64), &scope).unwrap(), 42);
+        for junk in ["g1:0123456789abcdef:0", "g1:short:42", "g1:0123456789abcdeg:42", "g1:42"] {
+            let junk = URL_SAFE_NO_PAD.encode(junk);
+            let e = decode_scoped::<i64>("g1", &junk, &scope).unwrap_err().to_api_error();
+            assert_ne!(e.details.unwrap()["reason"], FOREIGN_CURSOR, "{junk}: not a cursor at all");
+        }
+    }
+
+    #[test]
+    fn created_between_is_exact_to_the_microsecond() {
+        let (after, before) =
+            created_between(Some("2026-11-27T16:05:31.0000005Z"), Some("2026-11-27T16:05:31.0000005Z")).unwrap();
+        let whole = OffsetDateTime::parse("2026-11-27T16:05:31Z", &Rfc3339).unwrap();
+        assert_eq!((after, before), (Some(whole), Some(whole + Duration::microseconds(1))));
+        let e = created_between(None, Some("2026-11-27")).unwrap_err();
+        assert_eq!(e.details.unwrap()["field"], "created_before");
+    }
 
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {

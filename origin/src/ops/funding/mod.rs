@@ -3,13 +3,18 @@
 //! statements as CSV. Every change writes its ledger entry, its balance and its audit row in one
 //! transaction; the ledger's account rules are in migration `20261127000011_funding`.
 
+mod discounts;
+mod postings;
+mod statement;
+
+pub use discounts::{clear_discount, set_discount};
+pub use postings::{Posted, adjust, deposit};
+pub use statement::{Period, STATEMENT_HEADER, STATEMENT_PAGE, Statement, csv_field, statement};
+
 use allot_shared::{ApiError, Currency, Denomination, ErrorCode};
-use bytes::Bytes;
-use futures::Stream;
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use super::audit::{self, Actor};
@@ -17,10 +22,6 @@ use crate::error::AppError;
 
 /// The most characters a ledger memo may have (the schema's CHECK).
 pub const MAX_MEMO_CHARS: usize = 500;
-/// Ledger entries a statement reads per query while it streams.
-pub const STATEMENT_PAGE: i64 = 1000;
-/// The statement's header row (a CSV line, with its line end).
-pub const STATEMENT_HEADER: &str = "entry_id,created_at,kind,amount,balance_after,allocation_id,card_id,memo,actor\r\n";
 
 /// The constraint a balance beyond its credit limit breaks.
 const WITHIN_CREDIT: &str = "funding_accounts_within_credit";
@@ -126,25 +127,6 @@ pub struct Funding {
     pub accounts: Vec<Account>,
     /// Its discounts, by product.
     pub discounts: Vec<Discount>,
-}
-
-/// A ledger entry an operator wrote (a deposit or an adjustment), and the account after it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-// Only serialised: `deny_unknown_fields` is for the schema (`additionalProperties: false`).
-#[serde(deny_unknown_fields)]
-pub struct Posted {
-    /// The ledger entry's id.
-    pub entry_id: i64,
-    /// `deposit` or `adjustment`.
-    pub kind: String,
-    /// The amount as it changed the balance (negative: a debit of the client).
-    #[schema(example = "100.00")]
-    pub amount: String,
-    /// The memo.
-    #[schema(required = true)]
-    pub memo: Option<String>,
-    /// The account after the entry.
-    pub account: Account,
 }
 
 /// What to change on an account; `None` leaves a setting as it is (a new account starts with
@@ -383,321 +365,6 @@ pub async fn set_account(
     Ok((account, opened))
 }
 
-/// Which entry an operator posts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Posting {
-    Deposit,
-    Adjustment,
-}
-
-/// Top up `client`'s account in `currency` by `amount` (a positive decimal string): one
-/// `deposit` entry (debit `deposits`, credit `client`) and the balance, in one transaction,
-/// audited as `funding.deposit`. A client without an account in the currency gets `404`.
-pub async fn deposit(
-    pool: &PgPool,
-    actor: &Actor,
-    client: Uuid,
-    currency: Currency,
-    amount: &str,
-    memo: Option<&str>,
-) -> Result<Posted, AppError> {
-    let minor = parse_amount("amount", amount, currency, Sign::Positive)?;
-    let memo = parse_memo(memo, false)?;
-    post(pool, actor, client, currency, Posting::Deposit, minor, memo).await
-}
-
-/// Adjust `client`'s balance in `currency` by `amount` (a signed, non-zero decimal string) with
-/// a mandatory memo: one `adjustment` entry (credit `client` from `adjustments` when positive,
-/// the other way round when negative) and the balance, in one transaction, audited as
-/// `funding.adjust`. One that would take the balance past the credit limit is refused.
-pub async fn adjust(
-    pool: &PgPool,
-    actor: &Actor,
-    client: Uuid,
-    currency: Currency,
-    amount: &str,
-    memo: Option<&str>,
-) -> Result<Posted, AppError> {
-    let minor = parse_amount("amount", amount, currency, Sign::NonZero)?;
-    let memo = parse_memo(memo, true)?;
-    post(pool, actor, client, currency, Posting::Adjustment, minor, memo).await
-}
-
-async fn post(
-    pool: &PgPool,
-    actor: &Actor,
-    client: Uuid,
-    currency: Currency,
-    posting: Posting,
-    signed_minor: i64,
-    memo: Option<String>,
-) -> Result<Posted, AppError> {
-    debug_assert!(signed_minor != 0 && (posting == Posting::Adjustment || signed_minor > 0));
-    let (kind, debit, credit, action) = match (posting, signed_minor > 0) {
-        (Posting::Deposit, _) => ("deposit", "deposits", "client", "funding.deposit"),
-        (Posting::Adjustment, true) => ("adjustment", "adjustments", "client", "funding.adjust"),
-        (Posting::Adjustment, false) => ("adjustment", "client", "adjustments", "funding.adjust"),
-    };
-    let mut tx = pool.begin().await?;
-    client_exists(&mut tx, client).await?;
-    // The balance first: it locks the row, and a debit past the credit limit fails here.
-    let after: Option<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE funding_accounts SET balance_minor = balance_minor + $3, updated_at = now()
-          WHERE client_id = $1 AND currency = $2
-         RETURNING {ACCOUNT_COLUMNS}"
-    )))
-    .bind(client)
-    .bind(currency.code())
-    .bind(signed_minor)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(|e| beyond_credit(e, "amount", ADJUSTMENT_BEYOND_CREDIT))?;
-    let after = after.ok_or_else(|| no_account(client, currency))?;
-    let (entry_id, _at): (i64, OffsetDateTime) = sqlx::query_as(
-        "INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor, memo, actor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at",
-    )
-    .bind(client)
-    .bind(currency.code())
-    .bind(kind)
-    .bind(debit)
-    .bind(credit)
-    .bind(signed_minor.abs())
-    .bind(&memo)
-    .bind(actor.name())
-    .fetch_one(&mut *tx)
-    .await?;
-    let amount = currency.format_minor(signed_minor);
-    let account = after.to_account()?;
-    let change = serde_json::json!({
-        "currency": currency.code(), "amount": amount, "memo": memo, "entry_id": entry_id,
-        "balance": account.balance,
-    });
-    audit::record(&mut tx, actor, action, &client.to_string(), change).await?;
-    tx.commit().await?;
-    Ok(Posted { entry_id, kind: kind.to_owned(), amount, memo, account })
-}
-
-async fn product_exists(conn: &mut PgConnection, product: &str) -> Result<(), AppError> {
-    let found: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM products WHERE id = $1").bind(product).fetch_optional(conn).await?;
-    found.map(|_| ()).ok_or_else(|| AppError::api(ErrorCode::NotFound, format!("no product {product:?}")))
-}
-
-/// Set `client`'s discount on `product` to `bps` basis points (0..=10000); audited as
-/// `discount.set` with the previous value.
-pub async fn set_discount(
-    pool: &PgPool,
-    actor: &Actor,
-    client: Uuid,
-    product: &str,
-    bps: i64,
-) -> Result<Discount, AppError> {
-    if !(0..=10_000).contains(&bps) {
-        return Err(ApiError::validation("discount_bps", "must be 0 to 10000 basis points (100 = 1 %)").into());
-    }
-    let bps = bps as i32;
-    let mut tx = pool.begin().await?;
-    client_exists(&mut tx, client).await?;
-    product_exists(&mut tx, product).await?;
-    let previous: Option<i32> = sqlx::query_scalar(
-        "SELECT discount_bps FROM client_discounts WHERE client_id = $1 AND product_id = $2 FOR UPDATE",
-    )
-    .bind(client)
-    .bind(product)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let discount: Discount = sqlx::query_as(
-        "INSERT INTO client_discounts (client_id, product_id, discount_bps) VALUES ($1, $2, $3)
-         ON CONFLICT (client_id, product_id) DO UPDATE SET discount_bps = EXCLUDED.discount_bps, updated_at = now()
-         RETURNING client_id, product_id, discount_bps, updated_at",
-    )
-    .bind(client)
-    .bind(product)
-    .bind(bps)
-    .fetch_one(&mut *tx)
-    .await?;
-    let change = serde_json::json!({ "product_id": product, "discount_bps": bps, "previous_bps": previous });
-    audit::record(&mut tx, actor, "discount.set", &client.to_string(), change).await?;
-    tx.commit().await?;
-    Ok(discount)
-}
-
-/// Remove `client`'s discount on `product` (it pays face value); returns the discount it had,
-/// `None` when it had none (nothing written, no audit row). Audited as `discount.clear`.
-pub async fn clear_discount(
-    pool: &PgPool,
-    actor: &Actor,
-    client: Uuid,
-    product: &str,
-) -> Result<Option<i32>, AppError> {
-    let mut tx = pool.begin().await?;
-    client_exists(&mut tx, client).await?;
-    product_exists(&mut tx, product).await?;
-    let removed: Option<i32> = sqlx::query_scalar(
-        "DELETE FROM client_discounts WHERE client_id = $1 AND product_id = $2 RETURNING discount_bps",
-    )
-    .bind(client)
-    .bind(product)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(bps) = removed {
-        let change = serde_json::json!({ "product_id": product, "previous_bps": bps });
-        audit::record(&mut tx, actor, "discount.clear", &client.to_string(), change).await?;
-    }
-    tx.commit().await?;
-    Ok(removed)
-}
-
-/// One field of a CSV line: quoted when it holds a comma, a quote or a line break (quotes
-/// doubled), and a text that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab)
-/// is prefixed with `'`.
-pub fn csv_field(text: &str) -> String {
-    let guarded = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}") } else { text.to_owned() };
-    if guarded.contains([',', '"', '\n', '\r']) { format!("\"{}\"", guarded.replace('"', "\"\"")) } else { guarded }
-}
-
-/// One statement row as read.
-#[derive(Debug, sqlx::FromRow)]
-struct StatementRow {
-    id: i64,
-    created_at: OffsetDateTime,
-    kind: String,
-    signed_minor: i64,
-    allocation_id: Option<Uuid>,
-    card_id: Option<i64>,
-    memo: Option<String>,
-    actor: Option<String>,
-}
-
-/// The period of a statement: entries created at or after `from` and before `to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Period {
-    /// At or after; `None`: from the account's first entry.
-    pub from: Option<OffsetDateTime>,
-    /// Before; `None`: now.
-    pub to: Option<OffsetDateTime>,
-}
-
-/// A statement ready to stream: its file name and its CSV lines.
-pub struct Statement {
-    /// `statement-<client>-<currency>.csv`.
-    pub file_name: String,
-    /// The header row, then one row per entry, each line ending in CRLF. An error ends the
-    /// stream early (the file is then cut short, and the transfer fails).
-    pub lines: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, AppError>> + Send>>,
-}
-
-/// Streaming state: the snapshot's transaction, the last entry written, the running balance.
-struct Cursor {
-    tx: Transaction<'static, Postgres>,
-    client: Uuid,
-    currency: Currency,
-    period: Period,
-    after_id: i64,
-    balance: i64,
-    header: bool,
-    done: bool,
-}
-
-/// The ledger entries of `client` in `currency` in `period`, oldest first (by entry id), as
-/// CSV with a running balance that starts from the balance at `from` (the sum of the entries
-/// before it). Streamed a page of [`STATEMENT_PAGE`] entries at a time from one repeatable-read
-/// snapshot, so any length is one consistent statement. A missing account is `404` before
-/// anything streams.
-pub async fn statement(pool: &PgPool, client: Uuid, currency: Currency, period: Period) -> Result<Statement, AppError> {
-    if let (Some(from), Some(to)) = (period.from, period.to)
-        && from >= to
-    {
-        return Err(ApiError::validation("to", "must be after from").into());
-    }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    client_exists(&mut tx, client).await?;
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM funding_accounts WHERE client_id = $1 AND currency = $2")
-            .bind(client)
-            .bind(currency.code())
-            .fetch_optional(&mut *tx)
-            .await?;
-    if exists.is_none() {
-        return Err(no_account(client, currency));
-    }
-    let opening: i64 = match period.from {
-        None => 0,
-        Some(from) => sqlx::query_scalar(
-            "SELECT COALESCE(sum(CASE WHEN credit_account = 'client' THEN amount_minor ELSE -amount_minor END), 0)::bigint
-               FROM ledger_entries WHERE client_id = $1 AND currency = $2 AND created_at < $3",
-        )
-        .bind(client)
-        .bind(currency.code())
-        .bind(from)
-        .fetch_one(&mut *tx)
-        .await?,
-    };
-    let cursor = Cursor { tx, client, currency, period, after_id: 0, balance: opening, header: true, done: false };
-    let lines = futures::stream::try_unfold(cursor, next_lines);
-    Ok(Statement { file_name: format!("statement-{client}-{currency}.csv"), lines: Box::pin(lines) })
-}
-
-/// The next chunk of a statement: the header, then a page of rows; `None` once all are out.
-async fn next_lines(mut c: Cursor) -> Result<Option<(Bytes, Cursor)>, AppError> {
-    if c.header {
-        c.header = false;
-        return Ok(Some((Bytes::from_static(STATEMENT_HEADER.as_bytes()), c)));
-    }
-    if c.done {
-        return Ok(None);
-    }
-    let rows: Vec<StatementRow> = sqlx::query_as(
-        "SELECT id, created_at, kind,
-                CASE WHEN credit_account = 'client' THEN amount_minor ELSE -amount_minor END AS signed_minor,
-                allocation_id, card_id, memo, actor
-           FROM ledger_entries
-          WHERE client_id = $1 AND currency = $2 AND id > $3
-            AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
-          ORDER BY id LIMIT $6",
-    )
-    .bind(c.client)
-    .bind(c.currency.code())
-    .bind(c.after_id)
-    .bind(c.period.from)
-    .bind(c.period.to)
-    .bind(STATEMENT_PAGE)
-    .fetch_all(&mut *c.tx)
-    .await?;
-    if rows.len() < STATEMENT_PAGE as usize {
-        c.done = true;
-    }
-    if rows.is_empty() {
-        // Ends the snapshot's read-only transaction (dropping it would roll back just the same).
-        return Ok(None);
-    }
-    let mut out = String::with_capacity(rows.len() * 128);
-    for r in &rows {
-        c.balance = c.balance.checked_add(r.signed_minor).ok_or_else(|| {
-            AppError::Internal(anyhow::anyhow!("the running balance of client {} overflows", c.client))
-        })?;
-        debug_assert!(r.id > c.after_id, "entries come in id order");
-        c.after_id = r.id;
-        let at = r.created_at.to_offset(time::UtcOffset::UTC).format(&Rfc3339).map_err(anyhow::Error::from)?;
-        let fields = [
-            r.id.to_string(),
-            at,
-            r.kind.clone(),
-            c.currency.format_minor(r.signed_minor),
-            c.currency.format_minor(c.balance),
-            r.allocation_id.map(|a| a.to_string()).unwrap_or_default(),
-            r.card_id.map(|a| a.to_string()).unwrap_or_default(),
-            csv_field(r.memo.as_deref().unwrap_or("")),
-            csv_field(r.actor.as_deref().unwrap_or("")),
-        ];
-        out.push_str(&fields.join(","));
-        out.push_str("\r\n");
-    }
-    Ok(Some((Bytes::from(out), c)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,17 +414,5 @@ mod tests {
         assert!(parse_memo(Some("a\nb"), false).is_err());
         assert!(parse_memo(Some(&"é".repeat(500)), true).is_ok());
         assert!(parse_memo(Some(&"é".repeat(501)), true).is_err());
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_and_formula_safe() {
-        assert_eq!(csv_field("plain memo"), "plain memo");
-        assert_eq!(csv_field(""), "");
-        assert_eq!(csv_field("a, b"), "\"a, b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
-        assert_eq!(csv_field("=SUM(A1)"), "'=SUM(A1)");
-        assert_eq!(csv_field("-1,5"), "\"'-1,5\"");
-        assert_eq!(csv_field("@x"), "'@x");
     }
 }

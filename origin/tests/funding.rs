@@ -38,9 +38,9 @@ async fn fund(app: &TestApp, client: Uuid, currency: &str, balance_minor: i64, c
 
 async fn deposit(app: &TestApp, client: Uuid, currency: &str, amount_minor: i64) {
     let c = Currency::parse(currency).unwrap();
-    funding::deposit(&app.pool, &Actor::cli(), client, c, &c.format_minor(amount_minor), Some("test deposit"))
-        .await
-        .unwrap();
+    let amount = c.format_minor(amount_minor);
+    let entry = funding::Entry { amount: &amount, memo: Some("test deposit"), idempotency_key: None };
+    funding::deposit(&app.pool, &Actor::cli(), client, c, &entry).await.unwrap();
 }
 
 async fn balance(app: &TestApp, client: Uuid, currency: &str) -> i64 {

@@ -280,6 +280,109 @@ async fn a_top_up_writes_its_balance_and_ledger_entry_together_or_neither() {
     app.finish().await;
 }
 
+/// Post to `…/funding/{currency}/{kind}` with an `Idempotency-Key`.
+async fn post_keyed(app: &TestApp, token: &str, currency: &str, kind: &str, key: &str, body: Value) -> Reply {
+    let path = format!("/ops/v1/clients/{}/funding/{currency}/{kind}", app.client_id);
+    app.ops_with("POST", &path, Some(token), &[("idempotency-key", key)], Some(body)).await
+}
+
+#[tokio::test]
+async fn a_keyed_posting_is_posted_once_however_often_and_concurrently_it_is_sent() {
+    let app = TestApp::spawn().await;
+    let (operator, admin) = (operator_token(&app, "operator").await, operator_token(&app, "admin").await);
+    let base = format!("/ops/v1/clients/{}/funding", app.client_id);
+    for currency in ["EUR", "USD"] {
+        assert_eq!(app.ops("PUT", &format!("{base}/{currency}"), Some(&admin), Some(json!({}))).await.status, 201);
+    }
+    let top_up = json!({ "amount": "100.00", "memo": "wire 8812" });
+
+    let first = post_keyed(&app, &operator, "EUR", "deposits", "wire-8812", top_up.clone()).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = post_keyed(&app, &operator, "EUR", "deposits", "wire-8812", top_up.clone()).await;
+    assert_eq!(again.status, 201, "{:?}", again.body);
+    assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(again.json()["entry_id"], first.json()["entry_id"]);
+    assert_eq!(again.json()["account"]["balance"], "100.00");
+    assert_documented("POST", "/ops/v1/clients/{id}/funding/{currency}/deposits", &again);
+    assert_eq!(writes(&app).await, (1, 3, 10_000), "one entry, one deposit audited (and two opens)");
+
+    // Sent at once under one key: one entry, every answer names it.
+    let body = json!({ "amount": "5.00" });
+    let sends = (0..12).map(|_| post_keyed(&app, &operator, "EUR", "deposits", "desk-5", body.clone()));
+    let answers = futures::future::join_all(sends).await;
+    let ids: Vec<Value> = answers.iter().map(|r| r.json()["entry_id"].clone()).collect();
+    assert!(answers.iter().all(|r| r.status == 201), "{answers:?}");
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one entry: {ids:?}");
+    let fresh = answers.iter().filter(|r| r.header("idempotent-replayed").is_none()).count();
+    assert_eq!(fresh, 1, "exactly one request posted it");
+    assert_eq!(writes(&app).await, (2, 4, 10_500));
+
+    // The key with another posting: 422, nothing written.
+    let other_amount = post_keyed(&app, &operator, "EUR", "deposits", "wire-8812", json!({ "amount": "99.00" })).await;
+    assert_eq!((other_amount.status, other_amount.error_code()), (422, "IDEMPOTENCY_MISMATCH".to_owned()));
+    assert!(other_amount.json()["error"]["message"].as_str().unwrap().contains("deposit of 100.00"));
+    assert_documented("POST", "/ops/v1/clients/{id}/funding/{currency}/deposits", &other_amount);
+    let other_memo = post_keyed(&app, &operator, "EUR", "deposits", "wire-8812", json!({ "amount": "100.00" })).await;
+    assert_eq!(other_memo.status, 422, "the memo is part of the posting");
+    let adjustment = json!({ "amount": "100.00", "memo": "wire 8812" });
+    let other_kind = post_keyed(&app, &admin, "EUR", "adjustments", "wire-8812", adjustment).await;
+    assert_eq!(other_kind.status, 422, "an adjustment is another posting");
+    assert_eq!(writes(&app).await, (2, 4, 10_500));
+
+    // A malformed key, or one sent twice: 400 naming it, nothing written.
+    for headers in [&[("idempotency-key", "two words")][..], &[("idempotency-key", "a"), ("idempotency-key", "b")]] {
+        let r =
+            app.ops_with("POST", &format!("{base}/EUR/deposits"), Some(&operator), headers, Some(body.clone())).await;
+        assert_eq!((r.status, r.json()["error"]["details"]["field"].clone()), (400, json!("Idempotency-Key")));
+    }
+    assert_eq!(writes(&app).await, (2, 4, 10_500));
+
+    // A key is per account: the same key on the USD account posts there.
+    let usd = post_keyed(&app, &operator, "USD", "deposits", "wire-8812", top_up).await;
+    assert_eq!((usd.status, usd.header("idempotent-replayed")), (201, None));
+    // An adjustment keyed and repeated: one entry.
+    let fee = json!({ "amount": "-2.50", "memo": "fee" });
+    let adjusted = post_keyed(&app, &admin, "EUR", "adjustments", "fee-1", fee.clone()).await;
+    let repeated = post_keyed(&app, &admin, "EUR", "adjustments", "fee-1", fee).await;
+    assert_eq!((adjusted.status, repeated.status), (201, 201));
+    assert_eq!(repeated.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(repeated.json()["entry_id"], adjusted.json()["entry_id"]);
+    assert_eq!(balance_minor(&app, "EUR").await, 10_250);
+    let keyed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT currency, idempotency_key FROM ledger_entries WHERE idempotency_key IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected = [("EUR", "wire-8812"), ("EUR", "desk-5"), ("USD", "wire-8812"), ("EUR", "fee-1")];
+    assert_eq!(keyed, expected.map(|(c, k)| (c.to_owned(), k.to_owned())));
+    assert_eq!(app.audit_rows("funding.deposit").await[0].2["idempotency_key"], "wire-8812");
+    let found = ledger_check::check(&app.pool).await.unwrap();
+    assert_eq!((found.accounts, found.divergent), (2, 0));
+
+    // The table holds the rule too: a key on an allocation's entry, a malformed key, a key twice.
+    let insert = |kind: &str, key: &str| {
+        let allocation = if kind == "allocation" { "gen_random_uuid()" } else { "NULL" };
+        let (debit, credit) = if kind == "allocation" { ("client", "sales") } else { ("deposits", "client") };
+        format!(
+            "INSERT INTO ledger_entries (client_id, currency, kind, debit_account, credit_account, amount_minor,
+                                         allocation_id, idempotency_key)
+             VALUES ('{}', 'EUR', '{kind}', '{debit}', '{credit}', 1, {allocation}, '{key}')",
+            app.client_id
+        )
+    };
+    for (kind, key, constraint) in [
+        ("allocation", "k-1", "ledger_entries_idempotency_key_shape"),
+        ("deposit", "two words", "ledger_entries_idempotency_key_shape"),
+        ("deposit", "wire-8812", "ledger_entries_one_posting_per_key"),
+    ] {
+        let e = sqlx::raw_sql(sqlx::AssertSqlSafe(insert(kind, key))).execute(&app.pool).await.unwrap_err();
+        assert!(e.to_string().contains(constraint), "{kind} {key:?}: {e}");
+    }
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn the_credit_limit_and_bad_amounts_are_refused_with_400_and_nothing_is_written() {
     let app = TestApp::spawn().await;
@@ -555,6 +658,15 @@ async fn the_cli_opens_tops_up_adjusts_and_writes_statements_as_cli_user() {
     assert!(ok && out.contains("300 bps"), "{out}");
     let (ok, _, err) = allot_cli(&app, &["funding", "deposit", &client, "USD", "1"]);
     assert!(!ok && err.contains("no funding account in USD"), "{err}");
+    // Run again with its key, a deposit is answered, not posted twice.
+    let keyed = ["funding", "deposit", &client, "EUR", "1.00", "--idempotency-key", "cli-1"];
+    let (ok, first, err) = allot_cli(&app, &keyed);
+    assert!(ok && !err.contains("already posted"), "{err}");
+    let (ok, again, err) = allot_cli(&app, &keyed);
+    assert!(ok && err.contains("already posted under this idempotency key"), "{err}");
+    let entry_id = |out: &str| serde_json::from_str::<Value>(out).unwrap()["entry_id"].clone();
+    assert_eq!(entry_id(&first), entry_id(&again));
+    assert_eq!(balance_minor(&app, "EUR").await, -450);
     let actors: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT actor FROM audit_log WHERE action LIKE 'funding.%' OR action LIKE 'discount.%'",
     )
@@ -562,8 +674,15 @@ async fn the_cli_opens_tops_up_adjusts_and_writes_statements_as_cli_user() {
     .await
     .unwrap();
     assert_eq!(actors, ["cli:ana"]);
-    assert_eq!(app.count("audit_log", "action LIKE 'funding.%' OR action LIKE 'discount.%'").await, 5);
+    assert_eq!(app.count("audit_log", "action LIKE 'funding.%' OR action LIKE 'discount.%'").await, 6);
     app.finish().await;
+}
+
+/// The value of the first hidden input named `name` in `html`.
+fn hidden_value(html: &str, name: &str) -> String {
+    let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no {name} in {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
 }
 
 /// A console session of `token`: (cookie, CSRF token).
@@ -633,21 +752,31 @@ async fn the_console_shows_balances_tops_up_sets_accounts_and_downloads_statemen
     assert_eq!(balance_minor(&app, "EUR").await, 1234);
     let rows = app.audit_rows("funding.deposit").await;
     assert!(rows[0].3.is_some(), "audited with the request id");
+    // The same form sent twice (a double click): the second is answered, not posted.
+    let form_key = hidden_value(&html, "idempotency_key");
+    for _ in 0..2 {
+        let fields = vec![("csrf", operator_csrf.as_str()), ("amount", "1.00"), ("idempotency_key", form_key.as_str())];
+        assert_eq!(post(&operator, format!("{base}/EUR/deposit"), fields).await.unwrap().status(), 303);
+    }
+    let html = get(&operator, &page).await.unwrap().text().await.unwrap();
+    assert!(html.contains("This top-up was already posted"), "{html}");
+    assert_ne!(hidden_value(&html, "idempotency_key"), form_key, "each form shown has its own key");
+    assert_eq!(balance_minor(&app, "EUR").await, 1334);
     let fields = vec![("csrf", operator_csrf.as_str()), ("amount", "1.001")];
     assert_eq!(post(&operator, format!("{base}/EUR/deposit"), fields).await.unwrap().status(), 303);
     let html = get(&operator, &page).await.unwrap().text().await.unwrap();
     assert!(html.contains("has more decimal places than the currency allows"), "said in words: {html}");
-    assert_eq!(balance_minor(&app, "EUR").await, 1234);
+    assert_eq!(balance_minor(&app, "EUR").await, 1334);
     let html = get(&viewer, &page).await.unwrap().text().await.unwrap();
-    assert!(html.contains("12.34 EUR") && !html.contains("name=\"amount\""), "{html}");
+    assert!(html.contains("13.34 EUR") && !html.contains("name=\"amount\""), "{html}");
     let list = get(&viewer, &format!("{}/ops/clients", app.operator)).await.unwrap().text().await.unwrap();
-    assert!(list.contains("12.34 EUR"), "the list shows balances: {list}");
+    assert!(list.contains("13.34 EUR"), "the list shows balances: {list}");
 
     let csv = get(&viewer, &format!("{}{base}/EUR/statement.csv?from=&to=", app.operator)).await.unwrap();
     assert_eq!(csv.status(), 200);
     assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
     let rows = parse_csv(&csv.text().await.unwrap());
-    assert_eq!((rows.len(), rows[1][3].as_str(), rows[1][7].as_str()), (2, "12.34", "desk top-up"));
+    assert_eq!((rows.len(), rows[1][3].as_str(), rows[1][7].as_str()), (3, "12.34", "desk top-up"));
     let dated = get(&viewer, &format!("{}{base}/EUR/statement.csv?from=2000-01-01&to=2000-01-02", app.operator));
     assert_eq!(parse_csv(&dated.await.unwrap().text().await.unwrap()).len(), 1, "only the header");
     app.finish().await;

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use allot_origin::ops::Actor;
-use allot_origin::ops::funding::{self, AccountChange, Period, parse_currency};
+use allot_origin::ops::funding::{self, AccountChange, Entry, Period, Receipt, parse_currency};
 use clap::Subcommand;
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -55,6 +55,10 @@ pub enum FundingAction {
         /// A payment reference, say.
         #[arg(long)]
         memo: Option<String>,
+        /// Post at most once under this key (1-255 visible ASCII characters): run again with
+        /// the same key, the command answers the entry it made instead of posting another.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Adjust a client's balance by a signed amount (-12.50 debits the client), saying why.
     Adjust {
@@ -68,6 +72,9 @@ pub enum FundingAction {
         /// Why (required).
         #[arg(long)]
         memo: String,
+        /// Post at most once under this key, as for a deposit.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Write a client's statement in a currency as CSV (stdout, or --out FILE).
     Statement {
@@ -87,6 +94,14 @@ pub enum FundingAction {
     },
 }
 
+/// The entry as JSON; a repeat under the same key says on stderr that nothing was posted.
+fn print_receipt(receipt: Receipt) -> anyhow::Result<()> {
+    if receipt.replayed {
+        eprintln!("already posted under this idempotency key (entry {}); nothing was written", receipt.posted.entry_id);
+    }
+    print_json(&receipt.posted)
+}
+
 /// Run `allot funding …`.
 pub async fn run(action: FundingAction) -> anyhow::Result<()> {
     let pool = admin_pool().await?;
@@ -102,16 +117,15 @@ pub async fn run(action: FundingAction) -> anyhow::Result<()> {
             println!("{} the {currency} account of client {client}", if opened { "opened" } else { "changed" });
             print_json(&account)?;
         }
-        FundingAction::Deposit { client, currency, amount, memo } => {
+        FundingAction::Deposit { client, currency, amount, memo, idempotency_key } => {
             let currency = parse_currency(&currency).map_err(fail)?;
-            let posted =
-                funding::deposit(&pool, &actor, client, currency, &amount, memo.as_deref()).await.map_err(fail)?;
-            print_json(&posted)?;
+            let entry = Entry { amount: &amount, memo: memo.as_deref(), idempotency_key: idempotency_key.as_deref() };
+            print_receipt(funding::deposit(&pool, &actor, client, currency, &entry).await.map_err(fail)?)?;
         }
-        FundingAction::Adjust { client, currency, amount, memo } => {
+        FundingAction::Adjust { client, currency, amount, memo, idempotency_key } => {
             let currency = parse_currency(&currency).map_err(fail)?;
-            let posted = funding::adjust(&pool, &actor, client, currency, &amount, Some(&memo)).await.map_err(fail)?;
-            print_json(&posted)?;
+            let entry = Entry { amount: &amount, memo: Some(&memo), idempotency_key: idempotency_key.as_deref() };
+            print_receipt(funding::adjust(&pool, &actor, client, currency, &entry).await.map_err(fail)?)?;
         }
         FundingAction::Statement { client, currency, from, to, out } => {
             let currency = parse_currency(&currency).map_err(fail)?;

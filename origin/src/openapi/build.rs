@@ -56,6 +56,18 @@ pub fn formatted_string(format: &str, description: &str) -> Schema {
         .into()
 }
 
+/// The schema of an `Idempotency-Key` header: 1-255 visible ASCII characters.
+pub fn idempotency_key_schema(description: &str, example: &str) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(255))
+        .pattern(Some("^[\\x21-\\x7E]+$"))
+        .description(Some(description))
+        .examples([example])
+        .into()
+}
+
 /// A response header with a string schema.
 pub fn header(description: &str) -> Header {
     HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(Type::String)).description(Some(description)).build()

@@ -19,7 +19,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, HttpMethod, ResponseBuilder};
 use uuid::Uuid;
 
-use super::build::{Op, formatted_string, header, link, request_id_header, schema_ref, string};
+use super::build::{Op, formatted_string, header, idempotency_key_schema, link, request_id_header, schema_ref, string};
 use super::gate::{declared_body_too_large, gate_errors, rate_limit_headers, real};
 use super::{API_KEY_SCHEME, TAG_ALLOCATIONS, TAG_CATALOGUE, TAG_DOCUMENT, TAG_HEALTH};
 use crate::allocation::listing::{Listing, ListingQuery};
@@ -134,16 +134,11 @@ fn location_header() -> utoipa::openapi::Header {
 }
 
 fn create_allocation() -> Op {
-    let idempotency_key = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .min_length(Some(1))
-        .max_length(Some(255))
-        .pattern(Some("^[\\x21-\\x7E]+$"))
-        .description(Some(
-            "Your key for this request: 1-255 visible ASCII characters, sent once. Retrying with the same key \
-             and body replays the first answer; with another body it is 422 IDEMPOTENCY_MISMATCH.",
-        ))
-        .examples(["order-1042-attempt"]);
+    let idempotency_key = idempotency_key_schema(
+        "Your key for this request: 1-255 visible ASCII characters, sent once. Retrying with the same key \
+         and body replays the first answer; with another body it is 422 IDEMPOTENCY_MISMATCH.",
+        "order-1042-attempt",
+    );
     let replayed = header("`true` when this is the stored answer to an earlier request with the same key.");
     let invalid_body = real(AllocationRequest::parse(
         br#"{"product_id":"gift-usd","denomination":"25.00","quantity":0}"#,
@@ -172,7 +167,7 @@ fn create_allocation() -> Op {
         ))
         .tag(TAG_ALLOCATIONS)
         .security(API_KEY_SCHEME)
-        .header_param("Idempotency-Key", true, idempotency_key.into())
+        .header_param("Idempotency-Key", true, idempotency_key)
         .header_param(
             "traceparent",
             false,

@@ -544,9 +544,24 @@ pub async fn operator_token(app: &TestApp, role: &str) -> String {
 impl TestApp {
     /// A request to the operator API with `token` (none: unauthenticated), JSON body if given.
     pub async fn ops(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Reply {
+        self.ops_with(method, path, token, &[], body).await
+    }
+
+    /// [`TestApp::ops`] with more header lines (a name may repeat).
+    pub async fn ops_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Reply {
         let mut req = self
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", self.operator));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }

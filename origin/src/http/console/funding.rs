@@ -15,7 +15,7 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::ops::funding::csv_response;
 use crate::http::ops::operators::parse_uuid;
-use crate::ops::funding::{self, Account, AccountChange, Funding, Period, parse_currency};
+use crate::ops::funding::{self, Account, AccountChange, Entry, Funding, Period, parse_currency};
 
 /// A balance as a cell: the amount and currency, marked when low.
 pub fn balance(a: &Account) -> Markup {
@@ -65,6 +65,8 @@ pub fn section(console: &Console, f: &Funding) -> Markup {
                                 td {
                                     form.inline method="post" action={ (base) "/" (a.currency) "/deposit" } {
                                         (layout::csrf(console))
+                                        // One key per form shown: a second submit of it is answered, not posted.
+                                        input type="hidden" name="idempotency_key" value=(uuid::Uuid::new_v4());
                                         label { span.hint { "amount" }
                                             input type="text" name="amount" required inputmode="decimal" size="10";
                                         }
@@ -112,6 +114,8 @@ pub fn section(console: &Console, f: &Funding) -> Markup {
 pub struct DepositForm {
     amount: String,
     memo: Option<String>,
+    /// Made when the form was shown.
+    idempotency_key: Option<String>,
 }
 
 /// `POST /ops/clients/{id}/funding/{currency}/deposit`.
@@ -125,8 +129,18 @@ pub async fn deposit(
     let outcome = async {
         let currency = parse_currency(&currency)?;
         let amount = f.amount.trim();
-        let posted = funding::deposit(&st.db.primary, &console.actor, id, currency, amount, f.memo.as_deref()).await?;
-        Ok(format!("Topped up {} {currency}: the balance is now {} {currency}.", posted.amount, posted.account.balance))
+        let key = f.idempotency_key.as_deref().filter(|k| !k.is_empty());
+        let entry = Entry { amount, memo: f.memo.as_deref(), idempotency_key: key };
+        let receipt = funding::deposit(&st.db.primary, &console.actor, id, currency, &entry).await?;
+        let (posted, balance) = (&receipt.posted, &receipt.posted.account.balance);
+        Ok(if receipt.replayed {
+            format!(
+                "This top-up was already posted (entry {}, {} {currency}); nothing more was added. The balance is {balance} {currency}.",
+                posted.entry_id, posted.amount
+            )
+        } else {
+            format!("Topped up {} {currency}: the balance is now {balance} {currency}.", posted.amount)
+        })
     }
     .await;
     console.finish(&st, outcome, &format!("/ops/clients/{id}")).await

@@ -1,10 +1,12 @@
 //! `/ops/v1/clients/{id}/funding` and `/ops/v1/clients/{id}/discounts`: a client's accounts,
 //! opening and changing them, top-ups, adjustments, CSV statements, and discounts.
 
+use allot_shared::headers::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use allot_shared::request_headers;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Deserializer};
@@ -14,7 +16,8 @@ use super::operators::parse_uuid;
 use super::{JsonBody, OpsCaller, QueryOf};
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::ops::funding::{self, AccountChange, Period, parse_currency};
+use crate::http::gate::joined;
+use crate::ops::funding::{self, AccountChange, Entry, Period, Receipt, parse_currency};
 
 /// A field that may be absent (unchanged) or `null` (cleared).
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
@@ -85,13 +88,14 @@ pub async fn deposit(
     State(st): State<AppState>,
     caller: OpsCaller,
     Path((id, currency)): Path<(String, String)>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<EntryBody>,
 ) -> Result<Response, AppError> {
     let id = parse_uuid("id", &id)?;
     let currency = parse_currency(&currency)?;
-    let posted =
-        funding::deposit(&st.db.primary, &caller.actor, id, currency, &body.amount, body.memo.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(posted)).into_response())
+    let key = idempotency_key(&headers)?;
+    let entry = Entry { amount: &body.amount, memo: body.memo.as_deref(), idempotency_key: key.as_deref() };
+    Ok(created(funding::deposit(&st.db.primary, &caller.actor, id, currency, &entry).await?))
 }
 
 /// Adjust a client's balance by a signed amount, with a memo.
@@ -99,13 +103,29 @@ pub async fn adjust(
     State(st): State<AppState>,
     caller: OpsCaller,
     Path((id, currency)): Path<(String, String)>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<EntryBody>,
 ) -> Result<Response, AppError> {
     let id = parse_uuid("id", &id)?;
     let currency = parse_currency(&currency)?;
-    let posted =
-        funding::adjust(&st.db.primary, &caller.actor, id, currency, &body.amount, body.memo.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(posted)).into_response())
+    let key = idempotency_key(&headers)?;
+    let entry = Entry { amount: &body.amount, memo: body.memo.as_deref(), idempotency_key: key.as_deref() };
+    Ok(created(funding::adjust(&st.db.primary, &caller.actor, id, currency, &entry).await?))
+}
+
+/// The optional `Idempotency-Key` of a posting: `400` when malformed or sent more than once.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(key) = joined(headers, IDEMPOTENCY_KEY) else { return Ok(None) };
+    Ok(Some(request_headers::idempotency_key(Some(&key))?.to_owned()))
+}
+
+/// `201` with the entry; a repeat of an earlier request says so in `Idempotent-Replayed: true`.
+fn created(receipt: Receipt) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(receipt.posted)).into_response();
+    if receipt.replayed {
+        resp.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    resp
 }
 
 /// `GET …/statement.csv`'s query; unknown parameters are refused.

@@ -1,16 +1,18 @@
 //! `/ops/v1/clients/{id}/funding` and `/ops/v1/clients/{id}/discounts`: a client's funding
 //! accounts, opening and changing them, top-ups, adjustments, CSV statements, and discounts.
 
-use allot_shared::{ApiError, Currency, ErrorCode};
+use allot_shared::headers::IDEMPOTENT_REPLAYED;
+use allot_shared::{ApiError, Currency, ErrorCode, request_headers};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
-use utoipa::openapi::{ContentBuilder, HttpMethod, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Header, HttpMethod, ResponseBuilder};
 use uuid::Uuid;
 
 use super::{bad_body, bad_input, op, unknown_parameter};
 use crate::http::ops::funding as handler;
-use crate::openapi::build::{Op, formatted_string, header, request_id_header, string};
+use crate::openapi::build::{Op, formatted_string, header, idempotency_key_schema, request_id_header, string};
+use crate::openapi::gate::real;
 use crate::ops::funding::{self as service, Account, Discount, Funding, Posted, STATEMENT_HEADER, Sign};
 use crate::ops::operators::Role;
 
@@ -83,6 +85,24 @@ fn bad_amount(field: &str, text: &str, sign: Sign) -> ApiError {
 
 fn bad_memo(memo: &str, required: bool) -> ApiError {
     service::parse_memo(Some(memo), required).expect_err("the example memo is refused").to_api_error()
+}
+
+/// A posting's optional `Idempotency-Key` header.
+fn keyed(op: Op) -> Op {
+    let key = idempotency_key_schema(
+        "Optional: post at most once under this key (1-255 visible ASCII characters, sent once) on this account. \
+         Sent again with the same body, the answer is the entry already made; with another, `422`.",
+        "topup-2026-11-27-8812",
+    );
+    op.header_param("Idempotency-Key", false, key)
+}
+
+fn replayed_header() -> (&'static str, Header) {
+    (IDEMPOTENT_REPLAYED, header("`true` when the entry was posted by an earlier request with the same key."))
+}
+
+fn bad_key() -> ApiError {
+    real(request_headers::idempotency_key(Some("two words")))
 }
 
 fn too_large(op: Op) -> Op {
@@ -163,9 +183,10 @@ fn entry_example(kind: &str, amount: &str, memo: &str, balance: &str) -> Value {
 fn deposit() -> Op {
     let description = "A top-up: `amount` (a positive decimal string in the currency's exponent) is credited to \
         the client: one `deposit` ledger entry (debit `deposits`, credit the client) and the balance, in one \
-        transaction. `memo` is optional (a payment reference, say). Not idempotent: after a timeout, look for the \
-        entry in the statement or the audit trail before sending it again. A client without an account in the \
-        currency gets `404` (an admin opens one first). Audited as `funding.deposit`.";
+        transaction. `memo` is optional (a payment reference, say). Send an `Idempotency-Key` to post it at most \
+        once: a retry with the same key and body answers the entry already made (`201` with \
+        `Idempotent-Replayed: true`, the account as it is now, nothing written). A client without an account in \
+        the currency gets `404` (an admin opens one first). Audited as `funding.deposit`.";
     let op = op(
         HttpMethod::Post,
         "/ops/v1/clients/{id}/funding/{currency}/deposits",
@@ -174,7 +195,7 @@ fn deposit() -> Op {
         "Top up a client's account",
         description,
     );
-    let op = client_and_currency(op)
+    let op = keyed(client_and_currency(op))
         .json_body::<handler::EntryBody>(
             "The amount and a memo.",
             json!({ "amount": "250.00", "memo": "wire 2026-11-27 ref 8812" }),
@@ -183,7 +204,7 @@ fn deposit() -> Op {
             201,
             "Posted; the account after it.",
             entry_example("deposit", "250.00", "wire 2026-11-27 ref 8812", "1450.00"),
-            &[],
+            &[replayed_header()],
         );
     let op = bad_input(
         op,
@@ -196,9 +217,14 @@ fn deposit() -> Op {
             bad_amount("amount", "25.001", Sign::Positive),
             bad_amount("amount", "-5", Sign::Positive),
             bad_memo("a\nb", false),
+            bad_key(),
         ],
     )
-    .error("No such client, or it has no account in the currency.", &[no_client(), no_account()]);
+    .error("No such client, or it has no account in the currency.", &[no_client(), no_account()])
+    .error(
+        "The `Idempotency-Key` was used on this account for another posting; nothing was changed.",
+        &[service::key_used_for_another_posting(41877, "deposit", "250.00")],
+    );
     too_large(op)
 }
 
@@ -206,7 +232,8 @@ fn adjust() -> Op {
     let description = "A correction: `amount` is a signed, non-zero decimal string; positive credits the client \
         (debit `adjustments`), negative debits it (credit `adjustments`), as one `adjustment` ledger entry and the \
         balance, in one transaction. `memo` is required: say why. An adjustment that would leave the account owing \
-        more than its credit limit is refused, and nothing changes. Not idempotent. Audited as `funding.adjust`.";
+        more than its credit limit is refused, and nothing changes. Idempotent by `Idempotency-Key`, as a deposit. \
+        Audited as `funding.adjust`.";
     let op = op(
         HttpMethod::Post,
         "/ops/v1/clients/{id}/funding/{currency}/adjustments",
@@ -215,7 +242,7 @@ fn adjust() -> Op {
         "Adjust a client's balance",
         description,
     );
-    let op = client_and_currency(op)
+    let op = keyed(client_and_currency(op))
         .json_body::<handler::EntryBody>(
             "The signed amount and why.",
             json!({ "amount": "-12.50", "memo": "refund of a duplicate top-up, ticket 3310" }),
@@ -224,7 +251,7 @@ fn adjust() -> Op {
             201,
             "Posted; the account after it.",
             entry_example("adjustment", "-12.50", "refund of a duplicate top-up, ticket 3310", "1187.50"),
-            &[],
+            &[replayed_header()],
         );
     let beyond = service::beyond_credit_error("amount", service::ADJUSTMENT_BEYOND_CREDIT);
     let op = bad_input(
@@ -236,10 +263,15 @@ fn adjust() -> Op {
             bad_amount("amount", "0", Sign::NonZero),
             bad_amount("amount", "1.001", Sign::NonZero),
             bad_memo(" ", true),
+            bad_key(),
             beyond,
         ],
     )
-    .error("No such client, or it has no account in the currency.", &[no_client(), no_account()]);
+    .error("No such client, or it has no account in the currency.", &[no_client(), no_account()])
+    .error(
+        "The `Idempotency-Key` was used on this account for another posting; nothing was changed.",
+        &[service::key_used_for_another_posting(41877, "adjustment", "-12.50")],
+    );
     too_large(op)
 }
 

@@ -8,7 +8,7 @@ mod postings;
 mod statement;
 
 pub use discounts::{clear_discount, set_discount};
-pub use postings::{Posted, adjust, deposit};
+pub use postings::{Entry, Posted, Receipt, adjust, deposit, key_used_for_another_posting};
 pub use statement::{Period, STATEMENT_HEADER, STATEMENT_PAGE, Statement, csv_field, statement};
 
 use allot_shared::{ApiError, Currency, Denomination, ErrorCode};

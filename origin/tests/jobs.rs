@@ -114,6 +114,66 @@ async fn a_tick_runs_once_however_many_schedulers_race_for_it() {
     app.finish().await;
 }
 
+/// A `running` row of `job` claimed on `conn`'s session, as a process's claim writes it.
+async fn running_row(conn: &mut sqlx::PgConnection, job: &str, instance: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO job_runs (job_name, instance, outcome, backend_pid, backend_start)
+         SELECT $1, $2, 'running', pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()
+         RETURNING id",
+    )
+    .bind(job)
+    .bind(instance)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_whose_process_died_mid_run_is_closed_by_the_next_one() {
+    use sqlx::Connection;
+    let app = TestApp::spawn().await;
+    let url = common::url_for(&app.db_name);
+    let job = jobs::housekeeping::JobHistoryPrune;
+    // A process killed mid-run: its session ends with its row still `running`.
+    let mut killed = sqlx::PgConnection::connect(&url).await.unwrap();
+    let killed_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut killed).await.unwrap();
+    let abandoned = running_row(&mut killed, job.name(), "killed:1").await;
+    // A process that has claimed a run and not yet taken the lock: its session lives.
+    let mut claiming = sqlx::PgConnection::connect(&url).await.unwrap();
+    let claimed = running_row(&mut claiming, job.name(), "claiming:2").await;
+    killed.close().await.unwrap();
+    for _ in 0..100 {
+        let gone: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+            .bind(killed_pid)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    run(&job, &ctx(&app)).await;
+    let row = |id: i64| {
+        sqlx::query_as::<_, (String, Option<String>, bool)>(
+            "SELECT outcome, error, finished_at IS NOT NULL FROM job_runs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+    };
+    assert_eq!(row(abandoned).await.unwrap(), ("failed".into(), Some(jobs::ABANDONED.into()), true));
+    assert_eq!(row(claimed).await.unwrap(), ("running".into(), None, false), "its session is alive");
+    // Another job's orphan is that job's to close.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    let other_job = running_row(&mut other, "reconcile", "killed:3").await;
+    other.close().await.unwrap();
+    run(&job, &ctx(&app)).await;
+    assert_eq!(row(other_job).await.unwrap().0, "running");
+    claiming.close().await.unwrap();
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schedulers_honour_database_overrides_and_share_ticks() {
     let app = TestApp::spawn().await;

@@ -170,8 +170,10 @@ pub async fn claim(
              SELECT $3::timestamptz IS NOT NULL
                     AND EXISTS (SELECT 1 FROM scheduled_jobs WHERE name = $1 AND NOT enabled) AS yes
          ), claimed AS (
-             INSERT INTO job_runs (job_name, instance, slot, outcome)
-             SELECT $1, $2, $3, 'running' FROM paused WHERE NOT paused.yes
+             INSERT INTO job_runs (job_name, instance, slot, outcome, backend_pid, backend_start)
+             SELECT $1, $2, $3, 'running', pg_backend_pid(),
+                    (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+               FROM paused WHERE NOT paused.yes
              ON CONFLICT (job_name, slot) DO NOTHING RETURNING id
          )
          SELECT (SELECT id FROM claimed), (SELECT yes FROM paused)",
@@ -214,6 +216,7 @@ pub async fn run_claimed(job: &dyn Job, ctx: &JobContext, claimed: Claimed) -> a
         metrics::counter!("allot_job_runs_total", "job_name" => name, "outcome" => "skipped").increment(1);
         return Ok(RunOutcome::SkippedOverlap);
     }
+    close_abandoned(&mut conn, name, run_id).await?;
     let span =
         tracing::info_span!("job", otel.name = %format!("job.{name}"), job = name, outcome = tracing::field::Empty);
     let result = run_locked(job, ctx, run_id, &mut conn).instrument(span.clone()).await;
@@ -228,6 +231,32 @@ pub async fn run_claimed(job: &dyn Job, ctx: &JobContext, claimed: Claimed) -> a
         let _ = conn.close().await;
     }
     result
+}
+
+/// What a run whose process ended mid-run is closed with.
+pub const ABANDONED: &str = "abandoned: the process running it ended mid-run";
+
+/// Close `job`'s other `running` rows whose Postgres session has ended (their process died
+/// mid-run) as failed. Called holding the job's lock: no live run of the job can be among them,
+/// and a run claimed but not yet locked still has its session.
+async fn close_abandoned(conn: &mut sqlx::PgConnection, job: &str, run_id: i64) -> anyhow::Result<()> {
+    let closed: Vec<(i64, String)> = sqlx::query_as(
+        "UPDATE job_runs r SET outcome = 'failed', finished_at = now(), error = $3
+          WHERE r.job_name = $1 AND r.outcome = 'running' AND r.id <> $2 AND r.backend_pid IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                             WHERE a.pid = r.backend_pid AND a.backend_start = r.backend_start)
+         RETURNING r.id, r.instance",
+    )
+    .bind(job)
+    .bind(run_id)
+    .bind(ABANDONED)
+    .fetch_all(conn)
+    .await?;
+    for (id, instance) in closed {
+        tracing::warn!(job, run_id = id, instance, "closed a run whose process ended mid-run");
+        metrics::counter!("allot_job_runs_total", "job_name" => job.to_owned(), "outcome" => "abandoned").increment(1);
+    }
+    Ok(())
 }
 
 /// Run a job once as a singleton: for tick `slot`, or by hand when `slot` is `None`.

@@ -1,0 +1,1 @@
+ALTER TABLE job_runs DROP COLUMN backend_pid, DROP COLUMN backend_start;

@@ -185,12 +185,7 @@ pub struct Page {
 /// One page of `listing`, read from `pool`, codes opened with `keys`.
 pub async fn read(pool: &PgPool, keys: &KeyRing, listing: &Listing) -> Result<Page, AppError> {
     let mut heads: Vec<HeadRow> = listing.statement(false).build_query_as().fetch_all(pool).await?;
-    let next_cursor = if heads.len() > listing.limit as usize {
-        heads.truncate(listing.limit as usize);
-        heads.last().map(|h| listing.next_cursor(h))
-    } else {
-        None
-    };
+    let next_cursor = page::last_before_more(&mut heads, listing.limit).map(|h| listing.next_cursor(h));
     debug_assert!(heads.windows(2).all(|w| (w[0].created_at, w[0].id) > (w[1].created_at, w[1].id)), "newest first");
     let ids: Vec<Uuid> = heads.iter().map(|h| h.id).collect();
     let rows: Vec<CardRow> = sqlx::query_as(CARDS_OF).bind(&ids).fetch_all(pool).await?;

@@ -182,12 +182,7 @@ impl EntryRow {
 /// One page of `ledger`, read from `pool`.
 pub async fn read(pool: &PgPool, ledger: &Ledger) -> Result<LedgerPage, AppError> {
     let mut rows: Vec<EntryRow> = ledger.statement(false).build_query_as().fetch_all(pool).await?;
-    let next_cursor = if rows.len() > ledger.limit as usize {
-        rows.truncate(ledger.limit as usize);
-        rows.last().map(|r| ledger.next_cursor(r.id))
-    } else {
-        None
-    };
+    let next_cursor = page::last_before_more(&mut rows, ledger.limit).map(|r| ledger.next_cursor(r.id));
     debug_assert!(rows.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     let items = rows.iter().map(EntryRow::to_wire).collect::<Result<Vec<_>, _>>()?;
     Ok(LedgerPage { items, next_cursor })

@@ -230,12 +230,7 @@ pub async fn find(
                 .await?
         }
     };
-    let next = if heads.len() > page.limit as usize {
-        heads.truncate(page.limit as usize);
-        heads.last().map(|h| page::encode(CURSOR_TAG, &(h.created_at, h.id)))
-    } else {
-        None
-    };
+    let next = page::next_cursor(&mut heads, page.limit, CURSOR_TAG, |h| (h.created_at, h.id));
     Ok((views(pool, keys, heads, false).await?, next))
 }
 

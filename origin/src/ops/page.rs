@@ -167,13 +167,19 @@ pub fn limit(limit: Option<u32>, default: u32) -> Result<u32, AppError> {
 }
 
 /// Keep the first `limit` of rows fetched with `limit + 1` (the extra row says a next page
-/// exists), and return the next page's cursor.
-pub fn next_cursor<T, K: CursorKey>(rows: &mut Vec<T>, limit: u32, tag: &str, key: impl Fn(&T) -> K) -> Option<String> {
+/// exists), and return the page's last row when a next page exists.
+pub fn last_before_more<T>(rows: &mut Vec<T>, limit: u32) -> Option<&T> {
     if rows.len() <= limit as usize {
         return None;
     }
     rows.truncate(limit as usize);
-    rows.last().map(|r| encode(tag, &key(r)))
+    rows.last()
+}
+
+/// Keep the first `limit` of rows fetched with `limit + 1` (the extra row says a next page
+/// exists), and return the next page's cursor.
+pub fn next_cursor<T, K: CursorKey>(rows: &mut Vec<T>, limit: u32, tag: &str, key: impl Fn(&T) -> K) -> Option<String> {
+    last_before_more(rows, limit).map(|r| encode(tag, &key(r)))
 }
 
 /// The tag of [`Page`]'s cursors.

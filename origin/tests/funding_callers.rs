@@ -460,12 +460,9 @@ async fn the_ledger_reads_the_client_index_in_order_without_sorting() {
     for (name, ledger) in
         [("first page", &first), ("deep page", &deep), ("filters", &filtered), ("filters, deep", &filtered_deep)]
     {
-        let plan: Vec<String> = ledger.statement(true).build_query_scalar().fetch_all(&app.pool).await.unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("Index Scan using ledger_entries_client on ledger_entries"), "{name}:\n{plan}");
-        assert!(!plan.contains("Sort"), "{name}: the index gives the order:\n{plan}");
-        assert!(plan.starts_with("Limit"), "{name}: stops at the limit:\n{plan}");
-        let index_cond = plan.lines().find(|l| l.contains("Index Cond")).unwrap_or_default();
+        let (plan, index_cond) =
+            common::index_walk(&app.pool, name, ledger.statement(true), "ledger_entries_client", "ledger_entries")
+                .await;
         assert!(index_cond.contains("client_id ="), "{name}: the client is an index condition:\n{plan}");
         if ledger.before_id.is_some() {
             assert!(index_cond.contains("id <"), "{name}: the cursor is an index condition:\n{plan}");

@@ -580,3 +580,22 @@ impl TestApp {
             .unwrap()
     }
 }
+
+/// The plan of a listing's `EXPLAIN` statement, after checking that it walks `index` on `table`
+/// in its order (no sort) and stops at the limit; and the plan's index condition line, for the
+/// caller to check what the index answers. `name` names the case in failures.
+pub async fn index_walk(
+    pool: &PgPool,
+    name: &str,
+    mut explain: sqlx::QueryBuilder<sqlx::Postgres>,
+    index: &str,
+    table: &str,
+) -> (String, String) {
+    let plan: Vec<String> = explain.build_query_scalar().fetch_all(pool).await.unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains(&format!("Index Scan using {index} on {table}")), "{name}:\n{plan}");
+    assert!(!plan.contains("Sort"), "{name}: the index gives the order:\n{plan}");
+    assert!(plan.starts_with("Limit"), "{name}: stops at the limit:\n{plan}");
+    let index_cond = plan.lines().find(|l| l.contains("Index Cond")).unwrap_or_default().to_owned();
+    (plan, index_cond)
+}
